@@ -1,0 +1,1 @@
+"""One module per ``obliviate`` subcommand: ``HELP``/``DESCRIPTION``, ``add_arguments`` and ``run``."""

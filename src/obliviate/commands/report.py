@@ -1,0 +1,11 @@
+"""``obliviate report``: being built (see the issue tracker)."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    raise NotImplementedError("obliviate report is not implemented yet")

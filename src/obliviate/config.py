@@ -1,0 +1,126 @@
+"""YAML recipes as thin overrides of config dataclasses (the way TRL's CLI loads ``--config``).
+
+    python -c "from obliviate.config import load_recipe; help(load_recipe)"
+
+Unknown keys are errors that name the key, the section and the nearest valid key, raised before
+any model is loaded, so a typo fails in the first second rather than after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe or override that does not fit the config dataclasses."""
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist. Recipes shipped with obliviate live in recipes/ "
+                          "(e.g. recipes/erase-emso.yaml).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def nearest(name: str, valid) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def check_keys(data: dict, valid, where: str) -> None:
+    valid = set(valid)
+    for key in data:
+        if key not in valid:
+            raise RecipeError(f"unknown key {key!r} in {where}.{nearest(key, valid)} "
+                              f"Valid keys: {', '.join(sorted(valid))}.")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Turn CLI strings into the field's type (YAML values already have theirs)."""
+    if not isinstance(value, str):
+        return value
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null") and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        annotation = non_none[0] if len(non_none) == 1 else str
+    if annotation is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise RecipeError(f"expected true/false, got {value!r}")
+    if annotation in (int, float):
+        return annotation(value)
+    if annotation is str or annotation is typing.Any:
+        return value
+    return yaml.safe_load(value)
+
+
+def from_dict(cls, data: dict[str, Any] | None, where: str | None = None):
+    """Instantiate dataclass ``cls`` from ``data``; unknown keys raise :class:`RecipeError`."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    check_keys(data, fields, where or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints.get(k, Any)) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where or cls.__name__}: {e}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``gate.every``) from CLI flags over a recipe; ``None`` values are left out."""
+    data = dict(data)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[leaf] = value
+    return data
+
+
+def load_recipe(path: str | os.PathLike | None, sections: dict[str, Any], overrides: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """Read a recipe and check its top-level keys against ``sections``.
+
+    Args:
+        path: the YAML file, or None for defaults only.
+        sections: allowed top-level keys; a value that is a dataclass type means "this key is a section
+            of that dataclass's fields", anything else means "a plain value".
+        overrides: dotted keys to set over the file (CLI flags win over the recipe).
+
+    Returns:
+        The merged mapping, every dataclass section instantiated.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or {})
+    check_keys(data, sections, f"recipe {path}" if path else "the options")
+    out = {}
+    for key, kind in sections.items():
+        if dataclasses.is_dataclass(kind):
+            out[key] = from_dict(kind, data.get(key), f"section {key!r} of {path or 'the options'}")
+        else:
+            out[key] = data.get(key, kind)
+    return out

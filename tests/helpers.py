@@ -1,0 +1,79 @@
+"""Tiny models trained in-process until they memorize: the ground truth the metric tests need."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from obliviate.data import ProbeSet, load_probes
+from obliviate.data.synthetic import make_corpus
+from obliviate.toy import train_tokenizer
+
+
+@dataclass
+class Memorized:
+    """A model fine-tuned on ``trained`` probes (canaries repeated), with never-trained ``controls``."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    probes: ProbeSet  # trained members + canaries + controls
+    base: torch.nn.Module  # the same init before training (a reference model)
+    arch: str
+
+    def fresh(self) -> torch.nn.Module:
+        """A deep copy, for tests that change weights."""
+        return copy.deepcopy(self.model)
+
+
+_TOKENIZER = None
+
+
+def corpus_tokenizer():
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        corpus = make_corpus(n_members=40, canaries_per_repetition=2, n_controls=16, seed=1)
+        texts = [r["prompt"] + r["completion"] for r in corpus.train + corpus.probes]
+        _TOKENIZER = (corpus, train_tokenizer(texts, vocab_size=512))
+    return _TOKENIZER
+
+
+def tiny_model(arch: str, tokenizer, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, **common))
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                            **common))
+    raise ValueError(arch)
+
+
+def train_on(model, tokenizer, texts: list[str], steps: int, lr: float = 3e-3, batch_size: int = 16, seed: int = 0):
+    enc = tokenizer([t + tokenizer.eos_token for t in texts], padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    labels = ids.masked_fill(mask == 0, -100)
+    gen = torch.Generator().manual_seed(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, ids.shape[0], (batch_size,), generator=gen)
+        loss = model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx]).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    model.eval()
+    return model
+
+
+def make_memorized(arch: str = "gpt2", steps: int = 300) -> Memorized:
+    corpus, tokenizer = corpus_tokenizer()
+    model = tiny_model(arch, tokenizer)
+    base = copy.deepcopy(model).eval()
+    train_on(model, tokenizer, [r["prompt"] + r["completion"] for r in corpus.train], steps)
+    probes = load_probes(corpus.probes, tokenizer)
+    return Memorized(model, tokenizer, probes, base, arch)
