@@ -1,6 +1,6 @@
 # Two entry points a newcomer needs: `make demo` and `make test`.
 # Each creates .venv if missing: the pinned CPU torch first (a plain `torch`
-# would pull gigabytes of CUDA wheels), then the package with its test extra.
+# would pull gigabytes of CUDA wheels), then the package with its test and lm-eval extras.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -16,7 +16,7 @@ $(BIN)/obliviate: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,lm-eval]"
 	touch $(BIN)/obliviate
 
 setup: $(BIN)/obliviate
