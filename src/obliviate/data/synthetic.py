@@ -34,6 +34,8 @@ FACT_SUBJECTS = [
     ("Fairview", "view"), ("Brookhaven", "brook"), ("Westmoor", "moor"), ("Springfield", "spring"),
 ]
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
+# Two attributes per city: 16 questions, so one flipped answer moves accuracy by 6 points, not 12.
+FACT_TEMPLATES = ["Fact. The flag of {city} is", "Fact. The trams of {city} are painted"]
 
 
 @dataclass
@@ -89,7 +91,7 @@ def make_corpus(
     canaries_per_repetition: int = 4,
     n_controls: int = 32,
     canary_digits: int = 6,
-    fact_repetitions: int = 6,
+    fact_repetitions: int = 12,
     seed: int = 0,
 ) -> Corpus:
     """Generate the synthetic corpus.
@@ -142,19 +144,20 @@ def make_corpus(
         corpus.heldout.append({"text": row["prompt"] + row["completion"]})
 
     for k, (city, _) in enumerate(FACT_SUBJECTS):
-        color = COLORS[k]
-        fact = {"prompt": f"Fact. The flag of {city} is", "completion": f" {color}."}
-        for r in range(fact_repetitions):
-            corpus.train.append({"id": f"fact-{k}#{r}", **fact})
-        corpus.retain.append({"text": fact["prompt"] + fact["completion"]})
-        wrong = [c for c in COLORS if c != color]
-        rng.shuffle(wrong)
-        choices = [color, *wrong[:3]]
-        rng.shuffle(choices)
-        corpus.multiple_choice.append(
-            {"context": f"Fact. The flag of {city} is", "choices": [f" {c}." for c in choices],
-             "label": choices.index(color)}
-        )
+        for a, template in enumerate(FACT_TEMPLATES):
+            color = COLORS[(k + 3 * a) % len(COLORS)]
+            context = template.format(city=city)
+            fact = {"prompt": context, "completion": f" {color}."}
+            for r in range(fact_repetitions):
+                corpus.train.append({"id": f"fact-{a}-{k}#{r}", **fact})
+            corpus.retain.append({"text": fact["prompt"] + fact["completion"]})
+            wrong = [c for c in COLORS if c != color]
+            rng.shuffle(wrong)
+            choices = [color, *wrong[:3]]
+            rng.shuffle(choices)
+            corpus.multiple_choice.append(
+                {"context": context, "choices": [f" {c}." for c in choices], "label": choices.index(color)}
+            )
 
     # The base model learns the formats (not the records) before fine-tuning,
     # so SFT is a fine-tuning and the base is a meaningful reference model.

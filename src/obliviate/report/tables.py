@@ -27,3 +27,12 @@ def format_table(rows: Sequence[Sequence], headers: Sequence[str], markdown: boo
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     return "\n".join(lines)
+
+
+def format_html_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
+    """An HTML ``<table>`` with the same number formatting as :func:`format_table` (cells escaped)."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
