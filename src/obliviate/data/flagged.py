@@ -56,6 +56,26 @@ def write_meta(path: str | os.PathLike, model_name: str | None, tokenizer, thres
     tmp.replace(path)
 
 
+def _tokens_agree(row: dict, probe: Probe, tokenizer) -> bool:
+    """Do the row's ids match its text under ``tokenizer``?
+
+    Probes are tokenized in one of two ways: prefix and suffix separately (``load_probes``) or
+    jointly and split where the prompt's own tokens end (as ``SFTTrainer`` does, ``data/sft.py``).
+    Either is the same tokenizer; a different tokenizer gives neither, nor decodes the ids back
+    to the stored text.
+    """
+    ids = probe.prefix_ids + probe.suffix_ids
+    if any(t < 0 or t >= len(tokenizer) for t in ids):
+        return False
+    fresh = probe_from_row({k: v for k, v in row.items() if k not in ("prefix_ids", "suffix_ids")}, tokenizer)
+    if fresh.prefix_ids == probe.prefix_ids and fresh.suffix_ids == probe.suffix_ids:
+        return True
+    if list(tokenizer(fresh.prefix + fresh.suffix)["input_ids"]) == ids:
+        return True
+    decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    return decoded in (fresh.prefix + fresh.suffix, fresh.prefix + fresh.suffix + (tokenizer.eos_token or ""))
+
+
 def read_flagged(path: str | os.PathLike, tokenizer, check_tokens: bool = True) -> ProbeSet:
     """Load a flagged file (or any probes file) as a :class:`ProbeSet` for erasure.
 
@@ -71,13 +91,11 @@ def read_flagged(path: str | os.PathLike, tokenizer, check_tokens: bool = True) 
         probe = probe_from_row(row, tokenizer, line=f"{path}:{n}")
         has_text = (row.get("prefix") or row.get("prompt")) is not None and \
                    (row.get("suffix") or row.get("completion")) is not None
-        if check_tokens and "prefix_ids" in row and has_text:
-            fresh = probe_from_row({k: v for k, v in row.items() if k not in ("prefix_ids", "suffix_ids")}, tokenizer)
-            if fresh.prefix_ids != probe.prefix_ids or fresh.suffix_ids != probe.suffix_ids:
-                raise ProbeError(
-                    f"{path}:{n}: the token ids of {probe.id!r} disagree with this tokenizer's tokenization of its "
-                    "text: the file was flagged with a different tokenizer. Erase with the model and tokenizer that "
-                    "flagged it, or drop prefix_ids/suffix_ids from the file to re-tokenize from text."
-                )
+        if check_tokens and "prefix_ids" in row and has_text and not _tokens_agree(row, probe, tokenizer):
+            raise ProbeError(
+                f"{path}:{n}: the token ids of {probe.id!r} disagree with this tokenizer's tokenization of its "
+                "text: the file was flagged with a different tokenizer. Erase with the model and tokenizer that "
+                "flagged it, or drop prefix_ids/suffix_ids from the file to re-tokenize from text."
+            )
         probes.append(probe)
     return ProbeSet(probes)

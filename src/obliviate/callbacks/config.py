@@ -1,0 +1,78 @@
+"""``TrackConfig``: the ``tracking:`` section of a track recipe (the callback's settings).
+
+    python -c "from obliviate.callbacks import TrackConfig; print(TrackConfig(every_n_steps=25))"
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from obliviate.callbacks.budget import MemorizationBudget
+from obliviate.callbacks.flagging import FlagRule
+from obliviate.metrics import METRIC_NAMES, SamplingConfig
+
+HISTORY_METRICS = (*METRIC_NAMES, "suffix_log_prob", "suffix_length")
+
+
+@dataclass
+class TrackConfig:
+    """How :class:`~obliviate.callbacks.MemorizationCallback` scores, flags and budgets during SFT."""
+
+    every_n_steps: int | None = field(
+        default=100, metadata={"help": "Score the probes every this many optimizer steps (global_step); null "
+                                       "for none. 208 probes every 100 steps cost ~3.4% of toy SFT time."})
+    every_epoch: bool = field(default=False, metadata={"help": "Also score at the end of every epoch."})
+    score_on_start: bool = field(
+        default=False, metadata={"help": "Also score before the first step (the base model's baseline)."})
+    batch_size: int = field(default=32, metadata={"help": "Probes per forward pass."})
+    max_probes: int | None = field(
+        default=256, metadata={"help": "run_track keeps at most this many probes: members are subsampled (seeded), "
+                                       "canaries and controls always kept. null keeps all."})
+    metrics: list[str] | None = field(
+        default=None, metadata={"help": "Per-probe metrics kept in history.jsonl; null keeps all of them."})
+    samples: int = field(default=100, metadata={"help": "n of extraction_probability: the attacker's samples."})
+    temperature: float = field(default=1.0, metadata={"help": "Attacker's sampling temperature."})
+    top_k: int | None = field(default=None, metadata={"help": "Attacker's top-k (null: none)."})
+    top_p: float | None = field(default=None, metadata={"help": "Attacker's top-p (null: none)."})
+    min_k: float = field(default=0.2, metadata={"help": "Fraction of tokens for Min-K% and Min-K%++."})
+    include_eos: bool = field(
+        default=False, metadata={"help": "Probes built from SFT rows keep the eos TRL appends to completions."})
+    prefix_tokens: int = field(default=32, metadata={"help": "Prefix length of probes built from text rows."})
+    suffix_tokens: int = field(default=32, metadata={"help": "Suffix length of probes built from text rows."})
+    reference_model: str | None = field(
+        default=None, metadata={"help": "Model for reference_ratio: a path, or 'base' for the model before SFT. "
+                                        "Doubles the scoring cost."})
+    flag_rule: Any = field(default_factory=FlagRule, metadata={"help": "FlagRule fields (a mapping)."})
+    budget: Any = field(default_factory=MemorizationBudget,
+                        metadata={"help": "MemorizationBudget fields (a mapping); empty: no limits."})
+
+    def __post_init__(self):
+        from obliviate.config import from_dict
+
+        if isinstance(self.flag_rule, dict) or self.flag_rule is None:
+            self.flag_rule = from_dict(FlagRule, self.flag_rule, "tracking.flag_rule")
+        if isinstance(self.budget, dict) or self.budget is None:
+            self.budget = from_dict(MemorizationBudget, self.budget, "tracking.budget")
+        if self.every_n_steps is not None and (isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
+            raise ValueError(f"every_n_steps must be a positive number of steps or null, got {self.every_n_steps!r}")
+        if self.max_probes is not None and self.max_probes < 1:
+            raise ValueError(f"max_probes must be >= 1 or null, got {self.max_probes}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.metrics is not None:
+            unknown = [m for m in self.metrics if m not in HISTORY_METRICS]
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
+        if not 0 < self.min_k <= 1:
+            raise ValueError(f"min_k must be in (0, 1], got {self.min_k}")
+        if self.prefix_tokens < 1 or self.suffix_tokens < 1:
+            raise ValueError("prefix_tokens and suffix_tokens must be >= 1")
+        self.sampling  # noqa: B018 -- validates the sampling fields now, not at the first scoring
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n=self.samples, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,306 @@
+"""``MemorizationCallback``: score, flag and budget memorization while a Trainer fine-tunes.
+
+    trainer = SFTTrainer(model=model, args=SFTConfig(...), train_dataset=ds, processing_class=tokenizer)
+    trainer.add_callback(MemorizationCallback(trainer, probes, every_n_steps=100))
+    trainer.train()   # -> OUTPUT_DIR/memorization/{history.jsonl, flagged.jsonl, flagged.meta.json}
+
+or end to end: ``obliviate track --config recipes/track-sft.yaml``.
+
+Built the way TRL's ``LogCompletionsCallback`` is: it holds the trainer, works every N optimizer steps
+(``state.global_step``, so gradient accumulation counts updates, not micro-batches), splits the probes
+across processes, gathers the rows on every rank, and lets only the main process write. Scores come
+from :func:`obliviate.metrics.score_probes` on the unwrapped model (PEFT or not) under inference mode;
+every module's train/eval flag is put back exactly as it was. Set-level metrics go through
+``trainer.log`` so they reach ``state.log_history`` and every ``report_to`` integration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import Trainer, TrainerCallback
+
+from obliviate.callbacks.budget import MemorizationBudget
+from obliviate.callbacks.config import HISTORY_METRICS
+from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_bounds
+from obliviate.callbacks.flagging import FlagRule
+from obliviate.data.flagged import append_flagged, flagged_row, write_meta
+from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
+from obliviate.metrics import SamplingConfig, context_length, score_probes
+from obliviate.metrics.sets import summarize_scores
+
+logger = logging.getLogger(__name__)
+
+
+class TrackingError(ValueError):
+    """The callback cannot track this run as configured; the message says what to change."""
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+
+
+class MemorizationCallback(TrainerCallback):
+    """Track memorization of ``probes`` during training (DESIGN §4).
+
+    Args:
+        trainer: the ``transformers.Trainer`` (or TRL ``SFTTrainer``) this callback is added to.
+        probes: a :class:`~obliviate.data.ProbeSet`, or anything :func:`~obliviate.data.load_probes` reads.
+            Build them with :func:`obliviate.data.sft.probes_from_sft_rows` to score exactly the trained ids.
+        every_n_steps: score every this many optimizer steps; None for none (then only ``every_epoch``
+            and the end of training). The default keeps scoring ~200 probes under 5% of the toy model's SFT
+            time (``perf/callback_overhead.py``); the cost scales with probes x probe length / step cost.
+        every_epoch: also score at the end of every epoch.
+        metrics: per-probe metrics written to ``history.jsonl`` (default: all).
+        flag_rule: the :class:`FlagRule` (default: exact extraction, extraction probability >= 0.5,
+            MA above the controls' 99th percentile).
+        budget: a :class:`MemorizationBudget` whose limits stop training.
+        batch_size: probes per forward pass.
+        output_dir: where ``memorization/`` goes (default: ``trainer.args.output_dir``).
+        reference_model: optional model on the same device for ``reference_ratio`` (doubles the cost).
+        tokenizer: the probes' tokenizer (default: ``trainer.processing_class``).
+        sampling: the attacker's sampling for ``extraction_probability`` (default n=100, plain sampling).
+        min_k: fraction of tokens for Min-K% and Min-K%++.
+        score_on_start: also score before the first step.
+        progress: show a progress bar while scoring (main process).
+
+    Raises:
+        TrackingError: bad settings or an unwritable output directory; ProbeError for probes with ids
+            outside the vocabulary or longer than the model's context or the trainer's ``max_length``.
+    """
+
+    def __init__(self, trainer, probes, every_n_steps: int | None = 100, every_epoch: bool = False,
+                 metrics: list[str] | None = None, flag_rule: FlagRule | None = None,
+                 budget: MemorizationBudget | None = None, batch_size: int = 32, output_dir: str | None = None,
+                 reference_model=None, tokenizer=None, sampling: SamplingConfig | None = None, min_k: float = 0.2,
+                 score_on_start: bool = False, progress: bool = False):
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool)
+                                          or every_n_steps < 1):
+            raise TrackingError(f"every_n_steps must be a positive number of optimizer steps (or None to score only "
+                                f"per epoch and at the end), got {every_n_steps!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise TrackingError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        unknown = [m for m in metrics or () if m not in HISTORY_METRICS]
+        if unknown:
+            raise TrackingError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
+        self.trainer = trainer
+        self.every_n_steps, self.every_epoch, self.score_on_start = every_n_steps, every_epoch, score_on_start
+        self.metrics = tuple(metrics) if metrics else HISTORY_METRICS
+        self.flag_rule = flag_rule or FlagRule()
+        self.budget = budget or MemorizationBudget()
+        self.batch_size, self.min_k, self.progress = batch_size, min_k, progress
+        self.sampling = sampling or SamplingConfig()
+        self.reference_model = reference_model
+        self.tokenizer = tokenizer or getattr(trainer, "processing_class", None)
+        self.tokenizer = getattr(self.tokenizer, "tokenizer", self.tokenizer)  # a processor wraps its tokenizer
+        if self.tokenizer is None or not callable(self.tokenizer):
+            raise TrackingError("no tokenizer: pass tokenizer=... or build the trainer with processing_class=tokenizer.")
+        ensure_pad_token(self.tokenizer)
+        self.probes = probes if isinstance(probes, ProbeSet) else load_probes(probes, self.tokenizer)
+        if len(self.probes) == 0:
+            raise TrackingError("no probes to track: give at least one probe (members, canaries and controls).")
+        self._check_probes()
+        self.dir = Path(output_dir or trainer.args.output_dir) / "memorization"
+        self.is_main = trainer.is_world_process_zero()
+        if self.is_main:
+            self._check_writable()
+        self.flagged: dict[str, int | None] = {}
+        self.stop_reason: str | None = None
+        self.scoring_seconds = 0.0
+        self.last_rows: list[dict] = []
+        self.last_summary: dict = {}
+        self._last_step: int | None = None
+
+    @classmethod
+    def from_config(cls, trainer, probes, config, output_dir: str | None = None, reference_model=None,
+                    tokenizer=None) -> MemorizationCallback:
+        """Build from a :class:`~obliviate.callbacks.TrackConfig` (the ``tracking:`` recipe section)."""
+        return cls(trainer, probes, every_n_steps=config.every_n_steps, every_epoch=config.every_epoch,
+                   metrics=config.metrics, flag_rule=config.flag_rule, budget=config.budget,
+                   batch_size=config.batch_size, output_dir=output_dir, reference_model=reference_model,
+                   tokenizer=tokenizer, sampling=config.sampling, min_k=config.min_k,
+                   score_on_start=config.score_on_start)
+
+    # -- paths and checks -------------------------------------------------------------------------
+    @property
+    def history_path(self) -> Path:
+        return self.dir / "history.jsonl"
+
+    @property
+    def flagged_path(self) -> Path:
+        return self.dir / "flagged.jsonl"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "flagged.meta.json"
+
+    @property
+    def summaries_path(self) -> Path:
+        return self.dir / "summaries.jsonl"
+
+    def _model(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def _check_probes(self) -> None:
+        model = self._model()
+        vocab = model.get_input_embeddings().num_embeddings
+        self.probes.check_vocab(min(vocab, len(self.tokenizer)))
+        self.probes.check_fits(context_length(model))
+        max_length = getattr(self.trainer.args, "max_length", None)
+        if isinstance(max_length, int):
+            for p in self.probes:
+                if len(p) > max_length:
+                    raise TrackingError(
+                        f"probe {p.id!r} is {len(p)} tokens, longer than the trainer's max_length={max_length}: "
+                        "training truncates such rows, so its end is never trained on. Raise max_length "
+                        "(SFTConfig) or shorten the probe.")
+
+    def _check_writable(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise TrackingError(f"cannot write the memorization files to {self.dir}: {e}. "
+                                "Give an output_dir you can write to.") from None
+
+    # -- trainer events ---------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        flagged = self._prepare_files(state.global_step) if self.is_main else None
+        self.flagged = broadcast_from_main(flagged, self.trainer.accelerator) or {}
+        if self.is_main:
+            self._write_meta(None)
+        if self.score_on_start and state.global_step == 0:
+            self.evaluate(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        at_end = state.max_steps > 0 and state.global_step >= state.max_steps
+        if at_end or (self.every_n_steps and state.global_step % self.every_n_steps == 0):
+            self.evaluate(state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.every_epoch:
+            self.evaluate(state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.evaluate(state, control)
+
+    # -- the work ---------------------------------------------------------------------------------
+    def _prepare_files(self, step: int) -> dict[str, int | None]:
+        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if step == 0:
+            old = [p for p in (self.history_path, self.flagged_path, self.summaries_path) if p.exists()]
+            if old:
+                logger.warning("starting a new run: replacing %s", ", ".join(str(p) for p in old))
+                for p in old:
+                    p.unlink()
+            return {}
+        # Rows past the checkpoint describe weights the resumed run replaces and will score again.
+        for path in (self.history_path, self.summaries_path):
+            if path.exists():
+                rows = read_jsonl(path)
+                kept = [r for r in rows if r["step"] <= step]
+                if len(kept) < len(rows):
+                    logger.info("resuming at step %d: dropped %d rows of %s past it", step, len(rows) - len(kept), path)
+                    _rewrite_jsonl(path, kept)
+        # Flags are findings about weights that existed: kept, never written twice.
+        if not self.flagged_path.exists():
+            return {}
+        return {r["id"]: r.get("step") for r in read_jsonl(self.flagged_path)}
+
+    def _write_meta(self, threshold: float | None) -> None:
+        model = self._model()
+        thresholds = {**self.flag_rule.describe(), "control_ma_threshold": threshold,
+                      "sampling": vars(self.sampling), "min_k": self.min_k}
+        write_meta(self.meta_path, getattr(model, "name_or_path", None) or None, self.tokenizer, thresholds,
+                   budget=self.budget.describe(), probes=len(self.probes), every_n_steps=self.every_n_steps,
+                   flagged=len(self.flagged))
+
+    def score(self) -> list[dict]:
+        """Score every probe on the current weights (this rank's shard, gathered): rows in probe order."""
+        accelerator = self.trainer.accelerator
+        start, end = shard_bounds(len(self.probes), accelerator.num_processes)[accelerator.process_index]
+        shard = ProbeSet(self.probes.probes[start:end])
+        model = self._model()
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            rows = score_probes(model, self.tokenizer, shard, batch_size=self.batch_size,
+                                reference_model=self.reference_model, min_k=self.min_k, sampling=self.sampling,
+                                progress="memorization probes" if self.progress and self.is_main else False) \
+                if len(shard) else []
+        finally:
+            for module, training in modes:
+                module.training = training
+        return gather_rows(rows, accelerator)
+
+    def evaluate(self, state, control) -> dict | None:
+        """Score, flag, write and log at ``state.global_step`` (once per step); returns the logged metrics."""
+        step = state.global_step
+        if step == self._last_step:
+            return None
+        self._last_step = step
+        t0 = time.perf_counter()
+        rows = self.score()
+        summary = summarize_scores(rows)
+        flags, threshold = self.flag_rule.apply(rows)
+        new = {pid: reason for pid, reason in flags.items() if pid not in self.flagged}
+        for pid in new:
+            self.flagged[pid] = step
+        epoch = float(state.epoch or 0.0)
+        if self.is_main:
+            self._write(rows, summary, new, threshold, step, epoch)
+        self.last_rows, self.last_summary = rows, summary
+        elapsed = time.perf_counter() - t0
+        self.scoring_seconds += elapsed
+        logs = {f"memorization/{k}": float(v) for k, v in summary.items()}
+        logs.update({"memorization/flagged": float(len(self.flagged)), "memorization/new_flagged": float(len(new)),
+                     "memorization/seconds": elapsed})
+        if threshold is not None:
+            logs["memorization/control_ma_threshold"] = threshold
+        self._log(control, logs)
+        reason = self.budget.check(summary, len(self.flagged)) if self.budget.active else None
+        if reason is not None and self.stop_reason is None:
+            self.stop_reason = f"memorization budget exceeded at step {step}: {reason}; stopping training."
+            logger.warning(self.stop_reason)
+            control.should_training_stop = True
+            self._log(control, {"memorization/budget_exceeded": 1.0, "memorization/budget_stop_reason": reason})
+        return logs
+
+    def _log(self, control, logs: dict) -> None:
+        # The base Trainer.log, not the trainer's own: SFTTrainer.log merges in and clears its running training
+        # metrics (entropy, token accuracy), which belong to the trainer's next loss log, not to ours.
+        # Trainer.log runs on_log, which clears control.should_log: restore it, or the trainer would drop its
+        # own loss log whenever a scoring step is also a logging step.
+        should_log = control.should_log
+        Trainer.log(self.trainer, logs)
+        control.should_log = should_log
+
+    def _write(self, rows: list[dict], summary: dict, new: dict[str, str], threshold: float | None,
+               step: int, epoch: float) -> None:
+        with open(self.history_path, "a") as f:
+            for row in rows:
+                kept = {k: row[k] for k in self.metrics if k in row}
+                f.write(json.dumps({"step": step, "epoch": epoch, "id": row["id"], "role": row["role"], **kept}) + "\n")
+        with open(self.summaries_path, "a") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, **summary}) + "\n")
+        if new:
+            by_id = {r["id"]: r for r in rows}
+            out = []
+            for pid, reason in new.items():
+                metrics = {k: v for k, v in by_id[pid].items() if k not in ("id", "role")}
+                metrics[f"extraction_probability@{self.sampling.n}"] = metrics.pop("extraction_probability")
+                if threshold is not None:
+                    metrics["control_ma_threshold"] = threshold
+                out.append(flagged_row(self.probes[pid], step, reason, metrics, self.tokenizer))
+            append_flagged(self.flagged_path, out)
+            self._write_meta(threshold)
+            logger.info("step %d: flagged %d new probes (%s)", step, len(new), ", ".join(list(new)[:5]))

@@ -1,0 +1,211 @@
+"""MemorizationCallback pieces: flag rule, budget, sharding, SFT probe tokenization, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from obliviate.callbacks import FlagRule, MemorizationBudget, MemorizationCallback, TrackConfig, TrackingError
+from obliviate.callbacks.distributed import shard_bounds
+from obliviate.config import RecipeError, from_dict
+from obliviate.data import Probe, ProbeError, ProbeSet, read_jsonl
+from obliviate.data.sft import probes_from_sft_rows
+from tests.ddp_worker import sft_data, sft_probes, sft_trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
+    # barriers made these runs 20-40x slower with 2 threads than with 1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _row(pid, role, ma=0.0, exact=0, ep=0.0):
+    return {"id": pid, "role": role, "memorization_accuracy": ma, "exact_extraction": exact,
+            "extraction_probability": ep}
+
+
+def test_flag_rule_criteria_and_controls():
+    controls = [_row(f"c{i}", "control", ma=i / 20) for i in range(12)]  # MA 0 .. 0.55
+    rows = controls + [
+        _row("exact", "member", ma=0.5, exact=1),
+        _row("likely", "canary", ma=0.3, ep=0.7),
+        _row("above", "member", ma=0.9),
+        _row("below", "member", ma=0.5),
+    ]
+    flags, threshold = FlagRule().apply(rows)
+    assert threshold == pytest.approx(float(torch.tensor([r["memorization_accuracy"] for r in rows
+                                                          if r["role"] == "control"]).quantile(0.99)))
+    assert flags == {"exact": "exact_extraction", "likely": "extraction_probability", "above": "control_relative_ma"}
+    # An extractable control is a real finding (a leak, or a control that is not held out): flagged.
+    leaky = FlagRule().apply([*rows, _row("leaky-control", "control", ma=1.0, exact=1)])[0]
+    assert leaky["leaky-control"] == "exact_extraction"
+    # The control-relative criterion never applies to controls, whatever their MA.
+    high_control = [*controls, _row("c-high", "control", ma=0.99)]
+    assert "c-high" not in FlagRule(exact_extraction=False, min_extraction_probability=None,
+                                    control_ma_percentile=50).apply(high_control)[0]
+    # Too few controls: the percentile is not computed and only the absolute criteria flag.
+    few = FlagRule(min_controls=20).apply(rows)
+    assert few[1] is None and "above" not in few[0]
+
+
+def test_flag_rule_and_budget_validation():
+    with pytest.raises(ValueError, match="every criterion turned off"):
+        FlagRule(exact_extraction=False, min_extraction_probability=None, control_ma_percentile=None)
+    with pytest.raises(ValueError, match="min_extraction_probability"):
+        FlagRule(min_extraction_probability=1.5)
+    with pytest.raises(ValueError, match="max_extraction_rate"):
+        MemorizationBudget(max_extraction_rate=2.0)
+    budget = MemorizationBudget(max_extraction_rate=0.1, max_flagged=3, max_tail_p99=4)
+    assert budget.check({"extraction_rate": 0.05, "tail/prefix_match_length/p99": 2.0}, 3) is None
+    assert "max_extraction_rate" in budget.check({"extraction_rate": 0.2}, 0)
+    assert "max_flagged" in budget.check({"extraction_rate": 0.0}, 4)
+    assert "max_tail_p99" in budget.check({"tail/prefix_match_length/p99": 5.0}, 0)
+    assert not MemorizationBudget().active
+
+
+def test_track_config_nested_sections_and_errors():
+    cfg = from_dict(TrackConfig, {"every_n_steps": "20", "flag_rule": {"control_ma_percentile": 95},
+                                  "budget": {"max_flagged": 5}}, "tracking")
+    assert cfg.every_n_steps == 20 and cfg.flag_rule.control_ma_percentile == 95 and cfg.budget.max_flagged == 5
+    with pytest.raises(RecipeError, match="Did you mean 'control_ma_percentile'"):
+        from_dict(TrackConfig, {"flag_rule": {"control_ma_percentil": 95}}, "tracking")
+    with pytest.raises(RecipeError, match="every_n_steps"):
+        from_dict(TrackConfig, {"every_n_steps": 0}, "tracking")
+    with pytest.raises(RecipeError, match="unknown metrics"):
+        from_dict(TrackConfig, {"metrics": ["memorisation_accuracy"]}, "tracking")
+
+
+def test_shard_bounds_cover_in_order():
+    for n, world in [(10, 3), (2, 4), (0, 2), (7, 1)]:
+        bounds = shard_bounds(n, world)
+        assert len(bounds) == world and bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(e - s for s, e in bounds) - min(e - s for s, e in bounds) <= 1
+
+
+def test_sft_probes_are_the_trained_tokens(tmp_path):
+    """prefix+suffix+eos is exactly SFTTrainer's input_ids, and the suffix+eos exactly its loss tokens."""
+    tokenizer, rows, _ = sft_data()
+    trainer = sft_trainer(tmp_path)
+    probes = probes_from_sft_rows(rows, tokenizer, include_eos=True)
+    prepared = {tuple(ex["input_ids"]): ex["labels"] for ex in trainer.train_dataset}
+    assert len(prepared) == len(probes)
+    for probe in probes:
+        labels = prepared[tuple(probe.prefix_ids + probe.suffix_ids)]
+        assert [t for t in labels if t != -100] == probe.suffix_ids
+        assert probe.suffix_ids[-1] == tokenizer.eos_token_id
+    # Without the eos (the default) the probes equal load_probes' separate tokenization on this corpus.
+    from obliviate.data import load_probes
+
+    plain = probes_from_sft_rows(rows[:10], tokenizer)
+    separate = load_probes([{"id": p.id, **r} for p, r in zip(plain, rows[:10])], tokenizer)
+    assert [(p.prefix_ids, p.suffix_ids) for p in plain] == [(p.prefix_ids, p.suffix_ids) for p in separate]
+
+
+def test_sft_probes_collapse_repetitions_and_text_rows():
+    tokenizer, _, probe_rows = sft_data()
+    train_like = [{"id": "canary-x8-0#0", "prompt": "P is", "completion": " 1 2"},
+                  {"id": "canary-x8-0#1", "prompt": "P is", "completion": " 1 2"},
+                  {"id": "m", "prompt": "Q is", "completion": " 3"}]
+    probes = probes_from_sft_rows(train_like, tokenizer)
+    assert probes.ids == ["canary-x8-0", "m"]
+    assert probes["canary-x8-0"].meta["repetitions"] == 2 and probes["m"].role == "member"
+    controls = probes_from_sft_rows(probe_rows[-3:], tokenizer, role="control")
+    assert {p.role for p in controls} == {"control"}
+    text = probes_from_sft_rows([{"text": "Fact. The flag of Riverton is red and blue."}], tokenizer, prefix_tokens=4,
+                                suffix_tokens=3)
+    assert len(text[0].prefix_ids) == 4 and len(text[0].suffix_ids) == 3 and text.ids == ["train-00000"]
+    with pytest.raises(ProbeError, match="neither prompt/completion"):
+        probes_from_sft_rows([{"id": "x", "body": "hi"}], tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bare_trainer(tmp_path_factory):
+    return sft_trainer(tmp_path_factory.mktemp("bare"), max_steps=2)
+
+
+def test_bad_inputs_fail_before_training(bare_trainer, tmp_path):
+    probes = sft_probes()
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(TrackingError, match="every_n_steps"):
+            MemorizationCallback(bare_trainer, probes, every_n_steps=bad)
+    vocab = bare_trainer.model.get_input_embeddings().num_embeddings
+    outside = ProbeSet([Probe("alien", "member", [1, 2], [vocab + 3])])
+    with pytest.raises(ProbeError, match="alien.*outside the vocabulary"):
+        MemorizationCallback(bare_trainer, outside)
+    long_probe = ProbeSet([Probe("long", "member", [5] * 120, [6] * 20)])
+    with pytest.raises(ProbeError, match="long.*longer than the model's context"):
+        MemorizationCallback(bare_trainer, long_probe)
+    bare_trainer.args.max_length = 16
+    try:
+        with pytest.raises(TrackingError, match="max_length=16"):
+            MemorizationCallback(bare_trainer, ProbeSet([Probe("p", "member", [5] * 12, [6] * 8)]))
+    finally:
+        bare_trainer.args.max_length = 1024
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TrackingError, match="cannot write"):
+        MemorizationCallback(bare_trainer, probes, output_dir=str(blocker))
+    with pytest.raises(TrackingError, match="no probes"):
+        MemorizationCallback(bare_trainer, ProbeSet([]))
+    with pytest.raises(TrackingError, match="unknown metrics"):
+        MemorizationCallback(bare_trainer, probes, metrics=["MA"])
+
+
+def test_evaluate_restores_modes_and_trainer_logging(bare_trainer, tmp_path):
+    model = bare_trainer.model
+    model.train()
+    model.transformer.h[0].eval()  # a mixed state must come back as it was, not as model.train()
+    modes = [m.training for m in model.modules()]
+    params = [p.detach().clone() for p in model.parameters()]
+    callback = MemorizationCallback(bare_trainer, sft_probes(), output_dir=str(tmp_path), metrics=["loss"])
+    control = bare_trainer.control
+    control.should_log = True
+    logs = callback.evaluate(bare_trainer.state, control)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert control.should_log, "the trainer's own log at this step must not be swallowed"
+    assert logs["memorization/count/control"] == 16 and "memorization/auc/min_k" in logs
+    assert bare_trainer.state.log_history[-1]["memorization/count/canary"] == 8
+    history = read_jsonl(tmp_path / "memorization" / "history.jsonl")
+    assert len(history) == len(callback.probes)
+    assert set(history[0]) == {"step", "epoch", "id", "role", "loss"}
+    # Scores are score_probes' own, on the unwrapped model.
+    from obliviate.metrics import score_probes
+
+    direct = score_probes(model, bare_trainer.processing_class, callback.probes)
+    assert [r["loss"] for r in history] == pytest.approx([r["loss"] for r in direct], abs=1e-6)
+    assert callback.evaluate(bare_trainer.state, control) is None  # once per step
+
+
+def test_sft_probes_conversational_match_trainer(tmp_path):
+    """Chat-templated prompt/completion and messages rows: the probe ids are the trainer's ids."""
+    import copy
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from tests.ddp_worker import fresh_model
+
+    tokenizer, rows, _ = sft_data()
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant]{% endif %}")
+    chats = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+              "completion": [{"role": "assistant", "content": r["completion"]}]}
+             for r in rows if r["prompt"].startswith("Support")][:12]  # distinct rows: one probe each
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True, bf16=False, report_to="none",
+                     activation_checkpointing=False)
+    trainer = SFTTrainer(model=fresh_model(tokenizer), args=args, train_dataset=Dataset.from_list(chats),
+                         processing_class=tokenizer)
+    probes = probes_from_sft_rows(chats, tokenizer)
+    messages = probes_from_sft_rows([{"messages": c["prompt"] + c["completion"]} for c in chats], tokenizer)
+    for probe, other, example in zip(probes, messages, trainer.train_dataset):
+        assert probe.prefix_ids + probe.suffix_ids == example["input_ids"]
+        assert [t for t in example["labels"] if t != -100] == probe.suffix_ids
+        assert (other.prefix_ids, other.suffix_ids) == (probe.prefix_ids, probe.suffix_ids)
+        assert probe.prefix.endswith("[assistant]")
