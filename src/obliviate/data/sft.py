@@ -23,7 +23,6 @@ with a space, as in the toy corpus).
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterable
 
 from obliviate.data.probes import Probe, ProbeError, ProbeSet, probe_from_row
@@ -145,7 +144,6 @@ def probes_from_sft_rows(
     """
     probes: dict[tuple, Probe] = {}
     copies: dict[tuple, int] = {}
-    boundary_merges = 0
     for index, raw in enumerate(rows):
         row = dict(raw)
         if row.get("prefix_ids") is not None and row.get("suffix_ids") is not None:
@@ -156,10 +154,6 @@ def probes_from_sft_rows(
             pid = _COPY_SUFFIX.sub("", str(row["id"])) if "id" in row else f"{id_prefix}-{index:05d}"
             meta = {k: v for k, v in row.items() if k not in _KNOWN}
             probe = Probe(pid, row.get("role", default_role), prefix, suffix, prefix_text, suffix_text, meta)
-            if isinstance(row.get("prompt"), str) and not include_eos:
-                separate = tokenizer(text=row["prompt"])["input_ids"], tokenizer(row["completion"],
-                                                                                add_special_tokens=False)["input_ids"]
-                boundary_merges += [list(separate[0]), list(separate[1])] != [prefix, suffix]
         if role is not None:
             probe.role = role
         key = (tuple(probe.prefix_ids), tuple(probe.suffix_ids))
@@ -170,8 +164,4 @@ def probes_from_sft_rows(
     for key, probe in probes.items():
         # Repetitions drive memorization (Carlini et al. 2023); a control was never trained on.
         probe.meta.setdefault("repetitions", 0 if probe.role == "control" else copies[key])
-    if boundary_merges:
-        warnings.warn(f"{boundary_merges} rows tokenize differently jointly (as trained) than prompt and completion "
-                      "apart: their probes use the trained ids, and flagged rows of them will not pass "
-                      "read_flagged's text re-tokenization check (pass check_tokens=False there).", stacklevel=2)
     return ProbeSet(probes.values())
