@@ -71,12 +71,36 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
                                  "directories load (HF_HUB_OFFLINE=1 is set in tests).") from None
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-        except ValueError as e:
-            raise ModelLoadError(f"{name!r} ({config.model_type}) is not a causal language model: {e}. "
-                                 "obliviate needs a model AutoModelForCausalLM can load.") from None
+        except ValueError:
+            # transformers' own message lists every supported config class (hundreds): keep ours short.
+            raise ModelLoadError(f"{name!r} ({type(config).__name__}, model_type {config.model_type!r}) is not a "
+                                 "causal language model: AutoModelForCausalLM has no class for it. obliviate "
+                                 "needs a decoder-only LM (GPT-2, Llama, ...).") from None
     model.to(device or default_device())
     model.eval()
+    check_causal(model, name)
     return model
+
+
+@torch.inference_mode()
+def check_causal(model, name: str = "the model") -> None:
+    """Raise unless predictions at a position ignore later tokens.
+
+    AutoModelForCausalLM also loads encoders (a BERT saved without ``is_decoder=True`` becomes a
+    bidirectional ``BertLMHeadModel``): every score would then see the suffix it is meant to predict.
+    Two 4-token rows that differ only in their last token must agree on the earlier logits (up to
+    noise, measured against how much the changed token moves its own position's logits).
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]], device=device) % vocab
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    earlier = (logits[0, :3] - logits[1, :3]).abs().max()
+    last = (logits[0, 3] - logits[1, 3]).abs().max()
+    if earlier > max(1e-3 * last, 1e-5):
+        raise ModelLoadError(f"{name!r} ({type(model).__name__}) is not a causal language model: its predictions "
+                             "depend on later tokens (bidirectional attention, e.g. an encoder such as BERT). "
+                             "obliviate needs a decoder-only LM (GPT-2, Llama, ...).")
 
 
 def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "float32",

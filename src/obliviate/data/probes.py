@@ -61,6 +61,10 @@ class ProbeSet:
             if not probe.suffix_ids:
                 raise ProbeError(f"probe {probe.id!r} has an empty suffix: there is nothing to measure. "
                                  "Give it a non-empty suffix/completion, or drop it.")
+            if not probe.prefix_ids:
+                # Nothing predicts the first suffix token then: its score would read a pad position.
+                raise ProbeError(f"probe {probe.id!r} has an empty prefix: the first suffix token has no context "
+                                 "to be predicted from. Give at least one prefix token (e.g. the tokenizer's BOS).")
         self._by_id = {p.id: p for p in self.probes}
 
     def __len__(self) -> int:

@@ -68,6 +68,13 @@ def score_sequences(
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if len(prefix_ids) != len(suffix_ids):
+        raise ValueError(f"got {len(prefix_ids)} prefixes but {len(suffix_ids)} suffixes; they pair up one to one.")
+    for i, (prefix, suffix) in enumerate(zip(prefix_ids, suffix_ids)):
+        if not prefix or not suffix:
+            # An empty prefix leaves the first suffix token nothing to be predicted from (its logit would be a pad's).
+            raise ValueError(f"sequence {i} has an empty {'prefix' if not prefix else 'suffix'}; every sequence "
+                             "needs at least one prefix token and one suffix token.")
     sampling = sampling or SamplingConfig()
     was_training = model.training
     model.eval()
@@ -83,12 +90,10 @@ def score_sequences(
             suffix_len = torch.tensor([len(suffix_ids[i]) for i in batch])
             ids, mask, pos, start, suffix_len = (t.to(device) for t in (ids, mask, pos, start, suffix_len))
             logits, targets, valid = suffix_logits(model, ids, mask, pos, start, suffix_len, padding_side)
-            flat = token_statistics(logits[valid], targets[valid], sampling)
-            stats = {}
-            for name, values in flat.items():
-                full = torch.zeros(valid.shape, dtype=values.dtype, device=values.device)
-                full[valid] = values
-                stats[name] = full
+            # Statistics of every (row, position) of the suffix window, padding included: cheaper than
+            # copying the valid rows out, and sequence_metrics masks the padding away.
+            stats = token_statistics(logits, targets, sampling)
+            del logits
             for name, value in sequence_metrics(stats, valid, min_k, sampling).items():
                 results.setdefault(name, []).append(value.cpu())
             order.extend(batch)

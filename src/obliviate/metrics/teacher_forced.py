@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-# Rows of (position, vocab) reduced at once in float32: bounds the transient memory to
-# CHUNK_ROWS * V * 4 bytes (~100 MB for a 50k vocabulary) whatever the batch.
-CHUNK_ROWS = 512
+# Logit entries reduced at once in float32: bounds each transient to CHUNK_ELEMENTS * 4 bytes
+# (~100 MB, e.g. 512 positions of a 50k vocabulary) whatever the batch, while a small vocabulary
+# gets a few large operations instead of many small ones (each one a threaded region on CPU).
+CHUNK_ELEMENTS = 512 * 50_000
 
 
 @dataclass
@@ -73,27 +74,36 @@ def _sampling_log_prob(logits: torch.Tensor, targets: torch.Tensor, sampling: Sa
 
 
 def token_statistics(logits: torch.Tensor, targets: torch.Tensor, sampling: SamplingConfig | None = None) -> dict:
-    """Per-position statistics for rows of logits ``(N, V)`` and true tokens ``(N,)``, in float32 chunks.
+    """Per-position statistics for logits ``(..., V)`` and true tokens ``(...)``, in float32 chunks.
 
     Returns ``target_log_prob`` (log p_t(y_t)), ``correct`` (argmax == y), ``mean_log_prob`` (mu_t = E_p log p),
-    ``std_log_prob`` (sigma_t), and ``sampling_log_prob`` (log q_t(y_t)) when ``sampling`` is not plain.
+    ``std_log_prob`` (sigma_t), and ``sampling_log_prob`` (log q_t(y_t)) when ``sampling`` is not plain, each
+    shaped like ``targets``. Chunks run along the first dimension, so a strided view of the model's
+    logits is read in place, never copied whole.
     """
+    if logits.dim() == 1 or logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match")
+    positions_per_row = max(1, targets[0].numel()) if targets.dim() > 0 and len(targets) else 1
+    step = max(1, CHUNK_ELEMENTS // (positions_per_row * logits.shape[-1]))
     out = {k: [] for k in ("target_log_prob", "correct", "mean_log_prob", "std_log_prob", "sampling_log_prob")}
-    for start in range(0, logits.shape[0], CHUNK_ROWS):
-        chunk = logits[start:start + CHUNK_ROWS].float()
-        y = targets[start:start + CHUNK_ROWS]
+    for start in range(0, logits.shape[0], step):
+        chunk = logits[start:start + step].float()
+        y = targets[start:start + step].unsqueeze(-1)
         log_probs = chunk.log_softmax(-1)
         probs = log_probs.exp()
-        target = log_probs.gather(-1, y[:, None]).squeeze(-1)
-        mu = (probs * log_probs).sum(-1)
-        second = (probs * log_probs.square()).sum(-1)
-        out["target_log_prob"].append(target)
-        out["correct"].append(chunk.argmax(-1) == y)
+        out["target_log_prob"].append(log_probs.gather(-1, y).squeeze(-1))
+        # argmax of the logits themselves: exactly what greedy decoding picks.
+        out["correct"].append(chunk.argmax(-1) == y.squeeze(-1))
+        mu = torch.linalg.vecdot(probs, log_probs)
+        # Centered second moment, in place: E[log^2 p] - mu^2 cancels catastrophically in float32 on
+        # near-uniform rows, where sigma is tiny and Min-K%++ divides by it.
+        centered = log_probs.sub_(mu.unsqueeze(-1)).square_()
         out["mean_log_prob"].append(mu)
-        out["std_log_prob"].append((second - mu.square()).clamp_min(0).sqrt())
+        out["std_log_prob"].append(torch.linalg.vecdot(probs, centered).sqrt())
         if sampling is not None and not sampling.is_plain:
-            out["sampling_log_prob"].append(_sampling_log_prob(chunk, y, sampling))
-        del log_probs, probs
+            flat = chunk.reshape(-1, chunk.shape[-1])
+            out["sampling_log_prob"].append(_sampling_log_prob(flat, y.reshape(-1), sampling).view(y.shape[:-1]))
+        del log_probs, probs, centered
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -156,26 +166,23 @@ def collate(prefix_ids: list[list[int]], suffix_ids: list[list[int]], pad_id: in
 
 
 def suffix_logits(model, ids, mask, position_ids, suffix_start, suffix_len, padding_side: str):
-    """Forward pass returning ``(B, S_max, V)`` logits predicting each suffix token and ``(B, S_max)`` targets."""
+    """Forward pass returning ``(B, S_max, V)`` logits predicting each suffix token, ``(B, S_max)`` targets
+    and the ``(B, S_max)`` mask of real (non-padding) suffix positions."""
     s_max = int(suffix_len.max())
-    kwargs = {}
-    keep_from = 0
-    if padding_side == "left" and _accepts_logits_to_keep(model):
-        # Left padding aligns every suffix at the end: keep only the last s_max + 1 positions.
-        kwargs["logits_to_keep"] = s_max + 1
-        keep_from = ids.shape[1] - (s_max + 1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs).logits
     j = torch.arange(s_max, device=ids.device)
-    # Logit at position t predicts token t + 1; suffix token k of row b sits at suffix_start[b] + k.
-    # Left padding puts every suffix flush right, so shorter suffixes start later; pad positions are masked.
+    kwargs = {}
     if padding_side == "left":
-        start = ids.shape[1] - s_max + j[None, :]
+        if _accepts_logits_to_keep(model):
+            # Left padding aligns every suffix at the end: only the last s_max + 1 positions need logits.
+            kwargs["logits_to_keep"] = s_max + 1
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs).logits
+        # Logit at position t predicts token t + 1. Suffixes are flush right, so shorter ones start later
+        # (their leading window positions are masked); the logits are a strided view, never copied.
         valid = j[None, :] >= (s_max - suffix_len[:, None])
-    else:
-        start = suffix_start[:, None] + j[None, :]
-        valid = j[None, :] < suffix_len[:, None]
-    token_pos = start.clamp(max=ids.shape[1] - 1)
+        return logits[:, logits.shape[1] - s_max - 1:-1], ids[:, ids.shape[1] - s_max:], valid
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    # Right padding: suffix token k of row b sits at suffix_start[b] + k, predicted by the logit before it.
+    valid = j[None, :] < suffix_len[:, None]
+    token_pos = (suffix_start[:, None] + j[None, :]).clamp(max=ids.shape[1] - 1)
     rows = torch.arange(ids.shape[0], device=ids.device)[:, None]
-    gathered = logits[rows, token_pos - 1 - keep_from]
-    targets = ids[rows, token_pos]
-    return gathered, targets, valid
+    return logits[rows, token_pos - 1], ids[rows, token_pos], valid
