@@ -1,0 +1,240 @@
+"""Every erasure method x selector side by side on the same forget sets of 8, 32 and 128 memorized sequences.
+
+    python perf/erasure_bench.py                                   # everything (~15-30 min on 2 CPU cores)
+    python perf/erasure_bench.py --sizes 8 32 --methods emso ga --selectors contrastive all --gate off
+    python perf/erasure_bench.py --demo-only                       # just the demo-setting check
+
+Setup, cached under ``--work`` (default ``runs/erasure-bench``):
+
+1. the toy build (``obliviate.toy.build_toy``);
+2. the demo setting: ``recipes/track-sft.yaml`` through ``obliviate.callbacks.run_track`` (TRL SFTTrainer
+   + MemorizationCallback). Its flagged canaries are erased with the defaults (``EraseConfig()``, default
+   gate: retain perplexity +2%): the "EMSO on the demo" target of DESIGN §8;
+3. large requests: the same recipe trained ``--epochs`` epochs (default 30) so that >= 128 members and
+   canaries are memorized. Forget sets are the N most memorized (exactly extractable first, then by MA),
+   the same sets for every method.
+
+Each run erases a fresh copy of the model with :class:`obliviate.erasure.Eraser` (``chunk_size`` 32,
+``max_steps`` 200 per chunk; with the gate on, the default gate's benchmark checked every
+``--gate-every`` steps, 5 by default to keep the grid affordable) and reports forgotten %, retain perplexity change (retain.jsonl minus the
+forget set), multiple-choice accuracy change (toy ``multiple_choice.jsonl``), kept steps, wall time, the
+share of it spent in the gate, peak memory and optimizer-state bytes. Peak memory: on CUDA
+``torch.cuda.max_memory_allocated``; on CPU the peak resident set size above the run's starting RSS,
+sampled every 5 ms from /proc/self/statm (tracemalloc does not see torch's allocations), with
+``malloc_trim`` between runs so freed memory does not hide the next run's growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from obliviate.data import ProbeSet, load_probes  # noqa: E402
+from obliviate.data.flagged import read_flagged  # noqa: E402
+from obliviate.erasure import LOSSES, SELECTORS, EraseConfig, Eraser  # noqa: E402
+from obliviate.erasure.run import filter_retain  # noqa: E402
+from obliviate.metrics import score_probes  # noqa: E402
+from obliviate.modeling import load_model_and_tokenizer  # noqa: E402
+from obliviate.report.tables import format_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, else sampled RSS growth (bytes)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        with contextlib.suppress(OSError):  # not glibc: then RSS may keep earlier runs' freed memory
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.start = self.rss()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.rss() - self.start)
+                time.sleep(0.005)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.rss() - self.start)
+
+
+def setup(work: Path, epochs: int) -> dict:
+    """Toy build, the demo-setting model and the long-trained model (each built once, then reused)."""
+    from obliviate.callbacks import run_track
+    from obliviate.toy import build_toy
+
+    toy = work / "toy"
+    if not (toy / "base").is_dir():
+        build_toy(toy)
+    recipe = str(ROOT / "recipes" / "track-sft.yaml")
+    common = {"model": str(toy / "base"), "train_file": str(toy / "train.jsonl"), "probes": str(toy / "probes.jsonl")}
+    runs = {}
+    for name, extra in (("demo", {}), ("long", {"training.num_train_epochs": epochs, "tracking.every_n_steps": 10**6})):
+        out = work / f"track-{name}" if name == "demo" else work / f"track-{name}-{epochs}"
+        if not (out / "model").is_dir():
+            run_track(recipe, {**common, "output_dir": str(out), **extra})
+        runs[name] = out
+    return {"toy": toy, **runs}
+
+
+def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, config: EraseConfig) -> dict:
+    retain, info = filter_retain(toy / "retain.jsonl", forget, tokenizer)
+    rows = [{"text": t} for t in retain] if isinstance(retain, list) else str(retain)
+    config.utility = [{"name": "perplexity", "data": rows, "label": "retain_ppl"},
+                      {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "mc"}]
+    work = copy.deepcopy(model)
+    device = next(work.parameters()).device
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        result = Eraser(work, tokenizer, forget, config, controls=controls, retain=retain).erase()
+        wall = time.perf_counter() - start
+    r = result.report
+    before, after = r["utility"]["before"], r["utility"]["after"]
+    return {
+        "forgotten_pct": 100 * r["summary"]["forgotten_rate"],
+        "ppl_pct": 100 * (after["retain_ppl"]["perplexity"] / before["retain_ppl"]["perplexity"] - 1),
+        "mc_points": 100 * (after["mc"]["acc"] - before["mc"]["acc"]),
+        "steps": r["summary"]["steps"], "attempted": r["summary"]["attempted_steps"],
+        "exhausted": r["summary"]["chunks_gate_exhausted"], "wall_s": wall,
+        "gate_pct": 100 * r["timings"]["gate_s"] / max(r["timings"]["total_s"], 1e-9),
+        "peak_mb": memory.peak / 2**20, "opt_bytes": r["summary"]["optimizer_state_bytes"],
+        "selected": r["summary"]["selected_weights"], "retain_dropped": info["dropped"],
+    }
+
+
+def gate_section(toy: Path, forget: ProbeSet, tokenizer, every: int) -> dict:
+    """The default gate (retain perplexity +2%, backoff 0.5, 3 retries), checked every ``every`` steps."""
+    retain, _ = filter_retain(toy / "retain.jsonl", forget, tokenizer)
+    rows = [{"text": t} for t in retain] if isinstance(retain, list) else str(retain)
+    return {"every": every, "backoff": 0.5, "max_retries": 3, "benchmarks": [
+        {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": 0.02}]}
+
+
+def most_memorized(model, tokenizer, probes: ProbeSet, n: int) -> tuple[ProbeSet, int]:
+    rows = score_probes(model, tokenizer, probes.by_role("member", "canary"))
+    rows.sort(key=lambda r: (-r["exact_extraction"], -r["memorization_accuracy"], -r["extraction_probability"], r["id"]))
+    if len(rows) < n:
+        raise SystemExit(f"only {len(rows)} members/canaries; lower --sizes")
+    return probes.subset([r["id"] for r in rows[:n]]), sum(r["exact_extraction"] for r in rows[:n])
+
+
+def demo_check(paths: dict) -> dict:
+    model, tokenizer = load_model_and_tokenizer(paths["demo"] / "model", device="cpu")
+    flagged = read_flagged(paths["demo"] / "memorization" / "flagged.jsonl", tokenizer)
+    canaries = flagged.by_role("canary")
+    controls = load_probes(paths["toy"] / "probes.jsonl", tokenizer, roles=("control",))
+    row = run_one(model, tokenizer, canaries, controls, paths["toy"], EraseConfig())
+    row["flagged_canaries"] = len(canaries)
+    print(f"\ndemo setting: default EMSO on {len(canaries)} flagged canaries "
+          f"({', '.join(canaries.ids)}): forgotten {row['forgotten_pct']:.0f}%, retain perplexity "
+          f"{row['ppl_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
+          f"{row['wall_s']:.1f}s ({row['gate_pct']:.0f}% in the gate)")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="runs/erasure-bench", help="cache of the toy build and SFT models")
+    parser.add_argument("--epochs", type=int, default=30, help="SFT epochs of the large-request model")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--methods", nargs="+", default=sorted(LOSSES), choices=sorted(LOSSES))
+    parser.add_argument("--selectors", nargs="+", default=sorted(SELECTORS), choices=sorted(SELECTORS))
+    parser.add_argument("--gate", choices=["on", "off", "both"], default="both",
+                        help="on: the default gate (retain perplexity +2%%); off: run to the forgetting criterion")
+    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate (every selector but `all`)")
+    parser.add_argument("--lr-all", type=float, default=1e-4, help="learning rate with selector `all`")
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--gate-every", type=int, default=5, help="gate check every N steps (the default gate: 1)")
+    parser.add_argument("--tag", default="all", help="results file suffix (results-TAG.json / .md)")
+    parser.add_argument("--demo-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    paths = setup(work, args.epochs)
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"torch {torch.__version__} {'CUDA' if torch.cuda.is_available() else 'CPU'}",
+               "demo": demo_check(paths), "runs": []}
+    if args.demo_only:
+        return
+    model, tokenizer = load_model_and_tokenizer(paths["long"] / "model")
+    probes = load_probes(paths["toy"] / "probes.jsonl", tokenizer)
+    controls = probes.by_role("control")
+    gates = ["on", "off"] if args.gate == "both" else [args.gate]
+    table = []
+    for size in args.sizes:
+        forget, extractable = most_memorized(model, tokenizer, probes, size)
+        print(f"\nforget set of {size}: {extractable} exactly extractable, the rest the most memorized by MA")
+        for gate in gates:
+            group = []
+            for method in args.methods:
+                for selector in args.selectors:
+                    config = EraseConfig(method=method, selector=selector, max_steps=args.max_steps,
+                                         learning_rate=args.lr_all if selector == "all" else args.lr,
+                                         gate=gate_section(paths["toy"], forget, tokenizer, args.gate_every)
+                                         if gate == "on" else None)
+                    row = {"size": size, "extractable": extractable, "gate": gate, "method": method,
+                           "selector": selector, **run_one(model, tokenizer, forget, controls, paths["toy"], config)}
+                    group.append(row)
+                    results["runs"].append(row)
+                    (work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
+                    print(f"  {size:4d} gate {gate:3s} {method:8s} {selector:11s} forgotten {row['forgotten_pct']:5.1f}% "
+                          f"ppl {row['ppl_pct']:+6.2f}% mc {row['mc_points']:+5.1f} steps {row['steps']:4d} "
+                          f"{row['wall_s']:6.1f}s", flush=True)
+            ref = next((r for r in group if r["method"] == "emso" and r["selector"] == "contrastive"), group[0])
+            for row in group:
+                row["time_x"] = row["wall_s"] / max(ref["wall_s"], 1e-9)
+                row["opt_x"] = row["opt_bytes"] / max(ref["opt_bytes"], 1)
+            table += group
+    headers = ["size", "gate", "method", "selector", "forgotten %", "retain ppl Δ%", "MC Δ pts", "steps", "wall s",
+               "× time", "gate %", "peak MB", "opt state KB", "× opt"]
+    cells = [[r["size"], r["gate"], r["method"], r["selector"], r["forgotten_pct"], r["ppl_pct"], r["mc_points"],
+              r["steps"], r["wall_s"], r["time_x"], r["gate_pct"], r["peak_mb"], r["opt_bytes"] / 1024, r["opt_x"]]
+             for r in table]
+    print("\n" + format_table(cells, headers))
+    print("\n× columns: ratio to emso/contrastive at the same size and gate setting.")
+    print(f"machine: {results['machine']}")
+    (work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
+    (work / f"results-{args.tag}.md").write_text(format_table(cells, headers, markdown=True) + "\n")
+    print(f"wrote {work / f'results-{args.tag}.json'} and {work / f'results-{args.tag}.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""``EraseConfig``: every choice of the erasure loop, loadable from a YAML recipe.
+
+    python -c "from obliviate.erasure import EraseConfig; print(EraseConfig())"
+
+EMSO's full text is not available to us; DESIGN §5 reconstructs it from the abstract, and every
+choice that reconstruction had to make is a field here (docs/erasure.md lists them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("emso", "ga", "graddiff", "npo")
+SELECTORS = ("contrastive", "magnitude", "random", "all")
+GRANULARITIES = ("element", "row", "tensor")
+TARGETS = ("full", "lora")
+ENTROPY_VARIANTS = ("entropy", "uniform_ce")
+THRESHOLD_SOURCES = ("auto", "controls", "absolute")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class EraseConfigError(ValueError):
+    """An EraseConfig field out of range; the message names the field and the valid values."""
+
+
+def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise EraseConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}.")
+
+
+@dataclass
+class EraseConfig:
+    """Configuration of :class:`~obliviate.erasure.Eraser` (the ``erase`` recipe's keys)."""
+
+    method: str = field(default="emso", metadata={
+        "help": "loss: emso (entropy maximization), ga (gradient ascent), graddiff (GA + retain NLL), npo."})
+    entropy_variant: str = field(default="uniform_ce", metadata={
+        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V) or entropy (-mean H(p_t), the gradient of "
+                "KL(p_t||U)); uniform_ce is the default because it forgets within the gate where entropy does not "
+                "(docs/perf/erasure.md)."})
+    selector: str = field(default="contrastive", metadata={
+        "help": "weight selection: contrastive (s = -g_loss*g_nll), magnitude (|g_loss|), random, all."})
+    select_fraction: float = field(default=0.01, metadata={
+        "help": "fraction of candidate weights updated (by element count, whatever the granularity)."})
+    granularity: str = field(default="element", metadata={
+        "help": "unit of selection: element, row (dim 0 of the stored tensor; score summed) or tensor."})
+    retain_contrast: float = field(default=1.0, metadata={
+        "help": "contrastive selector: s_i = -g_loss,i * (g_nll_forget,i - retain_contrast * g_nll_retain,i), i.e. "
+                "first-order forgetting gain minus retain-loss increase; used when retain text is given (else 0). "
+                "0 = the DESIGN §5 metric exactly."})
+    select_scope: str = field(default="global", metadata={
+        "help": "global (rank all candidate weights together) or per_tensor (select_fraction of each tensor)."})
+    target_modules: Any = field(default=None, metadata={
+        "help": "only parameters whose name matches: a regex, or a list of regexes (re.search); null = all."})
+    reselect_every: int | None = field(default=None, metadata={
+        "help": "recompute the selection every N optimizer steps (at a gate-block boundary); null = once per chunk."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "optimizer learning rate at the start of each chunk."})
+    optimizer: str = field(default="adam", metadata={"help": "adam (state only for selected entries) or sgd."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay, on selected entries only."})
+    lr_recovery: float = field(default=1.0, metadata={
+        "help": "after a gate-accepted block, lr *= this (capped at learning_rate): undoes earlier backoffs; 1 = never."})
+    max_grad_norm: float | None = field(default=None, metadata={
+        "help": "clip the selected entries' gradient to this L2 norm; null = no clipping."})
+    max_steps: int = field(default=200, metadata={"help": "most kept optimizer steps per chunk."})
+    chunk_size: int = field(default=32, metadata={"help": "forget sequences erased together (each chunk gated)."})
+    batch_size: int = field(default=32, metadata={"help": "sequences per forward/backward micro-batch."})
+    retain_weight: float = field(default=1.0, metadata={"help": "graddiff: weight of the retain NLL term."})
+    retain_batch_size: int = field(default=16, metadata={"help": "graddiff: retain texts per step."})
+    npo_beta: float = field(default=0.1, metadata={"help": "npo: inverse temperature beta."})
+    target: str = field(default="full", metadata={"help": "where to write: full (the weights) or lora (a new adapter)."})
+    lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, metadata={
+        "help": "target lora: peft.LoraConfig fields (task_type is CAUSAL_LM); target_modules null = PEFT's default."})
+    gate: Any = field(default="default", metadata={
+        "help": "the UtilityGate section {every, backoff, max_retries, benchmarks}; 'default' = retain perplexity "
+                "+2% when --retain is given (none otherwise); null = no gate."})
+    utility: list | None = field(default=None, metadata={
+        "help": "extra benchmark entries measured before/after for the report only (not gated)."})
+    thresholds: str = field(default="auto", metadata={
+        "help": "forgetting thresholds: controls (mean MA / extraction probability of control probes), absolute "
+                "(the two fields below), auto (controls when given, else absolute)."})
+    max_memorization_accuracy: float = field(default=0.5, metadata={
+        "help": "absolute threshold: forgotten needs MA below this (used without controls)."})
+    max_extraction_probability: float = field(default=0.01, metadata={
+        "help": "absolute threshold: forgotten needs extraction_probability below this (used without controls)."})
+    extraction_samples: int = field(default=100, metadata={"help": "n of extraction_probability (attacker's samples)."})
+    score_every: int = field(default=1, metadata={"help": "check the forgetting criterion every N optimizer steps."})
+    score_batch_size: int = field(default=32, metadata={"help": "sequences per scoring pass."})
+    seed: int = field(default=0, metadata={"help": "seed of every random draw (random selector, retain batches)."})
+    dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded in by run_erase/CLI."})
+    plots: bool = field(default=True, metadata={"help": "write PNG plots next to erasure_report.json."})
+
+    def __post_init__(self):
+        _one_of("method", self.method, METHODS)
+        _one_of("entropy_variant", self.entropy_variant, ENTROPY_VARIANTS)
+        _one_of("selector", self.selector, SELECTORS)
+        _one_of("granularity", self.granularity, GRANULARITIES)
+        _one_of("select_scope", self.select_scope, ("global", "per_tensor"))
+        _one_of("target", self.target, TARGETS)
+        _one_of("thresholds", self.thresholds, THRESHOLD_SOURCES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if not 0 < self.select_fraction <= 1:
+            raise EraseConfigError(f"select_fraction must be in (0, 1]; got {self.select_fraction}.")
+        for name in ("max_steps", "chunk_size", "batch_size", "retain_batch_size", "extraction_samples",
+                     "score_every", "score_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EraseConfigError(f"{name} must be an integer >= 1; got {value!r}.")
+        if self.reselect_every is not None and (not isinstance(self.reselect_every, int) or self.reselect_every < 1):
+            raise EraseConfigError(f"reselect_every must be an integer >= 1 or null; got {self.reselect_every!r}.")
+        for name in ("learning_rate", "npo_beta"):
+            if not getattr(self, name) > 0:
+                raise EraseConfigError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if not self.lr_recovery >= 1:
+            raise EraseConfigError(f"lr_recovery must be >= 1 (1 = keep a backed-off lr); got {self.lr_recovery}.")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise EraseConfigError(f"max_grad_norm must be > 0 or null; got {self.max_grad_norm}.")
+        if self.retain_contrast < 0:
+            raise EraseConfigError(f"retain_contrast must be >= 0; got {self.retain_contrast}.")
+        if self.weight_decay < 0 or self.retain_weight < 0:
+            raise EraseConfigError("weight_decay and retain_weight must be >= 0.")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise EraseConfigError("adam_beta1 and adam_beta2 must be in [0, 1).")
+        if not 0 <= self.max_memorization_accuracy <= 1 or not 0 <= self.max_extraction_probability <= 1:
+            raise EraseConfigError("max_memorization_accuracy and max_extraction_probability must be in [0, 1].")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if self.target_modules is not None and (not isinstance(self.target_modules, (list, tuple))
+                                                or not all(isinstance(m, str) for m in self.target_modules)):
+            raise EraseConfigError(f"target_modules must be a regex, a list of regexes or null; got {self.target_modules!r}.")
+        if self.target_modules is not None:
+            import re
+
+            for pattern in self.target_modules:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise EraseConfigError(f"target_modules: {pattern!r} is not a valid regex ({e}).") from None
+            self.target_modules = list(self.target_modules)
+        if not isinstance(self.lora, dict):
+            raise EraseConfigError(f"lora must be a mapping of peft.LoraConfig fields; got {self.lora!r}.")
+        if self.target == "lora":
+            self.lora_config()  # unknown LoraConfig keys fail here, before any model is loaded
+        if isinstance(self.gate, str) and self.gate != "default":
+            raise EraseConfigError(f"gate must be a mapping, 'default' or null; got {self.gate!r}.")
+        if self.gate is not None and not isinstance(self.gate, (str, dict)):
+            raise EraseConfigError(f"gate must be a mapping, 'default' or null; got {type(self.gate).__name__}.")
+        if isinstance(self.gate, dict):
+            from obliviate.benchmarks.gate import GateConfig
+            from obliviate.config import from_dict
+
+            from_dict(GateConfig, self.gate, "the gate section")  # key and schedule errors now, not mid-run
+        if self.utility is not None and not isinstance(self.utility, list):
+            raise EraseConfigError("utility must be a list of benchmark entries or null.")
+
+    def lora_config(self):
+        """The ``peft.LoraConfig`` of ``target: lora`` (task type CAUSAL_LM)."""
+        from peft import LoraConfig
+
+        from obliviate.config import check_keys
+
+        fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
+        check_keys(self.lora, fields, "the lora section")
+        return LoraConfig(task_type="CAUSAL_LM", **self.lora)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

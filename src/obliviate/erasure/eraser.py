@@ -1,0 +1,388 @@
+"""The erasure loop: chunked, selected-weight, gated (DESIGN §5).
+
+    obliviate erase --model runs/toy/base --forget runs/toy/probes.jsonl --retain runs/toy/retain.jsonl \\
+        --config recipes/erase-emso.yaml --out runs/toy/erased
+
+Per chunk of ``chunk_size`` sequences: score them; select weights on the not-yet-forgotten ones;
+then blocks of ``gate.every`` optimizer steps, each snapshot -> steps -> gate check -> accept, or
+restore + lr *= backoff + retry (at most ``max_retries``; then the chunk is ``gate_exhausted``
+and its weights are those before that block). A sequence stops contributing to the loss once
+the forgetting criterion holds; the chunk stops when all do or after ``max_steps`` kept steps.
+Dropout is off throughout (the model stays in eval mode): the loop is deterministic, which is
+what makes a resumed run end bitwise where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
+from obliviate.erasure.config import EraseConfig
+from obliviate.erasure.criterion import build_criterion
+from obliviate.erasure.inputs import build_gate, read_retain
+from obliviate.erasure.losses import forward_suffix, get_loss
+from obliviate.erasure.result import ErasureResult, build_report
+from obliviate.erasure.selectors import get_selector
+from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
+from obliviate.erasure.update import SelectedUpdate
+from obliviate.metrics import SamplingConfig, context_length, score_probes, score_sequences
+
+KILL_ENV = "OBLIVIATE_TEST_KILL_AFTER_CHUNK"
+"""Tests set this to a chunk index: the process SIGKILLs itself right after that chunk's state is saved."""
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + int(part)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class Eraser:
+    """Erase ``forget`` sequences from ``model`` with the loss, selector and gate of ``config``.
+
+    Args:
+        model: a causal LM (moved to the accelerator's device; changed in place, or wrapped in a new
+            LoRA adapter with ``target: lora``).
+        tokenizer: its tokenizer.
+        forget: the sequences to erase (a :class:`~obliviate.data.ProbeSet`; roles member/canary).
+        config: the :class:`EraseConfig`.
+        gate: a :class:`~obliviate.benchmarks.UtilityGate`; None builds one from ``config.gate`` (a mapping, or
+            ``"default"`` = retain perplexity +2% when ``retain`` is given).
+        controls: control probes (never trained on) whose mean MA / extraction probability set the thresholds.
+        retain: retained text (a ``{"text"}`` JSONL path or a list of strings): graddiff's retain term and
+            the default gate.
+        checkpoint_dir: where to keep the resume state after every chunk (resumed from when it holds one).
+        progress: show progress bars.
+        accelerator: an ``accelerate.Accelerator`` (default: a new one).
+    """
+
+    def __init__(self, model, tokenizer, forget: ProbeSet, config: EraseConfig | None = None, gate=None,
+                 controls: ProbeSet | None = None, retain=None, checkpoint_dir=None, progress: bool = False,
+                 accelerator=None):
+        from accelerate import Accelerator
+
+        self.config = config = config or EraseConfig()
+        self.model, self.tokenizer, self.progress = model, tokenizer, progress
+        ensure_pad_token(tokenizer)
+        if forget is None or len(forget) == 0:
+            raise ProbeError("the forget set is empty: there is nothing to erase. Check --forget (and --ids).")
+        if controls is not None and len(controls) == 0:
+            controls = None
+        limit = context_length(model)
+        self.forget = forget.check_fits(limit)  # a sequence longer than the context is an error naming it
+        self.forget.check_vocab(model.get_input_embeddings().num_embeddings)
+        if controls is not None:
+            controls.check_fits(limit)
+        self.controls = controls
+        self.retain_texts = read_retain(retain)
+        self.loss = get_loss(config)
+        # Without retained text the contrastive metric is the DESIGN's forget-only one (retain_contrast 0).
+        self.selector = get_selector(config if self.retain_texts or not config.retain_contrast
+                                     else dataclasses.replace(config, retain_contrast=0.0))
+        if self.loss.needs_retain and not self.retain_texts:
+            raise ValueError(f"method {config.method!r} needs retained text: pass --retain FILE ({{\"text\"}} JSONL).")
+        self.gate = gate if gate is not None else build_gate(config, tokenizer, retain, self.retain_texts)
+        self.checkpoint_dir = checkpoint_dir
+        self.accelerator = accelerator or Accelerator()
+        self.sampling = SamplingConfig(n=config.extraction_samples)
+        self.timings = {"scoring_s": 0.0, "update_s": 0.0, "selection_s": 0.0}
+        self.steps: list[dict] = []
+        self.chunks: list[dict] = []
+        self.forgotten_steps: dict[str, int | None] = {}
+        self.global_step = 0
+        self.prior = {"total_s": 0.0, "gate_s": 0.0}  # time spent before a resume
+
+    # ---------------------------------------------------------------- setup
+    def _prepare_model(self) -> None:
+        self.model.to(self.accelerator.device)
+        if self.config.target == "lora":
+            from peft import PeftModel, get_peft_model
+
+            if isinstance(self.model, PeftModel):
+                raise ValueError("target: lora needs a plain model, got a PEFT model; merge its adapter first "
+                                 "(model.merge_and_unload()) or erase with target: full.")
+            self.model = get_peft_model(self.model, self.config.lora_config())
+        self.model.eval()
+        named = dict(self.model.named_parameters())
+        self._requires_grad = {n: p.requires_grad for n, p in named.items()}
+        patterns = self.config.target_modules
+        self.candidates = {
+            n: p for n, p in named.items()
+            if p.is_floating_point()
+            and (self.config.target != "lora" or p.requires_grad)
+            and (patterns is None or any(re.search(pat, n) for pat in patterns))}
+        if not self.candidates:
+            raise ValueError(f"target_modules {patterns} matched no parameter; names look like "
+                             f"{', '.join(list(named)[:4])} …")
+        self.all_params = named
+        for p in named.values():
+            p.requires_grad_(False)
+        self.touched: set[str] = set()
+        self.last_selection, self.selections_made = None, 0
+
+    def _score(self, probes: ProbeSet) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        scores = score_sequences(self.model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes],
+                                 self.tokenizer.pad_token_id, batch_size=self.config.score_batch_size,
+                                 sampling=self.sampling)
+        self.timings["scoring_s"] += time.perf_counter() - start
+        return scores
+
+    def _score_rows(self, probes: ProbeSet) -> list[dict]:
+        start = time.perf_counter()
+        rows = score_probes(self.model, self.tokenizer, probes, batch_size=self.config.score_batch_size,
+                            sampling=self.sampling)
+        self.timings["scoring_s"] += time.perf_counter() - start
+        return rows
+
+    # ---------------------------------------------------------------- loss and gradients
+    def _shard(self, active: list[int]) -> list[int]:
+        return active[self.accelerator.process_index::self.accelerator.num_processes]
+
+    def _retain_batch(self, generator: torch.Generator, force: bool = False):
+        if not (self.loss.needs_retain or force):
+            return None, None
+        n = min(self.config.retain_batch_size, len(self.retain_texts))
+        pick = torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
+        enc = self.tokenizer([self.retain_texts[i] for i in pick], padding=True, truncation=True,
+                             max_length=context_length(self.model) or None, return_tensors="pt")
+        device = self.accelerator.device
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    def _losses(self, probes: ProbeSet, active: list[int], reference: torch.Tensor | None, generator,
+                kinds: tuple[str, ...]):
+        """Yield ``{kind: scalar}`` per micro-batch of this process's shard; each sums to the global mean."""
+        total = len(active)
+        local = self._shard(active)
+        size = self.config.batch_size
+        for start in range(0, len(local), size):
+            batch = local[start:start + size]
+            out = forward_suffix(self.model, [probes[i].prefix_ids for i in batch],
+                                 [probes[i].suffix_ids for i in batch], self.tokenizer.pad_token_id)
+            terms = {}
+            if "loss" in kinds:
+                ref = reference[batch] if reference is not None else None
+                terms["loss"] = self.loss.sequence_losses(out, ref).sum() / total
+            if "nll" in kinds:
+                terms["nll"] = out.sequence_nll().sum() / total
+            yield terms
+        if "loss" in kinds and self.loss.needs_retain:
+            ids, mask = self._retain_batch(generator)
+            retain = self.loss.retain_loss(self.model, ids, mask)
+            if retain is not None:
+                yield {"loss": retain / self.accelerator.num_processes}
+        if "retain_nll" in kinds:
+            ids, mask = self._retain_batch(generator, force=True)
+            labels = ids.masked_fill(mask == 0, -100)
+            nll = self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+            yield {"retain_nll": nll / self.accelerator.num_processes}
+
+    def _gradients(self, probes, active, reference, generator, kinds) -> dict[str, dict[str, torch.Tensor]]:
+        """Gradients of the loss and/or the suffix NLL w.r.t. every candidate, summed over processes."""
+        names = list(self.candidates)
+        params = [self.candidates[n] for n in names]
+        for p in params:
+            p.requires_grad_(True)
+        grads = {k: [torch.zeros_like(p) for p in params] for k in kinds}
+        for terms in self._losses(probes, active, reference, generator, kinds):
+            items = list(terms.items())
+            for j, (kind, value) in enumerate(items):
+                parts = torch.autograd.grad(value, params, retain_graph=j < len(items) - 1, allow_unused=True)
+                for acc, g in zip(grads[kind], parts):
+                    if g is not None:
+                        acc.add_(g)
+        for p in params:
+            p.requires_grad_(False)
+        if self.accelerator.num_processes > 1:
+            grads = {k: [self.accelerator.reduce(g, reduction="sum") for g in v] for k, v in grads.items()}
+        return {k: dict(zip(names, v)) for k, v in grads.items()}
+
+    def _select(self, probes, active, reference, chunk: int, lr: float) -> SelectedUpdate:
+        start = time.perf_counter()
+        generator = _seeded(self.config.seed, chunk, self.global_step, 1)
+        grads = self._gradients(probes, active, reference, generator, self.selector.needs) if self.selector.needs \
+            else {}
+        selection = self.selector.select(self.candidates, grads, generator)
+        del grads
+        update = SelectedUpdate(self.candidates, selection, self.config, lr, self.accelerator)
+        update.enable_grads(self.all_params)
+        self.touched.update(selection.indices)
+        self.last_selection = selection
+        self.selections_made += 1
+        self.timings["selection_s"] += time.perf_counter() - start
+        return update
+
+    def _step(self, update: SelectedUpdate, probes, active, reference, chunk: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        generator = _seeded(self.config.seed, chunk, self.global_step, 2)
+        total = torch.zeros((), device=self.accelerator.device)
+        for terms in self._losses(probes, active, reference, generator, ("loss",)):
+            self.accelerator.backward(terms["loss"])
+            total += terms["loss"].detach()
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        norm = update.step()
+        self.timings["update_s"] += time.perf_counter() - start
+        return float(total), norm
+
+    # ---------------------------------------------------------------- the chunk loop
+    def _erase_chunk(self, index: int, ids: list[str], reference_all: dict[str, float] | None) -> dict:
+        config, gate = self.config, self.gate
+        probes = self.forget.subset(ids)
+        reference = torch.tensor([reference_all[i] for i in ids]) if reference_all is not None else None
+        forgotten = self.criterion.forgotten(self._score(probes))
+        first = {i: (self.global_step if f else None) for i, f in zip(ids, forgotten.tolist())}
+        lr, kept, since_select, update = config.learning_rate, 0, 0, None
+        record = {"index": index, "ids": list(ids), "status": None, "steps": 0, "attempted_steps": 0,
+                  "rejections": 0, "optimizer_state_bytes": 0, "selected": 0, "candidates": 0}
+        bar = tqdm(total=config.max_steps, desc=f"chunk {index}", disable=not self.progress, leave=False)
+        while record["status"] is None:
+            if bool(forgotten.all()):
+                record["status"] = "erased"
+                break
+            if kept >= config.max_steps:
+                record["status"] = "max_steps"
+                break
+            if update is None or (config.reselect_every and since_select >= config.reselect_every):
+                active = [i for i, f in enumerate(forgotten.tolist()) if not f]
+                update = self._select(probes, active, reference, index, lr)
+                since_select = 0
+                record["selected"] = max(record["selected"], update.selection.selected)
+                record["candidates"] = update.selection.candidates
+            block = config.max_steps - kept
+            if gate is not None:
+                block = min(block, gate.every)
+            if config.reselect_every:
+                block = min(block, config.reselect_every - since_select)
+            if gate is not None:
+                gate.snapshot(update.trainables, update.optimizer)
+            saved = (forgotten.clone(), dict(first))
+            for attempt in range(1 + (gate.max_retries if gate is not None else 0)):
+                block_records, done = [], 0
+                for k in range(block):
+                    active = [i for i, f in enumerate(forgotten.tolist()) if not f]
+                    loss, norm = self._step(update, probes, active, reference, index)
+                    self.global_step += 1
+                    done += 1
+                    step = {"step": self.global_step, "chunk": index, "loss": loss, "learning_rate": lr,
+                            "grad_norm": norm, "active": len(active), "selected": dict(update.selection.counts),
+                            "forget": None, "gate": None, "rolled_back": False}
+                    if (k + 1) % config.score_every == 0 or k == block - 1:
+                        scores = self._score(probes)
+                        forgotten = self.criterion.forgotten(scores)
+                        for i, f in zip(ids, forgotten.tolist()):
+                            first[i] = (first[i] if first[i] is not None else self.global_step) if f else None
+                        step["forget"] = {"extraction_rate": float(scores["exact_extraction"].float().mean()),
+                                          "mean_memorization_accuracy":
+                                              float(scores["memorization_accuracy"].mean()),
+                                          "forgotten": int(forgotten.sum())}
+                    block_records.append(step)
+                    if bool(forgotten.all()):
+                        break
+                record["optimizer_state_bytes"] = max(record["optimizer_state_bytes"], update.state_bytes())
+                record["attempted_steps"] += done
+                self.steps.extend(block_records)
+                if gate is None:
+                    break
+                decision = gate.check(self.model, self.global_step, index)
+                block_records[-1]["gate"] = {"decision": decision.decision, "scores": decision.scores,
+                                             "violations": list(decision.violations)}
+                if decision.accepted:
+                    if attempt == 0 and lr < config.learning_rate:
+                        lr = min(config.learning_rate, lr * config.lr_recovery)
+                        update.set_lr(lr)
+                    break
+                record["rejections"] += 1
+                for step in block_records:
+                    step["rolled_back"] = True
+                gate.restore()
+                update.write_back()
+                forgotten, first = saved[0].clone(), dict(saved[1])
+                if attempt == gate.max_retries:
+                    record["status"] = "gate_exhausted"
+                    break
+                lr *= gate.backoff
+                update.set_lr(lr)
+            if record["status"] is None:
+                kept += done
+                since_select += done
+                bar.update(done)
+        bar.close()
+        if gate is not None:
+            gate.clear_snapshot()
+        record["steps"] = kept
+        record["final_learning_rate"] = lr
+        self.forgotten_steps.update(first)
+        return record
+
+    # ---------------------------------------------------------------- driver
+    def _elapsed(self, start: float) -> dict[str, float]:
+        gate = (self.gate.total_seconds + self.gate.rollback_seconds) if self.gate is not None else 0.0
+        return {"total_s": self.prior["total_s"] + time.perf_counter() - start, "gate_s": self.prior["gate_s"] + gate}
+
+    def erase(self) -> ErasureResult:
+        """Run the erasure (resuming from ``checkpoint_dir`` when it holds a state) and return the result."""
+        start = time.perf_counter()
+        config = self.config
+        self._prepare_model()
+        before = self._score_rows(self.forget)
+        control_rows = self._score_rows(self.controls) if self.controls is not None else None
+        self.criterion = build_criterion(config, control_rows)
+        reference = {r["id"]: r["suffix_log_prob"] for r in before} if self.loss.needs_reference else None
+        utility_before = self.gate.measure_baseline(self.model) if self.gate is not None else {}
+        extra = None
+        if config.utility:
+            from obliviate.benchmarks import UtilitySuite
+
+            extra = UtilitySuite.from_config(config.utility, self.tokenizer)
+            utility_before = {**utility_before, **extra.run(self.model)}
+        chunks = [self.forget.ids[i:i + config.chunk_size] for i in range(0, len(self.forget), config.chunk_size)]
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        key = fingerprint(config.to_dict(), self.forget.ids, name, sum(p.numel() for p in self.all_params.values()))
+        first_chunk, resumed_from = 0, None
+        if self.checkpoint_dir is not None:
+            loaded = load_checkpoint(self.checkpoint_dir, key)
+            if loaded is not None:
+                payload, tensors = loaded
+                with torch.no_grad():
+                    for n, t in tensors.items():
+                        self.all_params[n].data.copy_(t.to(self.all_params[n].device))
+                self.touched = set(tensors)
+                self.steps, self.chunks = payload["steps"], payload["chunks"]
+                self.forgotten_steps, self.global_step = payload["forgotten_steps"], payload["global_step"]
+                for k, v in payload["timings"].items():
+                    (self.prior if k in self.prior else self.timings)[k] += v
+                if self.gate is not None:
+                    self.gate.decisions[:] = payload["gate_decisions"]
+                first_chunk = resumed_from = payload["next_chunk"]
+        for index in tqdm(range(first_chunk, len(chunks)), desc="erasing", disable=not self.progress,
+                          initial=first_chunk, total=len(chunks)):
+            self.chunks.append(self._erase_chunk(index, chunks[index], reference))
+            if self.checkpoint_dir is not None and self.accelerator.is_main_process:
+                save_checkpoint(self.checkpoint_dir, {n: self.all_params[n] for n in sorted(self.touched)},
+                                {"fingerprint": key, "next_chunk": index + 1, "global_step": self.global_step,
+                                 "steps": self.steps, "chunks": self.chunks, "forgotten_steps": self.forgotten_steps,
+                                 "gate_decisions": self.gate.decisions if self.gate is not None else [],
+                                 "timings": {**self.timings, **self._elapsed(start)}})
+            self.accelerator.wait_for_everyone()
+            if os.environ.get(KILL_ENV) == str(index):
+                os.kill(os.getpid(), signal.SIGKILL)
+        after = self._score_rows(self.forget)
+        controls_after = self._score_rows(self.controls) if self.controls is not None else None
+        utility_after = self.gate.suite.run(self.model) if self.gate is not None else {}
+        if extra is not None:
+            utility_after = {**utility_after, **extra.run(self.model)}
+        for n, p in self.all_params.items():
+            p.requires_grad_(self._requires_grad[n])
+        self.timings.update(self._elapsed(start))
+        report = build_report(self, before, after, control_rows, controls_after, utility_before, utility_after,
+                              resumed_from)
+        return ErasureResult(self.model, self.tokenizer, report, config)

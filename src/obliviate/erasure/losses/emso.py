@@ -1,0 +1,30 @@
+"""EMSO's loss: entropy maximization on the forget suffix (DESIGN §5, reconstructed from the abstract).
+
+    python -c "from obliviate.erasure.losses.emso import EntropyLoss; help(EntropyLoss)"
+
+``entropy``: L_EM = -mean_t H(p_t), H(p) = -sum_v p_v log p_v. Minimizing KL(p_t || Uniform) =
+log V - H(p_t) has the same gradient. ``uniform_ce``: cross-entropy to a uniform target,
+-1/V sum_v log p_v = KL(Uniform || p_t) + log V, a different objective that also pushes every
+token's probability up from zero. Both are bounded below (by -log V and log V): the model is pushed
+toward "confused" on these tokens, not toward arbitrarily low likelihood as gradient ascent is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from obliviate.erasure.losses import register_loss
+from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
+
+
+@register_loss("emso")
+class EntropyLoss(EraseLoss):
+    """Per-sequence mean over suffix tokens of -H(p_t) (or of CE(Uniform, p_t) for ``uniform_ce``)."""
+
+    def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
+        log_probs = out.log_probs()
+        if self.config.entropy_variant == "uniform_ce":
+            per_token = -log_probs.mean(-1)
+        else:
+            per_token = (log_probs.exp() * log_probs).sum(-1)  # = -H(p_t)
+        return out.token_mean(per_token)

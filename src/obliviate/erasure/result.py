@@ -1,0 +1,146 @@
+"""``ErasureResult``: the erased model, ``erasure_report.json`` (contract 5) and how they are saved.
+
+    python -c "from obliviate.erasure.result import ErasureResult; help(ErasureResult.save)"
+
+Saving never overwrites: the output directory must not exist; everything is written under a
+sibling temporary name (``<out>.tmp-<pid>``) and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from obliviate.report.tables import format_table
+
+REPORT_NAME = "erasure_report.json"
+METRIC_KEYS = ("loss", "memorization_accuracy", "exact_extraction", "prefix_match_length", "extraction_probability",
+               "suffix_log_prob", "min_k", "min_k_plus_plus", "zlib_ratio", "suffix_length")
+
+
+def _metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("id", "role")}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+
+
+def control_summary(rows: list[dict] | None) -> dict | None:
+    if not rows:
+        return None
+    return {"count": len(rows), "mean_memorization_accuracy": _mean(rows, "memorization_accuracy"),
+            "mean_extraction_probability": _mean(rows, "extraction_probability"),
+            "extraction_rate": _mean(rows, "exact_extraction")}
+
+
+def build_report(eraser, before: list[dict], after: list[dict], controls_before, controls_after, utility_before: dict,
+                 utility_after: dict, resumed_from: int | None) -> dict:
+    """The ``erasure_report.json`` mapping of a finished :class:`~obliviate.erasure.Eraser` run."""
+    chunk_of = {i: c["index"] for c in eraser.chunks for i in c["ids"]}
+    after_by_id = {r["id"]: r for r in after}
+    sequences = []
+    for row in before:
+        final = after_by_id[row["id"]]
+        forgotten = eraser.criterion.row_forgotten(final)
+        sequences.append({"id": row["id"], "role": row["role"], "chunk": chunk_of.get(row["id"]),
+                          "before": _metrics(row), "after": _metrics(final),
+                          "forgotten_step": eraser.forgotten_steps.get(row["id"]) if forgotten else None,
+                          "forgotten": forgotten})
+    chunks = eraser.chunks
+    n_forgotten = sum(s["forgotten"] for s in sequences)
+    summary = {
+        "sequences": len(sequences), "forgotten": n_forgotten, "forgotten_rate": n_forgotten / len(sequences),
+        "extraction_rate_before": _mean(before, "exact_extraction"), "extraction_rate_after": _mean(after, "exact_extraction"),
+        "chunks": len(chunks), **{f"chunks_{s}": sum(c["status"] == s for c in chunks)
+                                  for s in ("erased", "max_steps", "gate_exhausted")},
+        "steps": sum(c["steps"] for c in chunks), "attempted_steps": sum(c["attempted_steps"] for c in chunks),
+        "gate_rejections": sum(c["rejections"] for c in chunks),
+        "optimizer_state_bytes": max((c["optimizer_state_bytes"] for c in chunks), default=0),
+        "selected_weights": max((c["selected"] for c in chunks), default=0),
+        "candidate_weights": max((c["candidates"] for c in chunks), default=0),
+        "touched_tensors": len(eraser.touched), "target": eraser.config.target,
+        "retain_contrast": eraser.selector.config.retain_contrast,
+    }
+    return {
+        "config": eraser.config.to_dict(), "summary": summary, "sequences": sequences, "steps": eraser.steps,
+        "chunks": chunks, "gate_decisions": list(eraser.gate.decisions) if eraser.gate is not None else [],
+        "utility": {"before": utility_before, "after": utility_after},
+        "controls": {"before": control_summary(controls_before), "after": control_summary(controls_after)},
+        "thresholds": eraser.criterion.to_dict(), "timings": dict(eraser.timings), "resumed_from_chunk": resumed_from,
+    }
+
+
+def format_summary(report: dict) -> str:
+    """Terminal text: chunk table, totals, utility before/after."""
+    rows = [[c["index"], len(c["ids"]), c["status"], c["steps"], c["rejections"],
+             sum(1 for s in report["sequences"] if s["chunk"] == c["index"] and s["forgotten"])]
+            for c in report["chunks"]]
+    text = format_table(rows, ["chunk", "sequences", "status", "steps", "rejections", "forgotten"])
+    s, t = report["summary"], report["timings"]
+    text += (f"\n\nforgotten {s['forgotten']}/{s['sequences']} ({100 * s['forgotten_rate']:.1f}%); extraction rate "
+             f"{s['extraction_rate_before']:.3f} -> {s['extraction_rate_after']:.3f}; {s['steps']} steps "
+             f"({s['gate_rejections']} rejected by the gate); {s['selected_weights']}/{s['candidate_weights']} "
+             f"weights selected; optimizer state {s['optimizer_state_bytes']} bytes")
+    text += (f"\ntime {t['total_s']:.1f}s (gate {t['gate_s']:.1f}s, scoring {t['scoring_s']:.1f}s, "
+             f"update {t['update_s']:.1f}s, selection {t['selection_s']:.1f}s)")
+    before, after = report["utility"]["before"], report["utility"]["after"]
+    util = [[f"{b}/{k}", v, after.get(b, {}).get(k, float("nan"))] for b, scores in before.items()
+            for k, v in scores.items()]
+    if util:
+        text += "\n\n" + format_table(util, ["utility", "before", "after"])
+    return text
+
+
+def check_new_dir(out: str | os.PathLike) -> Path:
+    """``out`` as a Path, raising when it exists (nothing is ever overwritten)."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; erasure writes a new directory and never overwrites. "
+                              "Choose another --out, or remove it first.")
+    return out
+
+
+class ErasureResult:
+    """The erased model (``.model``: changed in place, or a ``PeftModel`` for ``target: lora``) and ``.report``."""
+
+    def __init__(self, model, tokenizer, report: dict, config):
+        self.model, self.tokenizer, self.report, self.config = model, tokenizer, report, config
+
+    def summary(self) -> str:
+        return format_summary(self.report)
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the model (safetensors) or adapter, the tokenizer, ``erasure_report.json`` and plots.
+
+        Args:
+            out_dir: a directory that must not exist yet.
+
+        Returns:
+            The directory written.
+
+        Raises:
+            FileExistsError: ``out_dir`` exists.
+        """
+        out = check_new_dir(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # our own pid's leftover: nobody else writes this name
+        try:
+            tmp.mkdir()
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / REPORT_NAME).write_text(json.dumps(self.report, indent=1))
+            if getattr(self.config, "plots", True):
+                from obliviate.erasure.plots import write_plots
+
+                write_plots(self.report, tmp / "plots")
+            check_new_dir(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out

@@ -1,0 +1,20 @@
+"""Ablation selector: ``select_fraction`` of the units drawn uniformly at random (seeded by seed and chunk).
+
+    python -c "from obliviate.erasure.selectors.random import RandomSelector; help(RandomSelector)"
+"""
+
+from __future__ import annotations
+
+import torch
+
+from obliviate.erasure.selectors import register_selector
+from obliviate.erasure.selectors.base import Selector, _units
+
+
+@register_selector("random")
+class RandomSelector(Selector):
+    def unit_scores(self, params, grads, generator):
+        # One uniform draw per unit (not summed per-element noise, which would favour large tensors).
+        return {n: torch.rand(_units(torch.empty(p.shape, device="meta"), self.config.granularity).shape,
+                              generator=generator)
+                for n, p in params.items()}
