@@ -246,7 +246,7 @@ def test_two_processes_erase_like_one(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     outs = {}
     for n in (1, 2):
-        launch = ["accelerate", "launch", "--config_file", str(root / "recipes" / "accelerate" / "ddp-cpu.yaml"),
+        launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(root / "recipes" / "accelerate" / "ddp-cpu.yaml"),
                   "--num_processes", str(n)]
         proc = subprocess.run([*launch, str(script), str(workdir), str(tmp_path / f"w{n}.pt")], env=env,
                               capture_output=True, text=True, timeout=900)
