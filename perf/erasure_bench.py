@@ -17,7 +17,10 @@ Setup, cached under ``--work`` (default ``runs/erasure-bench``):
 Each run erases a fresh copy of the model with :class:`obliviate.erasure.Eraser` (``chunk_size`` 32,
 ``max_steps`` 200 per chunk; with the gate on, the default gate's benchmark checked every
 ``--gate-every`` steps, 5 by default to keep the grid affordable) and reports forgotten %, retain perplexity change (retain.jsonl minus the
-forget set), multiple-choice accuracy change (toy ``multiple_choice.jsonl``), kept steps, wall time, the
+forget set; graddiff and the contrastive selector's retain term train on / look at that text, so
+held-out perplexity on toy ``heldout.jsonl`` — never trained — is reported too), collateral damage
+on the trained members/canaries that were NOT asked to be forgotten (their mean suffix loss change and how
+many of the exactly extractable ones stopped being so), multiple-choice accuracy change (toy ``multiple_choice.jsonl``), kept steps, wall time, the
 share of it spent in the gate, peak memory and optimizer-state bytes. Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size above the run's starting RSS,
 sampled every 5 ms from /proc/self/statm (tracemalloc does not see torch's allocations), with
@@ -113,10 +116,12 @@ def setup(work: Path, epochs: int) -> dict:
     return {"toy": toy, **runs}
 
 
-def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, config: EraseConfig) -> dict:
+def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, config: EraseConfig,
+            others: tuple[ProbeSet, list[dict]] | None = None) -> dict:
     retain, info = filter_retain(toy / "retain.jsonl", forget, tokenizer)
     rows = [{"text": t} for t in retain] if isinstance(retain, list) else str(retain)
     config.utility = [{"name": "perplexity", "data": rows, "label": "retain_ppl"},
+                      {"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout_ppl"},
                       {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "mc"}]
     work = copy.deepcopy(model)
     device = next(work.parameters()).device
@@ -126,9 +131,20 @@ def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, c
         wall = time.perf_counter() - start
     r = result.report
     before, after = r["utility"]["before"], r["utility"]["after"]
-    return {
+    collateral = {}
+    if others is not None:  # the trained sequences NOT asked to be forgotten: what selective erasure must keep
+        probes, rows_before = others
+        rows_after = score_probes(result.model, tokenizer, probes)
+        loss_before = sum(x["loss"] for x in rows_before) / len(rows_before)
+        collateral = {
+            "others_loss_pct": 100 * (sum(x["loss"] for x in rows_after) / len(rows_after) / loss_before - 1),
+            "others_lost": sum(b["exact_extraction"] and not a["exact_extraction"]
+                               for b, a in zip(rows_before, rows_after)),
+            "others_extractable": sum(b["exact_extraction"] for b in rows_before)}
+    return {**collateral,
         "forgotten_pct": 100 * r["summary"]["forgotten_rate"],
         "ppl_pct": 100 * (after["retain_ppl"]["perplexity"] / before["retain_ppl"]["perplexity"] - 1),
+        "heldout_pct": 100 * (after["heldout_ppl"]["perplexity"] / before["heldout_ppl"]["perplexity"] - 1),
         "mc_points": 100 * (after["mc"]["acc"] - before["mc"]["acc"]),
         "steps": r["summary"]["steps"], "attempted": r["summary"]["attempted_steps"],
         "exhausted": r["summary"]["chunks_gate_exhausted"], "wall_s": wall,
@@ -163,7 +179,7 @@ def demo_check(paths: dict) -> dict:
     row["flagged_canaries"] = len(canaries)
     print(f"\ndemo setting: default EMSO on {len(canaries)} flagged canaries "
           f"({', '.join(canaries.ids)}): forgotten {row['forgotten_pct']:.0f}%, retain perplexity "
-          f"{row['ppl_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
+          f"{row['ppl_pct']:+.2f}%, held-out perplexity {row['heldout_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
           f"{row['wall_s']:.1f}s ({row['gate_pct']:.0f}% in the gate)")
     return row
 
@@ -201,6 +217,8 @@ def main() -> None:
     table = []
     for size in args.sizes:
         forget, extractable = most_memorized(model, tokenizer, probes, size)
+        kept = ProbeSet(p for p in probes.by_role("member", "canary") if p.id not in forget)
+        others = (kept, score_probes(model, tokenizer, kept))
         print(f"\nforget set of {size}: {extractable} exactly extractable, the rest the most memorized by MA")
         for gate in gates:
             group = []
@@ -211,21 +229,24 @@ def main() -> None:
                                          gate=gate_section(paths["toy"], forget, tokenizer, args.gate_every)
                                          if gate == "on" else None)
                     row = {"size": size, "extractable": extractable, "gate": gate, "method": method,
-                           "selector": selector, **run_one(model, tokenizer, forget, controls, paths["toy"], config)}
+                           "selector": selector, **run_one(model, tokenizer, forget, controls, paths["toy"], config, others)}
                     group.append(row)
                     results["runs"].append(row)
                     (work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
                     print(f"  {size:4d} gate {gate:3s} {method:8s} {selector:11s} forgotten {row['forgotten_pct']:5.1f}% "
-                          f"ppl {row['ppl_pct']:+6.2f}% mc {row['mc_points']:+5.1f} steps {row['steps']:4d} "
+                          f"ppl {row['ppl_pct']:+6.2f}% heldout {row['heldout_pct']:+6.2f}% others loss "
+                          f"{row['others_loss_pct']:+6.1f}% lost {row['others_lost']:3d}/{row['others_extractable']} mc {row['mc_points']:+5.1f} steps {row['steps']:4d} "
                           f"{row['wall_s']:6.1f}s", flush=True)
             ref = next((r for r in group if r["method"] == "emso" and r["selector"] == "contrastive"), group[0])
             for row in group:
                 row["time_x"] = row["wall_s"] / max(ref["wall_s"], 1e-9)
                 row["opt_x"] = row["opt_bytes"] / max(ref["opt_bytes"], 1)
             table += group
-    headers = ["size", "gate", "method", "selector", "forgotten %", "retain ppl Δ%", "MC Δ pts", "steps", "wall s",
+    headers = ["size", "gate", "method", "selector", "forgotten %", "retain ppl Δ%", "heldout ppl Δ%",
+               "others loss Δ%", "others lost", "MC Δ pts", "steps", "wall s",
                "× time", "gate %", "peak MB", "opt state KB", "× opt"]
-    cells = [[r["size"], r["gate"], r["method"], r["selector"], r["forgotten_pct"], r["ppl_pct"], r["mc_points"],
+    cells = [[r["size"], r["gate"], r["method"], r["selector"], r["forgotten_pct"], r["ppl_pct"], r["heldout_pct"],
+              r["others_loss_pct"], f"{r['others_lost']}/{r['others_extractable']}", r["mc_points"],
               r["steps"], r["wall_s"], r["time_x"], r["gate_pct"], r["peak_mb"], r["opt_bytes"] / 1024, r["opt_x"]]
              for r in table]
     print("\n" + format_table(cells, headers))
