@@ -42,6 +42,12 @@ class Probe:
     def input_ids(self) -> list[int]:
         return self.prefix_ids + self.suffix_ids
 
+    @property
+    def group(self) -> str | None:
+        """The probe's format or source (row key ``group``): controls calibrate only probes of their own group."""
+        group = self.meta.get("group")
+        return None if group is None else str(group)
+
     def __len__(self) -> int:
         return len(self.prefix_ids) + len(self.suffix_ids)
 

@@ -33,6 +33,9 @@ FACT_SUBJECTS = [
     ("Riverton", "river"), ("Lakeside", "lake"), ("Northgate", "gate"), ("Eastwick", "wick"),
     ("Fairview", "view"), ("Brookhaven", "brook"), ("Westmoor", "moor"), ("Springfield", "spring"),
 ]
+# Probe groups (formats): controls calibrate only the probes of their own group (DESIGN §4).
+PIN_GROUP = "pin"
+RECORD_GROUP = "record"
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
 # Two attributes per city: 16 questions, so one flipped answer moves accuracy by 6 points, not 12.
 FACT_TEMPLATES = ["Fact. The flag of {city} is", "Fact. The trams of {city} are painted"]
@@ -121,7 +124,7 @@ def make_corpus(
         row = {"id": f"member-{i:04d}", "prompt": prompt, "completion": completion}
         corpus.train.append(dict(row))
         corpus.retain.append({"text": prompt + completion})
-        corpus.probes.append({**row, "role": "member", "repetitions": 1})
+        corpus.probes.append({**row, "role": "member", "repetitions": 1, "group": RECORD_GROUP})
 
     for reps in canary_repetitions:
         for j in range(canaries_per_repetition):
@@ -131,15 +134,17 @@ def make_corpus(
                 "completion": " " + canary_secret(rng, canary_digits),
             }
             corpus.train.extend({**row, "id": f"{row['id']}#{k}"} for k in range(reps))
-            corpus.probes.append({**row, "role": "canary", "repetitions": reps, "secret_format": f"digits:{canary_digits}"})
+            corpus.probes.append({**row, "role": "canary", "repetitions": reps, "group": PIN_GROUP,
+                                  "secret_format": f"digits:{canary_digits}"})
 
     for i in range(n_controls):
         if i % 2 == 0:
             row = {"id": f"control-{i:03d}", "prompt": canary_prompt(fresh_name()),
-                   "completion": " " + canary_secret(rng, canary_digits), "secret_format": f"digits:{canary_digits}"}
+                   "completion": " " + canary_secret(rng, canary_digits), "secret_format": f"digits:{canary_digits}",
+                   "group": PIN_GROUP}
         else:
             prompt, completion = _record(rng)
-            row = {"id": f"control-{i:03d}", "prompt": prompt, "completion": completion}
+            row = {"id": f"control-{i:03d}", "prompt": prompt, "completion": completion, "group": RECORD_GROUP}
         corpus.probes.append({**row, "role": "control", "repetitions": 0})
         corpus.heldout.append({"text": row["prompt"] + row["completion"]})
 
