@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback
 
 from obliviate.callbacks.budget import MemorizationBudget
 from obliviate.callbacks.config import HISTORY_METRICS
-from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_bounds
+from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
 from obliviate.callbacks.flagging import FlagRule
 from obliviate.data.flagged import append_flagged, flagged_row, write_meta
 from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
@@ -228,8 +228,8 @@ class MemorizationCallback(TrainerCallback):
     def score(self) -> list[dict]:
         """Score every probe on the current weights (this rank's shard, gathered): rows in probe order."""
         accelerator = self.trainer.accelerator
-        start, end = shard_bounds(len(self.probes), accelerator.num_processes)[accelerator.process_index]
-        shard = ProbeSet(self.probes.probes[start:end])
+        # Padded to equal length on every rank: under FSDP/ZeRO-3 each forward is a collective.
+        shard, real = shard_probes(self.probes, accelerator.num_processes, accelerator.process_index)
         model = self._model()
         modes = [(m, m.training) for m in model.modules()]
         try:
@@ -240,7 +240,7 @@ class MemorizationCallback(TrainerCallback):
         finally:
             for module, training in modes:
                 module.training = training
-        return gather_rows(rows, accelerator)
+        return gather_rows(rows, accelerator, real)
 
     def evaluate(self, state, control) -> dict | None:
         """Score, flag, write and log at ``state.global_step`` (once per step); returns the logged metrics."""
