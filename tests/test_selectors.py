@@ -179,3 +179,30 @@ def test_shard_probes_pads_with_unique_ids():
     assert real == 2 and shard.ids == ["p3", "p4", "p4#pad0"]
     shard, real = shard_probes(ProbeSet(probes.probes[:1]), 3, 2)
     assert real == 0 and shard.ids == ["p0#pad0"]
+
+
+def test_token_bounded_passes_give_the_whole_batch_gradients(monkeypatch):
+    """Splitting forget and retain batches into smaller forward passes (MICRO_BATCH_LOGITS) changes no gradient."""
+    import obliviate.erasure.eraser as eraser_module
+    from obliviate.erasure import Eraser
+    from obliviate.erasure.eraser import _seeded
+    from tests.ddp_worker import fresh_model, sft_probes
+    from tests.helpers import corpus_tokenizer
+
+    corpus, tokenizer = corpus_tokenizer()
+    probes = sft_probes(tokenizer)
+    forget = probes.subset(probes.ids[:6])
+    retain = [r["text"] for r in corpus.retain][:8]
+    results, passes = [], []
+    for budget in (eraser_module.MICRO_BATCH_LOGITS, 1):  # 1: every pass holds a single sequence
+        monkeypatch.setattr(eraser_module, "MICRO_BATCH_LOGITS", budget)
+        eraser = Eraser(fresh_model(tokenizer).eval(), tokenizer, forget, EraseConfig(gate=None), retain=retain)
+        eraser._prepare_model()
+        count = [0]
+        eraser.model.register_forward_pre_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        results.append(eraser._gradients(forget, list(range(6)), None, _seeded(0), eraser.selector.streams))
+        passes.append(count[0])
+    assert passes[0] == 2 and passes[1] == 6 + min(8, EraseConfig().retain_batch_size)
+    for stream, grads in results[0].items():
+        for name, g in grads.items():
+            assert torch.allclose(results[1][stream][name], g, atol=1e-6, rtol=1e-4), (stream, name)

@@ -29,12 +29,16 @@ from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import build_gate, read_retain
 from obliviate.erasure.losses import forward_suffix, get_loss
+from obliviate.erasure.memory import bound_heap_retention, release_freed_memory
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
 from obliviate.erasure.update import SelectedUpdate
 from obliviate.metrics import SamplingConfig, context_length, score_probes, score_sequences
+
+MICRO_BATCH_LOGITS = 1 << 24
+"""Most logits (tokens x vocabulary) one forward pass of the loss may hold: 64 MB of float32, ~340 tokens of SmolLM2."""
 
 KILL_ENV = "OBLIVIATE_TEST_KILL_AFTER_CHUNK"
 """Tests set this to a chunk index: the process SIGKILLs itself right after that chunk's state is saved."""
@@ -155,6 +159,16 @@ class Eraser:
             weights = torch.tensor([1.0] * real + [0.0] * (len(positions) - real), device=self.accelerator.device)
         return [active[i] for i in positions], weights
 
+    def _rows_per_pass(self, longest: int) -> int:
+        """Sequences per forward pass: ``batch_size``, fewer when their logits would exceed ``MICRO_BATCH_LOGITS``.
+
+        Activation memory grows with the tokens of a pass, and on a real vocabulary the logits and their
+        log-softmax copies dominate (~1 MB per token on a 49k vocabulary), so a pass is bounded in
+        tokens x vocabulary. The count depends only on data every rank holds, so all ranks run equally many.
+        """
+        vocab = self.model.get_input_embeddings().num_embeddings
+        return max(1, min(self.config.batch_size, MICRO_BATCH_LOGITS // max(1, longest * vocab)))
+
     def _retain_batch(self, generator: torch.Generator, force: bool = False):
         if not (self.loss.needs_retain or force):
             return None, None
@@ -170,7 +184,8 @@ class Eraser:
         """Yield ``{kind: scalar}`` per micro-batch of this process's shard; each sums to the global mean."""
         total = len(active)
         local, weights = self._shard(active)
-        size = self.config.batch_size
+        size = self._rows_per_pass(max((len(probes[i].prefix_ids) + len(probes[i].suffix_ids) for i in active),
+                                       default=1))
         for start in range(0, len(local), size):
             batch = local[start:start + size]
             out = forward_suffix(self.model, [probes[i].prefix_ids for i in batch],
@@ -191,8 +206,14 @@ class Eraser:
         if "retain_nll" in kinds:
             ids, mask = self._retain_batch(generator, force=True)
             labels = ids.masked_fill(mask == 0, -100)
-            nll = self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-            yield {"retain_nll": nll / self.accelerator.num_processes}
+            targets = int((labels[:, 1:] != -100).sum())  # what the model's mean NLL divides by
+            rows = self._rows_per_pass(ids.shape[1])
+            for start in range(0, len(ids), rows):  # the token-mean over passes is the whole batch's mean
+                part = labels[start:start + rows]
+                nll = self.model(input_ids=ids[start:start + rows], attention_mask=mask[start:start + rows],
+                                 labels=part, use_cache=False).loss
+                share = int((part[:, 1:] != -100).sum()) / max(targets, 1)
+                yield {"retain_nll": nll * share / self.accelerator.num_processes}
 
     def _gradients(self, probes, active, reference, generator, streams) -> dict[str, dict[str, torch.Tensor]]:
         """Each selector stream's gradient w.r.t. every candidate, summed over processes (see ``selection``)."""
@@ -207,11 +228,13 @@ class Eraser:
 
     def _select(self, probes, active, reference, chunk: int, lr: float) -> SelectedUpdate:
         start = time.perf_counter()
+        bound_heap_retention()  # once per process: freed gradients and activations leave the RSS (memory.py)
         generator = _seeded(self.config.seed, chunk, self.global_step, 1)
         streams = self.selector.streams
         grads = self._gradients(probes, active, reference, generator, streams) if streams else {}
         selection = self.selector.select(self.candidates, grads, generator)
         del grads
+        release_freed_memory()  # the gradient streams are gone: hand their pages back before the steps
         update = SelectedUpdate(self.candidates, selection, self.config, lr, self.accelerator)
         update.enable_grads(self.all_params)
         self.touched.update(selection.indices)
