@@ -77,7 +77,7 @@ def order_keys_(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _high(keys: torch.Tensor) -> torch.Tensor:
-    return (keys >> 16) + (BINS // 2)  # the signed high half, shifted into [0, BINS)
+    return (keys >> 16).add_(BINS // 2)  # the signed high half, shifted into [0, BINS)
 
 
 def _cut(hist: torch.Tensor, need: int) -> tuple[int, int]:
@@ -105,7 +105,7 @@ def threshold_key(keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], tar
     high, above = _cut(group.all_reduce(hist), target)
     hist = torch.zeros(BINS, dtype=torch.long)
     for name, k in keys.items():
-        inside = k[_high(k) == high]
+        inside = k[(k >> 16) == high - BINS // 2]
         hist += torch.bincount(inside & _LOW, minlength=BINS) * unit_sizes[name]
     low, more = _cut(group.all_reduce(hist), target - above)
     return (high - BINS // 2) * BINS + low, above + more
