@@ -183,7 +183,7 @@ def test_shard_probes_pads_with_unique_ids():
 
 def test_token_bounded_passes_give_the_whole_batch_gradients(monkeypatch):
     """Splitting forget and retain batches into smaller forward passes (MICRO_BATCH_LOGITS) changes no gradient."""
-    import obliviate.erasure.eraser as eraser_module
+    import obliviate.erasure.memory as memory_module
     from obliviate.erasure import Eraser
     from obliviate.erasure.eraser import _seeded
     from tests.ddp_worker import fresh_model, sft_probes
@@ -194,8 +194,8 @@ def test_token_bounded_passes_give_the_whole_batch_gradients(monkeypatch):
     forget = probes.subset(probes.ids[:6])
     retain = [r["text"] for r in corpus.retain][:8]
     results, passes = [], []
-    for budget in (eraser_module.MICRO_BATCH_LOGITS, 1):  # 1: every pass holds a single sequence
-        monkeypatch.setattr(eraser_module, "MICRO_BATCH_LOGITS", budget)
+    for budget in (memory_module.MICRO_BATCH_LOGITS, 1):  # 1: every pass holds a single sequence
+        monkeypatch.setattr(memory_module, "MICRO_BATCH_LOGITS", budget)
         eraser = Eraser(fresh_model(tokenizer).eval(), tokenizer, forget, EraseConfig(gate=None), retain=retain)
         eraser._prepare_model()
         count = [0]

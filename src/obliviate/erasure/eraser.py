@@ -29,16 +29,13 @@ from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import build_gate, read_retain
 from obliviate.erasure.losses import forward_suffix, get_loss
-from obliviate.erasure.memory import bound_heap_retention, release_freed_memory
+from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
 from obliviate.erasure.update import SelectedUpdate
 from obliviate.metrics import SamplingConfig, context_length, score_probes, score_sequences
-
-MICRO_BATCH_LOGITS = 1 << 24
-"""Most logits (tokens x vocabulary) one forward pass of the loss may hold: 64 MB of float32, ~340 tokens of SmolLM2."""
 
 KILL_ENV = "OBLIVIATE_TEST_KILL_AFTER_CHUNK"
 """Tests set this to a chunk index: the process SIGKILLs itself right after that chunk's state is saved."""
@@ -160,14 +157,7 @@ class Eraser:
         return [active[i] for i in positions], weights
 
     def _rows_per_pass(self, longest: int) -> int:
-        """Sequences per forward pass: ``batch_size``, fewer when their logits would exceed ``MICRO_BATCH_LOGITS``.
-
-        Activation memory grows with the tokens of a pass, and on a real vocabulary the logits and their
-        log-softmax copies dominate (~1 MB per token on a 49k vocabulary), so a pass is bounded in
-        tokens x vocabulary. The count depends only on data every rank holds, so all ranks run equally many.
-        """
-        vocab = self.model.get_input_embeddings().num_embeddings
-        return max(1, min(self.config.batch_size, MICRO_BATCH_LOGITS // max(1, longest * vocab)))
+        return rows_per_pass(longest, self.model.get_input_embeddings().num_embeddings, self.config.batch_size)
 
     def _retain_batch(self, generator: torch.Generator, force: bool = False):
         if not (self.loss.needs_retain or force):

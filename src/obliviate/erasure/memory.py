@@ -9,6 +9,9 @@ heap, and freed heap memory stays resident: measured on SmolLM2-135M, 1.4-3 GB o
 between the erasure's phases (docs/perf/memory.md). Fixing the threshold (``M_MMAP_THRESHOLD``, which
 also disables the dynamic rule) hands every tensor of a megabyte or more straight back to the kernel
 when it is freed, and ``malloc_trim`` returns what smaller frees left. Elsewhere than glibc both are no-ops.
+
+Activation memory grows with the tokens of a forward pass, so the erasure's passes are bounded in
+tokens x vocabulary (:func:`rows_per_pass`), not only in sequences.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+
+MICRO_BATCH_LOGITS = 1 << 24
+"""Most logits (tokens x vocabulary) one forward pass of the erasure may hold: 64 MB of float32, ~340
+tokens of a 49k vocabulary (whose logits and log-softmax copies cost ~1 MB per token)."""
 
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 20
@@ -43,3 +50,12 @@ def release_freed_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def rows_per_pass(longest: int, vocab: int, batch_size: int) -> int:
+    """Sequences per forward pass: ``batch_size``, fewer when their logits would exceed ``MICRO_BATCH_LOGITS``.
+
+    Depends only on data every rank holds (the longest sequence, the vocabulary), so under FSDP/ZeRO-3
+    every rank runs equally many passes.
+    """
+    return max(1, min(batch_size, MICRO_BATCH_LOGITS // max(1, longest * vocab)))
