@@ -13,16 +13,6 @@ from obliviate.data.sft import probes_from_sft_rows
 from tests.ddp_worker import sft_data, sft_probes, sft_trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    # barriers made these runs 20-40x slower with 2 threads than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _row(pid, role, ma=0.0, exact=0, ep=0.0):
     return {"id": pid, "role": role, "memorization_accuracy": ma, "exact_extraction": exact,
             "extraction_probability": ep}

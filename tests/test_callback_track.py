@@ -20,15 +20,6 @@ from tests.helpers import corpus_tokenizer
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "track-sft.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # See tests/test_callback_training.py: 1 intra-op thread is 20-40x faster for tiny models on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

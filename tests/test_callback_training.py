@@ -6,22 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from obliviate.callbacks import FlagRule, MemorizationBudget, MemorizationCallback
 from obliviate.data import read_jsonl
 from obliviate.data.flagged import read_flagged
 from tests.ddp_worker import sft_data, sft_probes, sft_trainer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    # barriers made these runs 20-40x slower with 2 threads than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_rows(path: Path) -> list[dict]:
