@@ -100,3 +100,29 @@ def test_lm_eval_unknown_task_and_missing_path(task_dir, tmp_path):
                                    "include_defaults": False}])
     with pytest.raises(FileNotFoundError, match="include path"):
         UtilitySuite.from_config([{"name": "lm_eval", "data": str(tmp_path / "none"), "tasks": ["x"]}])
+
+
+def test_truncated_rows_equal_lm_evals_loglikelihood():
+    # A 16-position model: the long context overflows it and lm-eval truncates from the left.
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from obliviate.benchmarks.multiple_choice import MultipleChoice
+
+    tok = corpus_tokenizer()[1]
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=len(tok),
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id)).eval()
+    ours = MultipleChoice(data=ROWS, tokenizer=tok, batch_size=3)
+    ours.run(model)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    assert lm.max_length == 16
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(r["context"], c), idx=i)
+                for r in ROWS for i, c in enumerate(r["choices"])]
+    pairs = [encode_pair(tok, r["context"], c, lm.prefix_token_id) for r in ROWS for c in r["choices"]]
+    assert sum(len(a) + len(b) > 17 for a, b in pairs) >= 3  # several rows really are truncated
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert [ll for row in ours.last_log_likelihoods for ll in row] == pytest.approx(theirs, abs=1e-4)
