@@ -1,4 +1,4 @@
-"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo.
+"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, npo_rt.
 
     python -c "from obliviate.erasure.losses import LOSSES; print(sorted(LOSSES))"
 """
@@ -29,6 +29,13 @@ def get_loss(config):
 for _module in ("emso", "ga", "graddiff", "npo"):
     importlib.import_module(f"obliviate.erasure.losses.{_module}")
 
-from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, forward_suffix  # noqa: E402
+from obliviate.erasure.losses.base import (  # noqa: E402
+    FORGET_REDUCTIONS,
+    EraseLoss,
+    SuffixOutput,
+    forward_suffix,
+    retain_nll,
+)
 
-__all__ = ["LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss"]
+__all__ = ["FORGET_REDUCTIONS", "LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss",
+           "retain_nll"]
