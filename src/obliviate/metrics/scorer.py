@@ -25,8 +25,9 @@ METRIC_NAMES = (
     "min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "extraction_strength",
 )
 """Per-sequence metrics of DESIGN §3, oriented higher = more memorized except ``loss``."""
-MIA_SCORES = ("min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "neg_loss")
-"""Membership-inference scores evaluated by ROC (``neg_loss`` is -loss, the LOSS attack)."""
+MIA_SCORES = ("min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "neg_loss", "gradnorm", "recall")
+"""Membership-inference scores evaluated by ROC (``neg_loss`` is -loss, the LOSS attack). ``gradnorm`` and
+``recall`` come from :mod:`obliviate.metrics.mia` (more passes), summarized when merged into the rows."""
 
 
 def model_device(model) -> torch.device:
