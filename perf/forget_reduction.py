@@ -1,7 +1,7 @@
 """forget_reduction token vs sequence, side by side, for every loss on the same forget sets.
 
-    python perf/forget_reduction.py                       # demo-setting model, forget sets of 16 and 32
-    python perf/forget_reduction.py --sizes 32 --methods ga emso --gate on
+    python perf/forget_reduction.py                       # demo-setting model, forget sets of 16 and 32, gated
+    python perf/forget_reduction.py --sizes 16 --methods ga emso --gate off
 
 ``token`` (open-unlearning, Jang et al.) averages the loss over all suffix tokens of the batch, so
 long suffixes dominate; ``sequence`` gives each sequence the same weight. The forgetting criterion is
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from erasure_bench import most_memorized, run_one  # noqa: E402
+from erasure_bench import gate_section, most_memorized, run_one  # noqa: E402
 from obliviate.data import load_probes  # noqa: E402
 from obliviate.erasure import EraseConfig  # noqa: E402
 from obliviate.metrics import score_probes  # noqa: E402
@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--work", default="runs/erasure-bench")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--methods", nargs="+", default=["ga", "graddiff", "npo", "emso"])
-    parser.add_argument("--gate", choices=["on", "off"], default="off")
+    parser.add_argument("--gate", choices=["on", "off"], default="on",
+                        help="on: the default gate (retain perplexity +2%%) checked every --gate-every steps")
+    parser.add_argument("--gate-every", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
@@ -59,7 +61,8 @@ def main() -> None:
             for reduction in ("token", "sequence"):
                 config = EraseConfig(method=method, forget_reduction=reduction, learning_rate=args.lr,
                                      max_steps=args.max_steps, chunk_size=size, batch_size=size, plots=False,
-                                     gate=None if args.gate == "off" else "default")
+                                     gate=None if args.gate == "off" else
+                                     gate_section(paths["toy"], forget, tokenizer, args.gate_every))
                 row = run_one(model, tokenizer, forget, controls, paths["toy"], config, (others, others_before))
                 row.update(size=size, method=method, reduction=reduction)
                 rows.append(row)

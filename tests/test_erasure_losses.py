@@ -177,3 +177,12 @@ def test_bad_forget_reduction_is_a_clear_error():
 
     with pytest.raises(EraseConfigError, match="forget_reduction must be one of token, sequence"):
         EraseConfig(forget_reduction="batch")
+
+
+def test_default_reduction_is_each_losses_reference_convention():
+    # null = the loss's own: token for ga/graddiff (Jang et al., open-unlearning), sequence for npo and emso.
+    expected = {"ga": "token", "graddiff": "token", "npo": "sequence", "npo_rt": "sequence", "emso": "sequence"}
+    for method, reduction in expected.items():
+        assert get_loss(EraseConfig(method=method)).reduction == reduction, method
+        assert get_loss(EraseConfig(method=method, forget_reduction="sequence")).reduction == "sequence"
+        assert get_loss(EraseConfig(method=method, forget_reduction="token")).reduction == "token"

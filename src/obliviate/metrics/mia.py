@@ -36,7 +36,7 @@ def gradnorm_scores(model, prefix_ids: Sequence[list[int]], suffix_ids: Sequence
                     aggregate: str = "global", progress: bool | str = False) -> torch.Tensor:
     """Norm of the gradient of each sequence's suffix NLL w.r.t. the trainable parameters, ``(N,)`` float64.
 
-    GradNorm (used as a membership signal for LLMs by Maini et al. 2024, and in mimir and open-unlearning):
+    GradNorm (a membership signal for LLMs in Wang et al. 2024, "Pandora's White-Box", and in mimir and open-unlearning):
     a trained sequence sits near a minimum of its loss, so its gradient is small. ``global`` is the p-norm
     of the whole gradient vector ||grad_theta L(x)||_p; ``tensor_mean`` is mimir's / open-unlearning's
     aggregate, the mean over parameter tensors of each tensor's p-norm (mimir's default p is inf).

@@ -120,10 +120,12 @@ class EraseLoss:
     name: ClassVar[str] = ""
     needs_retain: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
+    default_reduction: ClassVar[str] = "sequence"
+    """``forget_reduction`` when the config leaves it null: the convention of the loss's paper and peers."""
 
     def __init__(self, config):
         self.config = config
-        self.reduction = getattr(config, "forget_reduction", "sequence")
+        self.reduction = getattr(config, "forget_reduction", None) or self.default_reduction
         if self.reduction not in FORGET_REDUCTIONS:
             raise ValueError(f"forget_reduction must be one of {', '.join(FORGET_REDUCTIONS)}, got {self.reduction!r}")
         self.mean_suffix_length: float | None = None

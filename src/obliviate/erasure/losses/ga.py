@@ -19,5 +19,7 @@ from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 class GradientAscent(EraseLoss):
     """Per-sequence terms of -NLL (log p_t(y_t) reduced by ``forget_reduction``)."""
 
+    default_reduction = "token"  # Jang et al.'s and open-unlearning's token mean over the batch
+
     def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
         return self.reduce(out, out.target_log_probs())

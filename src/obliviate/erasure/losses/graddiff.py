@@ -32,5 +32,7 @@ class RetainNLL:
 class GradDiff(RetainNLL, EraseLoss):
     """Forget term as :class:`~obliviate.erasure.losses.ga.GradientAscent`; retain term the LM loss."""
 
+    default_reduction = "token"  # Jang et al.'s and open-unlearning's token mean over the batch
+
     def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
         return self.reduce(out, out.target_log_probs())
