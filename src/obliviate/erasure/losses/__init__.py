@@ -1,4 +1,4 @@
-"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo.
+"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, npo_rt.
 
     python -c "from obliviate.erasure.losses import LOSSES; print(LOSSES.names())"
 
@@ -40,6 +40,13 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, forward_suffix  # noqa: E402
+from obliviate.erasure.losses.base import (  # noqa: E402
+    FORGET_REDUCTIONS,
+    EraseLoss,
+    SuffixOutput,
+    forward_suffix,
+    retain_nll,
+)
 
-__all__ = ["LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss"]
+__all__ = ["FORGET_REDUCTIONS", "LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss",
+           "retain_nll"]
