@@ -221,7 +221,10 @@ class MemorizationCallback(TrainerCallback):
 
     # -- the work ---------------------------------------------------------------------------------
     def _prepare_files(self, step: int) -> dict[str, int | None]:
-        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far."""
+        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far.
+
+        ``flagged.jsonl`` exists from the start, empty until a flag is made: no file would mean no run.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         if step == 0:
             old = [p for p in (self.history_path, self.flagged_path, self.summaries_path) if p.exists()]
@@ -229,6 +232,7 @@ class MemorizationCallback(TrainerCallback):
                 logger.warning("starting a new run: replacing %s", ", ".join(str(p) for p in old))
                 for p in old:
                     p.unlink()
+            self.flagged_path.touch()
             return {}
         # Rows past the checkpoint describe weights the resumed run replaces and will score again.
         for path in (self.history_path, self.summaries_path):
@@ -239,8 +243,7 @@ class MemorizationCallback(TrainerCallback):
                     logger.info("resuming at step %d: dropped %d rows of %s past it", step, len(rows) - len(kept), path)
                     _rewrite_jsonl(path, kept)
         # Flags are findings about weights that existed: kept, never written twice.
-        if not self.flagged_path.exists():
-            return {}
+        self.flagged_path.touch()
         return {r["id"]: r.get("step") for r in read_jsonl(self.flagged_path)}
 
     def _load_baselines(self, state) -> None:
@@ -274,14 +277,16 @@ class MemorizationCallback(TrainerCallback):
         return rows
 
     def _warn_absolute_groups(self) -> None:
+        rule = self.flag_rule
         for group, calibration in self.groups.items():
-            if calibration.judged_by == "absolute" and self.flag_rule.control_ma_percentile is not None:
-                logger.warning(
-                    "probe group %s has %d controls: its %d probes are judged by absolute evidence only (exact "
-                    "extraction, extraction probability >= %s), not against controls (%s). Add >= %d never-trained "
-                    "controls of this group (format) to calibrate it.", group_key(group), calibration.controls,
-                    calibration.probes, self.flag_rule.min_extraction_probability, calibration.why,
-                    self.flag_rule.min_controls)
+            if calibration.judged_by != "absolute" or rule.control_ma_percentile is None or not calibration.probes:
+                continue
+            advice = (f" Add at least {rule.min_controls} never-trained controls of this group (format) to calibrate "
+                      "it." if calibration.controls < rule.min_controls else "")
+            logger.warning("probe group %s has %d controls: its %d probes are judged by absolute evidence only "
+                           "(exact extraction, extraction probability >= %s), not against controls: %s.%s",
+                           group_key(group), calibration.controls, calibration.probes,
+                           rule.min_extraction_probability, calibration.why, advice)
 
     def _write_meta(self) -> None:
         model = self._model()
