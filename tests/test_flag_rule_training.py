@@ -119,3 +119,23 @@ def test_group_with_few_controls_warns_and_meta_says_absolute(tmp_path, caplog):
     expected = float(torch.tensor(controls, dtype=torch.float64).quantile(0.99))
     assert logs[-1]["memorization/control_ma_threshold/null"] == pytest.approx(expected)
     assert meta["groups"]["null"]["control_ma_threshold"] == pytest.approx(expected)
+
+
+def test_reference_model_is_the_baseline(tmp_path):
+    """With a reference model the baselines are its scores (scored once at train begin), not step-0 scores."""
+    from tests.helpers import tiny_model
+
+    probes = sft_probes()
+    trainer = sft_trainer(tmp_path, max_steps=2)
+    reference = tiny_model("gpt2", trainer.processing_class, seed=3).eval()  # another init than the trained model
+    callback = MemorizationCallback(trainer, probes, every_n_steps=1, reference_model=reference)
+    trainer.add_callback(callback)
+    trainer.train()
+    expected = score_probes(reference, trainer.processing_class, probes)
+    assert callback.baselines == {r["id"]: {"memorization_accuracy": r["memorization_accuracy"],
+                                            "suffix_log_prob": pytest.approx(r["suffix_log_prob"], abs=1e-4)}
+                                  for r in expected}
+    history = read_jsonl(tmp_path / "memorization" / "history.jsonl")
+    assert sorted({r["step"] for r in history}) == [1, 2]  # no step-0 scoring of the model itself
+    meta = json.loads((tmp_path / "memorization" / "flagged.meta.json").read_text())
+    assert meta["baseline"] == {"source": "reference model", "probes": len(probes)}
