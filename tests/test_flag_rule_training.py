@@ -123,8 +123,6 @@ def test_group_with_few_controls_warns_and_meta_says_absolute(tmp_path, caplog):
 
 def test_reference_model_is_the_baseline(tmp_path):
     """With a reference model the baselines are its scores (scored once at train begin), not step-0 scores."""
-    from tests.helpers import tiny_model
-
     probes = sft_probes()
     trainer = sft_trainer(tmp_path, max_steps=2)
     reference = tiny_model("gpt2", trainer.processing_class, seed=3).eval()  # another init than the trained model
