@@ -49,7 +49,7 @@ def test_shipped_recipe_runs_with_overrides(mini_toy, tmp_path):
                              "training.disable_tqdm": True, "tracking.every_n_steps": 3})
     mem = out / "memorization"
     history = read_jsonl(mem / "history.jsonl")
-    assert sorted({r["step"] for r in history}) == [3, 6]
+    assert sorted({r["step"] for r in history}) == [0, 3, 6]  # step 0: the flag rule's baseline
     assert (mem / "flagged.meta.json").exists() and (mem / "summaries.jsonl").exists()
     record = json.loads((out / "track.json").read_text())
     assert record["global_step"] == 6 and record["probes"] == 64
