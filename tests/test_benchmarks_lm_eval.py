@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'obliviate[lm-eval]'")
 
@@ -41,6 +42,15 @@ metric_list:
 """
 
 
+def loglikelihood_requests(rows) -> list:
+    """lm-eval ``Instance`` requests for every (context, choice), built the same way on 0.4.x and 0.5."""
+    from lm_eval.api.instance import Instance
+
+    # 0.5 makes task_name and doc_id required; 0.4 takes them as optional fields.
+    return [Instance(request_type="loglikelihood", doc={}, arguments=(r["context"], c), idx=i, task_name="toy_flags",
+                     doc_id=k) for k, r in enumerate(rows) for i, c in enumerate(r["choices"])]
+
+
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_eval_task")
@@ -68,7 +78,6 @@ def test_lm_eval_local_task_agrees_with_multiple_choice(task_dir):
 
 
 def test_choice_log_likelihoods_equal_lm_evals():
-    from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     from obliviate.benchmarks.multiple_choice import MultipleChoice
@@ -78,8 +87,7 @@ def test_choice_log_likelihoods_equal_lm_evals():
     ours = MultipleChoice(data=ROWS, tokenizer=tok, batch_size=3)
     ours.run(model)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(r["context"], c), idx=i)
-                for r in ROWS for i, c in enumerate(r["choices"])]
+    requests = loglikelihood_requests(ROWS)
     theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert [ll for row in ours.last_log_likelihoods for ll in row] == pytest.approx(theirs, abs=1e-4)
 
@@ -100,3 +108,51 @@ def test_lm_eval_unknown_task_and_missing_path(task_dir, tmp_path):
                                    "include_defaults": False}])
     with pytest.raises(FileNotFoundError, match="include path"):
         UtilitySuite.from_config([{"name": "lm_eval", "data": str(tmp_path / "none"), "tasks": ["x"]}])
+
+
+def test_truncated_rows_equal_lm_evals_loglikelihood():
+    # A 16-position model: the long context overflows it and lm-eval truncates from the left.
+    from lm_eval.models.huggingface import HFLM
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from obliviate.benchmarks.multiple_choice import MultipleChoice
+
+    tok = corpus_tokenizer()[1]
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=len(tok),
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id)).eval()
+    ours = MultipleChoice(data=ROWS, tokenizer=tok, batch_size=3)
+    ours.run(model)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    assert lm.max_length == 16
+    requests = loglikelihood_requests(ROWS)
+    pairs = [encode_pair(tok, r["context"], c, lm.prefix_token_id) for r in ROWS for c in r["choices"]]
+    assert sum(len(a) + len(b) > 17 for a, b in pairs) >= 3  # several rows really are truncated
+    theirs = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+    assert [ll for row in ours.last_log_likelihoods for ll in row] == pytest.approx(theirs, abs=1e-4)
+
+
+def test_lm_eval_wraps_the_in_memory_model_without_reloading(task_dir, monkeypatch):
+    import transformers
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the lm_eval benchmark loaded weights from disk")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_reload)
+    tok = corpus_tokenizer()[1]
+    model = tiny_model("gpt2", tok, seed=5).eval()
+    suite = UtilitySuite.from_config([{"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flags"],
+                                       "batch_size": 4, "include_defaults": False}], tok)
+    first = suite.run(model)["lm_eval"]
+    bench = suite["lm_eval"]
+    wrapper = bench._lm[2]
+    assert wrapper.model is model  # the very object, so an erasure step is what the next check sees
+    assert suite.run(model)["lm_eval"] == first and bench._lm[2] is wrapper
+    # Weights changed in place (as an erasure step does) reach lm-eval through the same wrapper: scrambling
+    # the output embedding moves its log-likelihoods.
+    before = [ll for ll, _ in wrapper.loglikelihood(loglikelihood_requests(ROWS[:1]), disable_tqdm=True)]
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(3.0)
+    after = [ll for ll, _ in wrapper.loglikelihood(loglikelihood_requests(ROWS[:1]), disable_tqdm=True)]
+    assert max(abs(a - b) for a, b in zip(before, after)) > 1e-3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obliviate.callbacks import FlagRule, MemorizationBudget, MemorizationCallback, TrackConfig, TrackingError
+from obliviate.callbacks import MemorizationBudget, MemorizationCallback, TrackConfig, TrackingError
 from obliviate.callbacks.distributed import shard_bounds
 from obliviate.config import RecipeError, from_dict
 from obliviate.data import Probe, ProbeError, ProbeSet, read_jsonl
@@ -13,50 +13,8 @@ from obliviate.data.sft import probes_from_sft_rows
 from tests.ddp_worker import sft_data, sft_probes, sft_trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    # barriers made these runs 20-40x slower with 2 threads than with 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _row(pid, role, ma=0.0, exact=0, ep=0.0):
-    return {"id": pid, "role": role, "memorization_accuracy": ma, "exact_extraction": exact,
-            "extraction_probability": ep}
-
-
-def test_flag_rule_criteria_and_controls():
-    controls = [_row(f"c{i}", "control", ma=i / 20) for i in range(12)]  # MA 0 .. 0.55
-    rows = controls + [
-        _row("exact", "member", ma=0.5, exact=1),
-        _row("likely", "canary", ma=0.3, ep=0.7),
-        _row("above", "member", ma=0.9),
-        _row("below", "member", ma=0.5),
-    ]
-    flags, threshold = FlagRule().apply(rows)
-    assert threshold == pytest.approx(float(torch.tensor([r["memorization_accuracy"] for r in rows
-                                                          if r["role"] == "control"]).quantile(0.99)))
-    assert flags == {"exact": "exact_extraction", "likely": "extraction_probability", "above": "control_relative_ma"}
-    # An extractable control is a real finding (a leak, or a control that is not held out): flagged.
-    leaky = FlagRule().apply([*rows, _row("leaky-control", "control", ma=1.0, exact=1)])[0]
-    assert leaky["leaky-control"] == "exact_extraction"
-    # The control-relative criterion never applies to controls, whatever their MA.
-    high_control = [*controls, _row("c-high", "control", ma=0.99)]
-    assert "c-high" not in FlagRule(exact_extraction=False, min_extraction_probability=None,
-                                    control_ma_percentile=50).apply(high_control)[0]
-    # Too few controls: the percentile is not computed and only the absolute criteria flag.
-    few = FlagRule(min_controls=20).apply(rows)
-    assert few[1] is None and "above" not in few[0]
-
-
-def test_flag_rule_and_budget_validation():
-    with pytest.raises(ValueError, match="every criterion turned off"):
-        FlagRule(exact_extraction=False, min_extraction_probability=None, control_ma_percentile=None)
-    with pytest.raises(ValueError, match="min_extraction_probability"):
-        FlagRule(min_extraction_probability=1.5)
+def test_budget_validation_and_limits():
+    # The flag rule's own tests are in tests/test_flag_rule.py.
     with pytest.raises(ValueError, match="max_extraction_rate"):
         MemorizationBudget(max_extraction_rate=2.0)
     budget = MemorizationBudget(max_extraction_rate=0.1, max_flagged=3, max_tail_p99=4)
@@ -173,7 +131,10 @@ def test_evaluate_restores_modes_and_trainer_logging(bare_trainer, tmp_path):
     assert bare_trainer.state.log_history[-1]["memorization/count/canary"] == 8
     history = read_jsonl(tmp_path / "memorization" / "history.jsonl")
     assert len(history) == len(callback.probes)
-    assert set(history[0]) == {"step", "epoch", "id", "role", "loss"}
+    # The asked-for metric, the probe's group, what the flag rule reads and (at step 0) the baseline fields.
+    assert set(history[0]) == {"step", "epoch", "id", "role", "group", "loss", "memorization_accuracy",
+                               "exact_extraction", "extraction_probability", "suffix_log_prob"}
+    assert {r["group"] for r in history} == {"pin", "record"}
     # Scores are score_probes' own, on the unwrapped model.
     from obliviate.metrics import score_probes
 
@@ -209,3 +170,38 @@ def test_sft_probes_conversational_match_trainer(tmp_path):
         assert [t for t in example["labels"] if t != -100] == probe.suffix_ids
         assert (other.prefix_ids, other.suffix_ids) == (probe.prefix_ids, probe.suffix_ids)
         assert probe.prefix.endswith("[assistant]")
+
+
+def test_plain_trainer_without_processing_class_finds_the_tokenizer(tmp_path):
+    """Issue 11 item 13: the tokenizer given only to the data collator, as many scripts do."""
+    from datasets import Dataset
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
+
+    from tests.ddp_worker import fresh_model
+
+    tokenizer, rows, probe_rows = sft_data()
+    data = Dataset.from_list([{"text": r["prompt"] + r["completion"]} for r in rows[:8]])
+    data = data.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none",
+                             save_strategy="no", disable_tqdm=True)
+
+    def trainer(collator):
+        return Trainer(model=fresh_model(tokenizer), args=args, train_dataset=data, data_collator=collator)
+
+    with_collator = trainer(DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    assert with_collator.processing_class is None
+    # From the collator, with probes given as rows (they carry no tokenizer of their own).
+    callback = MemorizationCallback(with_collator, probe_rows)
+    assert callback.tokenizer is tokenizer and len(callback.probes) == len(probe_rows)
+    # From the ProbeSet that probes_from_sft_rows built with this tokenizer, with a collator that has none.
+    bare = trainer(default_data_collator)
+    probes = probes_from_sft_rows(probe_rows, tokenizer)
+    assert MemorizationCallback(bare, probes).tokenizer is tokenizer
+    with pytest.raises(TrackingError, match="no tokenizer.*processing_class"):
+        MemorizationCallback(bare, probe_rows)
+    assert MemorizationCallback(bare, probe_rows, tokenizer=tokenizer).tokenizer is tokenizer

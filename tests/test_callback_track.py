@@ -20,15 +20,6 @@ from tests.helpers import corpus_tokenizer
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "track-sft.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # See tests/test_callback_training.py: 1 intra-op thread is 20-40x faster for tiny models on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -58,7 +49,7 @@ def test_shipped_recipe_runs_with_overrides(mini_toy, tmp_path):
                              "training.disable_tqdm": True, "tracking.every_n_steps": 3})
     mem = out / "memorization"
     history = read_jsonl(mem / "history.jsonl")
-    assert sorted({r["step"] for r in history}) == [3, 6]
+    assert sorted({r["step"] for r in history}) == [0, 3, 6]  # step 0: the flag rule's baseline
     assert (mem / "flagged.meta.json").exists() and (mem / "summaries.jsonl").exists()
     record = json.loads((out / "track.json").read_text())
     assert record["global_step"] == 6 and record["probes"] == 64

@@ -15,7 +15,7 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWa
 from obliviate.metrics import SamplingConfig, score_probes, score_sequences
 
 FLOAT_METRICS = ("loss", "memorization_accuracy", "extraction_probability", "suffix_log_prob", "min_k",
-                 "min_k_plus_plus")
+                 "min_k_plus_plus", "extraction_strength")
 INT_METRICS = ("exact_extraction", "prefix_match_length", "suffix_length")
 
 
@@ -54,6 +54,51 @@ def test_exact_extraction_and_prefix_match_equal_greedy_generate(memorized):
         matched = next((i for i, (g, y) in enumerate(zip(generated, probe.suffix_ids)) if g != y), len(generated))
         assert row["exact_extraction"] == int(generated == probe.suffix_ids), probe.id
         assert row["prefix_match_length"] == matched, probe.id
+
+
+def extraction_strength_by_hand(correct: list[bool]) -> float:
+    """1 - k/|S| with k the smallest start from which every prediction is right; k = |S| when none is."""
+    size = len(correct)
+    k = next((k for k in range(size) if all(correct[k:])), size)
+    return 1 - k / size
+
+
+@pytest.mark.parametrize("pattern,expected", [
+    ("1111", 1.0), ("0111", 0.75), ("1011", 0.5), ("0001", 0.25), ("1110", 0.0), ("0000", 0.0), ("1", 1.0),
+    ("0", 0.0), ("110111", 0.5),
+])
+def test_extraction_strength_on_hand_made_argmax_patterns(pattern, expected):
+    from obliviate.metrics.teacher_forced import sequence_metrics
+
+    assert extraction_strength_by_hand([c == "1" for c in pattern]) == pytest.approx(expected)
+    # The pattern flush right (left padding) and flush left (right padding) in a 7-wide window, padded
+    # with "right" and "wrong" predictions: padding must not extend or break the tail.
+    width, size = 7, len(pattern)
+    for side in ("left", "right"):
+        for pad_value in (True, False):
+            correct = torch.full((1, width), pad_value)
+            mask = torch.zeros((1, width), dtype=torch.bool)
+            where = slice(width - size, width) if side == "left" else slice(0, size)
+            correct[0, where] = torch.tensor([c == "1" for c in pattern])
+            mask[0, where] = True
+            zeros = torch.zeros((1, width))
+            stats = {"target_log_prob": zeros - 1, "correct": correct, "mean_log_prob": zeros - 1,
+                     "std_log_prob": zeros + 1}
+            out = sequence_metrics(stats, mask, 0.2, SamplingConfig())
+            assert out["extraction_strength"].item() == pytest.approx(expected), (side, pad_value)
+
+
+def test_extraction_strength_equals_argmax_tail_of_the_model(memorized):
+    model, tok, probes = memorized.model, memorized.tokenizer, memorized.probes
+    rows = score_probes(model, tok, probes)
+    values = set()
+    for probe, row in zip(probes, rows):
+        argmax = suffix_logits_by_hand(model, probe).argmax(-1).tolist()
+        expected = extraction_strength_by_hand([a == y for a, y in zip(argmax, probe.suffix_ids)])
+        assert row["extraction_strength"] == pytest.approx(expected, abs=1e-7), probe.id
+        assert row["extraction_strength"] == 1.0 or not row["exact_extraction"]
+        values.add(round(expected, 6))
+    assert len(values) > 2  # the fixture has full, partial and absent tails
 
 
 def test_memorization_accuracy_equals_per_position_loop(memorized):

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from obliviate.metrics.sets import gini, roc_auc, summarize_scores, tail_statistics, tpr_at_fpr
+from obliviate.metrics.sets import (
+    control_threshold,
+    gini,
+    recall_at_fpr,
+    roc_auc,
+    summarize_scores,
+    tail_statistics,
+    tpr_at_fpr,
+)
 
 
 def pairwise_auc(pos, neg) -> float:
@@ -38,18 +46,66 @@ def test_auc_equals_mann_whitney_with_ties():
     assert roc_auc(pos, neg) == pytest.approx(pairwise_auc(pos, neg))
 
 
+def lira_tpr(pos, neg, budget) -> float:
+    """The LiRA / mimir rule by brute force: best TPR over thresholds whose FPR is strictly below the budget."""
+    best = 0.0
+    for threshold in sorted(set(pos) | set(neg)) + [np.inf]:
+        fpr = np.mean(np.asarray(neg) >= threshold)
+        if fpr < budget:
+            best = max(best, float(np.mean(np.asarray(pos) >= threshold)))
+    return best
+
+
 def test_tpr_at_fpr_hand_cases():
     members, controls = [5, 4, 3, 2], [4.5, 1, 0, -1]
     # Above 4.5 no control fires and one member of four does.
     assert tpr_at_fpr(members, controls, 0.01) == 0.25
-    # Allowing one control of four (FPR 0.25) lets the threshold drop to 2: every member.
-    assert tpr_at_fpr(members, controls, 0.25) == 1.0
+    # FPR must stay strictly below the budget: one control of four (0.25) is over a 0.25 budget ...
+    assert tpr_at_fpr(members, controls, 0.25) == 0.25
+    # ... and within a 0.26 one, which lets the threshold drop to 2: every member.
+    assert tpr_at_fpr(members, controls, 0.26) == 1.0
     assert tpr_at_fpr(members, controls, 0.2) == 0.25
-    # A member tied with the top control cannot be separated from it at FPR 0.
-    assert tpr_at_fpr([3, 1], [3, 0], 0.0) == 0.0
+    # A member tied with the top control cannot be separated from it below FPR 0.5.
     assert tpr_at_fpr([3, 1], [3, 0], 0.49) == 0.0
-    # At threshold 1 both members fire and only the control at 3 does.
-    assert tpr_at_fpr([3, 1], [3, 0], 0.5) == 1.0
+    assert tpr_at_fpr([3, 1], [3, 0], 0.5) == 0.0
+    # At threshold 1 both members fire and only the control at 3 does (FPR 0.5 < 0.51).
+    assert tpr_at_fpr([3, 1], [3, 0], 0.51) == 1.0
+    with pytest.raises(ValueError, match="max_fpr"):
+        tpr_at_fpr([1], [0], 0.0)
+
+
+def test_tpr_at_1pct_with_100_tied_controls():
+    # 100 controls: one at 10, one at 9, the rest at 0; members: 20 at 9.5, 30 tied with the control at 9, 50 at 0.
+    controls = [10.0, 9.0] + [0.0] * 98
+    members = [9.5] * 20 + [9.0] * 30 + [0.0] * 50
+    # At 1% FPR one false positive of 100 is already over budget (1/100 is not < 0.01): nothing but FPR 0,
+    # where no member outscores the control at 10.
+    assert tpr_at_fpr(members, controls, 0.01) == 0.0 == lira_tpr(members, controls, 0.01)
+    # At 2% one false positive is allowed (threshold 9.5, 20 members); the tie at 9 brings a second one.
+    assert tpr_at_fpr(members, controls, 0.02) == 0.2 == lira_tpr(members, controls, 0.02)
+    assert tpr_at_fpr(members, controls, 0.021) == 0.5 == lira_tpr(members, controls, 0.021)
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 30, 80).astype(float), rng.integers(0, 20, 100).astype(float)
+    for budget in (0.01, 0.02, 0.1, 0.3):
+        assert tpr_at_fpr(pos, neg, budget) == pytest.approx(lira_tpr(pos, neg, budget))
+
+
+def test_recall_at_10pct_fpr_threshold_on_controls():
+    # 100 controls scored 0..99: at most 10 may lie above the threshold, so it is the 11th highest (89).
+    controls = list(range(100))
+    assert control_threshold(controls, 0.1) == 89.0
+    members = [95, 90, 89.5, 89, 50]
+    # Recall counts members strictly above 89: 95, 90, 89.5 (the one tied with the threshold is not).
+    assert recall_at_fpr(members, controls, 0.1) == pytest.approx(3 / 5)
+    # The budget is met with equality here (10 of 100 controls fire), unlike the ROC's strictly-below point.
+    assert np.mean(np.asarray(controls) > control_threshold(controls, 0.1)) == 0.1
+    # The ROC point needs FPR < 10%: at most 9 controls at or above the threshold, so it is 91 and only 95 passes.
+    assert tpr_at_fpr(members, controls, 0.1) == pytest.approx(1 / 5)
+    # Ties among controls: the threshold sits on the tie and none of the tied controls count.
+    assert control_threshold([5, 5, 5, 1], 0.5) == 5.0
+    assert recall_at_fpr([6, 5], [5, 5, 5, 1], 0.5) == 0.5
+    # A budget of everything lets every member through.
+    assert recall_at_fpr([0.0], [1.0], 1.0) == 1.0
 
 
 def test_tail_statistics_one_sequence_holds_everything():
@@ -102,6 +158,9 @@ def test_summarize_scores_hand_case():
     assert s["auc/neg_loss"] == pytest.approx(5 / 6)
     assert s["auc/min_k"] == pytest.approx(pairwise_auc([-0.2, -2.0, -0.3], [-3.0, -1.0]))
     assert "auc/reference_ratio" not in s  # no reference model was used
+    # Two controls: 10% and 1% both allow none; the members above the top control (-0.9) are -0.1 and -0.2.
+    for key in ("tpr@10%fpr/neg_loss", "tpr@1%fpr/neg_loss", "tpr@0.1%fpr/neg_loss", "recall@10%fpr/neg_loss"):
+        assert s[key] == pytest.approx(2 / 3), key
     assert s["tail/prefix_match_length/max"] == 8
     assert s["tail/prefix_match_length/mean"] == pytest.approx(6.0)
     assert s["tail/extraction_probability/mean"] == pytest.approx(0.6)

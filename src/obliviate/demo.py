@@ -35,8 +35,10 @@ class DemoError(ValueError):
 
 
 def default_recipe() -> Path:
-    """``recipes/demo.yaml`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
+    """The shipped ``recipes/demo.yaml`` (package data: an installed copy finds it too)."""
+    from obliviate.recipes import path as recipe_path
+
+    return recipe_path("demo")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``lm_eval``: lm-evaluation-harness tasks on the in-memory model (optional extra ``obliviate[lm-eval]``).
 
-    pip install 'obliviate[lm-eval]'
+    pip install 'obliviate[lm-eval]'      # = lm-eval[hf]: since late 2025 plain lm-eval brings no torch/transformers
     obliviate bench --model runs/toy/base --config suite.yaml --out runs/toy/utility
 
 with ``suite.yaml`` holding ``benchmarks: [{name: lm_eval, tasks: [my_task], data: path/to/task_yamls}]``.
@@ -10,6 +10,13 @@ The model is wrapped with ``HFLM(pretrained=model, tokenizer=tokenizer)``, so th
 erased are the ones evaluated (nothing is reloaded from disk). Scores are the tasks' metrics:
 ``acc``, ``acc_norm``, ... for one task, ``<task>/<metric>`` for several; a filter other than
 ``none`` is appended as ``<metric>,<filter>``. Directions come from lm-eval's ``higher_is_better``.
+
+Works with lm-eval 0.4.x (>= 0.4.10, the first to import under transformers 5) and 0.5. What ``HFLM``
+does with an in-memory model, read from its source: it keeps the object (no copy, no reload, its
+device is the model's), calls ``model.eval()`` and ``tie_weights()`` once, and gives a tokenizer
+without a pad token one (unk, else eos, else a *new* ``<|pad|>`` token the model has no embedding
+for). So the tokenizer gets obliviate's pad token first (eos), and one wrapper is kept per model
+object: the weights it reads are updated in place between gate checks.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from pathlib import Path
 from obliviate.benchmarks.base import BenchmarkConfig, BenchmarkError, UtilityBenchmark
 from obliviate.benchmarks.registry import register_benchmark
 from obliviate.config import nearest
+from obliviate.data.probes import ensure_pad_token
 
-INSTALL_HINT = "pip install 'obliviate[lm-eval]' (lm-evaluation-harness >= 0.4.5)"
+INSTALL_HINT = "pip install 'obliviate[lm-eval]' (i.e. 'lm-eval[hf]>=0.4.10'; plain lm-eval lacks the HF backend)"
 _TASK_MANAGERS: dict[tuple[str | None, bool], object] = {}
 
 
@@ -103,9 +111,8 @@ class LmEval(UtilityBenchmark):
 
     def compute(self, model, tokenizer) -> dict[str, float]:
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.config.batch_size)
+        lm = self._wrap(model, tokenizer)
         limit = self.config.limit
         if limit is not None and limit >= 1:
             limit = int(limit)
@@ -115,6 +122,20 @@ class LmEval(UtilityBenchmark):
                                  log_samples=False, random_seed=None, numpy_random_seed=None,
                                  torch_random_seed=None, fewshot_random_seed=1234)
         return self._flatten(output)
+
+    def _wrap(self, model, tokenizer):
+        """lm-eval's ``HFLM`` around this very model object (built once per model and tokenizer)."""
+        cached = getattr(self, "_lm", None)
+        if cached is not None and cached[0] is model and cached[1] is tokenizer:
+            return cached[2]
+        try:
+            from lm_eval.models.huggingface import HFLM
+        except ImportError as e:  # lm-eval without its hf extra (no torch/transformers backend)
+            raise BenchmarkError(f"lm-eval's HF backend does not import ({e}): {INSTALL_HINT}.") from None
+        ensure_pad_token(tokenizer)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.config.batch_size)
+        self._lm = (model, tokenizer, lm)
+        return lm
 
     def _flatten(self, output: dict) -> dict[str, float]:
         results, better = output["results"], output.get("higher_is_better", {})

@@ -15,11 +15,18 @@ context moves to the continuation, context+continuation is encoded whole and spl
 context's own encoding (so a merge across the boundary goes to the continuation); an empty context
 becomes the BOS token (EOS when there is none). Choice text is appended as is (``target_delimiter``
 defaults to ``""``: write the leading space into the choices, as the toy data does).
+
+Truncation follows lm-eval's ``HFLM._loglikelihood_tokens`` for causal models: the last token of the
+continuation is never fed to the model (its logit would predict nothing), so a pair fits a window of
+L positions when context + continuation <= L + 1 tokens; longer pairs keep the window
+``(context + continuation)[-(L + 1):][:-1]``, i.e. the most recent L + 1 - len(continuation) context tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 from obliviate.benchmarks.base import (
     BenchmarkConfig,
@@ -32,6 +39,8 @@ from obliviate.benchmarks.base import (
 from obliviate.benchmarks.registry import register_benchmark
 from obliviate.data.probes import ensure_pad_token
 from obliviate.metrics import context_length, score_sequences
+from obliviate.metrics.scorer import model_device
+from obliviate.metrics.teacher_forced import token_statistics
 
 
 @dataclass
@@ -43,7 +52,8 @@ class MultipleChoiceConfig(BenchmarkConfig):
     max_samples: int | None = field(default=None, metadata={"help": "use a fixed random sample of this many rows."})
     seed: int = field(default=0, metadata={"help": "seed of the max_samples sample."})
     truncate: bool = field(default=True, metadata={"help": "drop the oldest context tokens when context+choice "
-                                                           "overflows the model (as lm-eval does); false raises."})
+                                                           "overflows the model, keeping lm-eval's window "
+                                                           "(context+choice)[-(L+1):][:-1]; false raises."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,21 +117,24 @@ class MultipleChoice(UtilityBenchmark):
                 if not choice_ids:
                     raise BenchmarkError(f"{where}: choice {choice!r} tokenizes to nothing after the context.")
                 self.pairs.append((context_ids, choice_ids))
-        self._fitted: dict[int | None, tuple[list[list[int]], list[list[int]]]] = {}
+        self._fitted: dict[int | None, tuple[list[list[int]], list[list[int]], dict[int, list[int]]]] = {}
 
-    def _inputs(self, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
+    def _inputs(self, max_length: int | None) -> tuple[list[list[int]], list[list[int]], dict[int, list[int]]]:
+        """Prefixes and suffixes of the pairs the scorer can feed whole (<= L tokens), and lm-eval's
+        L-token window (all but the last token) of every other pair, by pair index."""
         if max_length not in self._fitted:
-            prefixes, suffixes = [], []
-            for (context_ids, choice_ids), where in zip(self.pairs, self._pair_where()):
-                if max_length is not None and len(context_ids) + len(choice_ids) > max_length:
-                    keep = max_length - len(choice_ids)
-                    if not self.config.truncate or keep < 1:
-                        raise BenchmarkError(f"{where}: context+choice is {len(context_ids) + len(choice_ids)} "
-                                             f"tokens, longer than the model's context of {max_length}.")
-                    context_ids = context_ids[-keep:]
+            prefixes, suffixes, windows = [], [], {}
+            for k, ((context_ids, choice_ids), where) in enumerate(zip(self.pairs, self._pair_where())):
+                total = len(context_ids) + len(choice_ids)
+                if max_length is not None and total > max_length:
+                    if len(choice_ids) > max_length or (total > max_length + 1 and not self.config.truncate):
+                        raise BenchmarkError(f"{where}: context+choice is {total} tokens (choice {len(choice_ids)}), "
+                                             f"longer than the model's context of {max_length}"
+                                             f"{'' if self.config.truncate else '; set truncate: true'}.")
+                    windows[k] = (context_ids + choice_ids)[-(max_length + 1):][:-1]
                 prefixes.append(context_ids)
                 suffixes.append(choice_ids)
-            self._fitted[max_length] = (prefixes, suffixes)
+            self._fitted[max_length] = (prefixes, suffixes, windows)
         return self._fitted[max_length]
 
     def _pair_where(self):
@@ -129,11 +142,40 @@ class MultipleChoice(UtilityBenchmark):
             for _ in row["choices"]:
                 yield where
 
+    def _window_log_likelihoods(self, model, windows: dict[int, list[int]]) -> dict[int, float]:
+        """Summed log-likelihood of each overflowing pair's choice from its lm-eval window (all L tokens long)."""
+        out: dict[int, float] = {}
+        keys = list(windows)
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(keys), self.config.batch_size):
+                batch = keys[start:start + self.config.batch_size]
+                ids = torch.tensor([windows[k] for k in batch], device=model_device(model))
+                with torch.inference_mode():
+                    logits = model(input_ids=ids, use_cache=False).logits
+                for row, k in enumerate(batch):
+                    # The window ends one token short of the choice: its last m logits predict the m choice tokens.
+                    choice = self.pairs[k][1]
+                    targets = torch.tensor(choice, device=logits.device)
+                    stats = token_statistics(logits[row, -len(choice):], targets)
+                    out[k] = stats["target_log_prob"].double().sum().item()
+        finally:
+            model.train(was_training)
+        return out
+
     def log_likelihoods(self, model) -> list[list[float]]:
         """Summed log-likelihood of each choice given its context, per row (one batched pass over all pairs)."""
-        prefixes, suffixes = self._inputs(context_length(model))
-        scores = score_sequences(model, prefixes, suffixes, self.pad_token_id, batch_size=self.config.batch_size)
-        flat = scores["suffix_log_prob"].double().tolist()
+        prefixes, suffixes, windows = self._inputs(context_length(model))
+        fits = [k for k in range(len(prefixes)) if k not in windows]
+        flat = [0.0] * len(prefixes)
+        if fits:
+            scores = score_sequences(model, [prefixes[k] for k in fits], [suffixes[k] for k in fits],
+                                     self.pad_token_id, batch_size=self.config.batch_size)
+            for k, value in zip(fits, scores["suffix_log_prob"].double().tolist()):
+                flat[k] = value
+        for k, value in self._window_log_likelihoods(model, windows).items():
+            flat[k] = value
         out, start = [], 0
         for _, row in self.rows:
             out.append(flat[start:start + len(row["choices"])])

@@ -1,26 +1,30 @@
 """The benchmark registry: recipe string -> :class:`~obliviate.benchmarks.base.UtilityBenchmark` class.
 
-    python -c "from obliviate.benchmarks import BENCHMARKS; print(sorted(BENCHMARKS))"
+    python -c "from obliviate.benchmarks import BENCHMARKS; print(BENCHMARKS.names())"
 
 A new benchmark is one small module with a class decorated ``@register_benchmark("name")``,
-imported from ``obliviate/benchmarks/__init__.py`` (the way PEFT registers its tuners).
+imported from ``obliviate/benchmarks/__init__.py`` (the way PEFT registers its tuners). The
+registry is the same :class:`~obliviate.registry.Registry` the erasure losses and selectors use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from obliviate.config import nearest
+from obliviate.registry import Registry, UnknownNameError
 
 if TYPE_CHECKING:
     from obliviate.benchmarks.base import UtilityBenchmark
 
-BENCHMARKS: dict[str, type[UtilityBenchmark]] = {}
+
+class UnknownBenchmarkError(UnknownNameError):
+    """A recipe named a benchmark that is not registered (a ``ValueError``)."""
+
+
+BENCHMARKS: Registry[UtilityBenchmark] = Registry(
+    "benchmark", key="name", error=UnknownBenchmarkError,
+    hint="A new one is a UtilityBenchmark subclass decorated @register_benchmark('name') (docs/benchmarks.md).")
 """Every registered benchmark class by the ``name`` a recipe uses."""
-
-
-class UnknownBenchmarkError(ValueError):
-    """A recipe named a benchmark that is not registered."""
 
 
 def register_benchmark(name: str):
@@ -30,17 +34,10 @@ def register_benchmark(name: str):
         name: the string recipes use in ``{name: ...}`` entries.
 
     Returns:
-        The decorator; registering a second class under a taken name raises ``ValueError``.
+        The decorator; registering a second class under a taken name raises
+        :class:`~obliviate.registry.DuplicateNameError` (a ``ValueError``).
     """
-
-    def decorator(cls):
-        if name in BENCHMARKS and BENCHMARKS[name] is not cls:
-            raise ValueError(f"benchmark {name!r} is already registered by {BENCHMARKS[name].__qualname__}.")
-        cls.name = name
-        BENCHMARKS[name] = cls
-        return cls
-
-    return decorator
+    return BENCHMARKS.register(name)
 
 
 def get_benchmark(name: str) -> type[UtilityBenchmark]:
@@ -49,7 +46,4 @@ def get_benchmark(name: str) -> type[UtilityBenchmark]:
     Raises:
         UnknownBenchmarkError: naming the known benchmarks and the nearest match.
     """
-    if name not in BENCHMARKS:
-        raise UnknownBenchmarkError(f"unknown benchmark {name!r}.{nearest(str(name), BENCHMARKS)} "
-                                    f"Known benchmarks: {', '.join(sorted(BENCHMARKS))}.")
-    return BENCHMARKS[name]
+    return BENCHMARKS.get(name)

@@ -24,7 +24,8 @@ class TrackConfig:
                                        "for none. 208 probes every 100 steps cost ~3.4% of toy SFT time."})
     every_epoch: bool = field(default=False, metadata={"help": "Also score at the end of every epoch."})
     score_on_start: bool = field(
-        default=False, metadata={"help": "Also score before the first step (the base model's baseline)."})
+        default=False, metadata={"help": "Also score, flag and log before the first step. The flag rule's baseline "
+                                         "(step-0 scores) is taken at train begin whether or not this is set."})
     batch_size: int = field(default=32, metadata={"help": "Probes per forward pass."})
     max_probes: int | None = field(
         default=256, metadata={"help": "run_track keeps at most this many probes: members are subsampled (seeded), "
@@ -41,8 +42,9 @@ class TrackConfig:
     prefix_tokens: int = field(default=32, metadata={"help": "Prefix length of probes built from text rows."})
     suffix_tokens: int = field(default=32, metadata={"help": "Suffix length of probes built from text rows."})
     reference_model: str | None = field(
-        default=None, metadata={"help": "Model for reference_ratio: a path, or 'base' for the model before SFT. "
-                                        "Doubles the scoring cost."})
+        default=None, metadata={"help": "Model for reference_ratio and the flag rule's baseline (instead of the "
+                                        "step-0 scores): a path, or 'base' for the model before SFT. Doubles "
+                                        "the scoring cost."})
     flag_rule: Any = field(default_factory=FlagRule, metadata={"help": "FlagRule fields (a mapping)."})
     budget: Any = field(default_factory=MemorizationBudget,
                         metadata={"help": "MemorizationBudget fields (a mapping); empty: no limits."})

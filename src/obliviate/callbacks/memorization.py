@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback
 from obliviate.callbacks.budget import MemorizationBudget
 from obliviate.callbacks.config import HISTORY_METRICS
 from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
-from obliviate.callbacks.flagging import FlagRule
+from obliviate.callbacks.flagging import BASELINE_FIELDS, RULE_FIELDS, FlagResult, FlagRule, group_key
 from obliviate.data.flagged import append_flagged, flagged_row, write_meta
 from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
 from obliviate.metrics import SamplingConfig, context_length, score_probes
@@ -48,6 +48,23 @@ def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _find_tokenizer(trainer, probes, tokenizer=None):
+    """The probes' tokenizer: given, the trainer's ``processing_class``, the ProbeSet's, or the collator's.
+
+    A plain ``Trainer`` is often built without ``processing_class``, the tokenizer going only to the data
+    collator (``DataCollatorForLanguageModeling(tokenizer)``); the callback finds it there.
+    """
+    candidates = (tokenizer, getattr(trainer, "processing_class", None), getattr(probes, "tokenizer", None),
+                  getattr(getattr(trainer, "data_collator", None), "tokenizer", None))
+    for found in candidates:
+        found = getattr(found, "tokenizer", found)  # a processor wraps its tokenizer
+        if found is not None and callable(found):
+            return found
+    raise TrackingError("no tokenizer: the trainer has no processing_class and its data collator no tokenizer. "
+                        "Pass tokenizer=... to MemorizationCallback, or build the trainer with "
+                        "processing_class=tokenizer.")
+
+
 class MemorizationCallback(TrainerCallback):
     """Track memorization of ``probes`` during training (DESIGN §4).
 
@@ -60,13 +77,17 @@ class MemorizationCallback(TrainerCallback):
             time (``perf/callback_overhead.py``); the cost scales with probes x probe length / step cost.
         every_epoch: also score at the end of every epoch.
         metrics: per-probe metrics written to ``history.jsonl`` (default: all).
-        flag_rule: the :class:`FlagRule` (default: exact extraction, extraction probability >= 0.5,
-            MA above the controls' 99th percentile).
+        flag_rule: the :class:`FlagRule` (default: exact extraction, extraction probability >= 0.5, or MA
+            above the 99th percentile of the controls of the probe's own group *and* gained by >= 0.5 over
+            the probe's baseline). When the rule needs a baseline, the probes are scored at train begin even
+            without ``score_on_start`` (rows at step 0 in ``history.jsonl``; a resumed run reads them back).
         budget: a :class:`MemorizationBudget` whose limits stop training.
         batch_size: probes per forward pass.
         output_dir: where ``memorization/`` goes (default: ``trainer.args.output_dir``).
-        reference_model: optional model on the same device for ``reference_ratio`` (doubles the cost).
-        tokenizer: the probes' tokenizer (default: ``trainer.processing_class``).
+        reference_model: optional model on the same device for ``reference_ratio`` (doubles the cost); it
+            is also the flag rule's baseline (scored once at train begin) instead of the step-0 scores.
+        tokenizer: the probes' tokenizer (default: ``trainer.processing_class``, else the tokenizer the
+            ``ProbeSet`` was built with, else ``trainer.data_collator.tokenizer``).
         sampling: the attacker's sampling for ``extraction_probability`` (default n=100, plain sampling).
         min_k: fraction of tokens for Min-K% and Min-K%++.
         score_on_start: also score before the first step.
@@ -99,10 +120,7 @@ class MemorizationCallback(TrainerCallback):
         self.batch_size, self.min_k, self.progress = batch_size, min_k, progress
         self.sampling = sampling or SamplingConfig()
         self.reference_model = reference_model
-        self.tokenizer = tokenizer or getattr(trainer, "processing_class", None)
-        self.tokenizer = getattr(self.tokenizer, "tokenizer", self.tokenizer)  # a processor wraps its tokenizer
-        if self.tokenizer is None or not callable(self.tokenizer):
-            raise TrackingError("no tokenizer: pass tokenizer=... or build the trainer with processing_class=tokenizer.")
+        self.tokenizer = _find_tokenizer(trainer, probes, tokenizer)
         ensure_pad_token(self.tokenizer)
         self.probes = probes if isinstance(probes, ProbeSet) else load_probes(probes, self.tokenizer)
         if len(self.probes) == 0:
@@ -118,6 +136,10 @@ class MemorizationCallback(TrainerCallback):
         self.last_rows: list[dict] = []
         self.last_summary: dict = {}
         self._last_step: int | None = None
+        # {probe id: baseline row}: the step-0 scores, or the reference model's (DESIGN §4 calibration).
+        self.baselines: dict[str, dict] = {}
+        self.baseline_source = "reference model" if reference_model is not None else "step 0"
+        self.groups = self.flag_rule.plan((p.group, p.role) for p in self.probes)
 
     @classmethod
     def from_config(cls, trainer, probes, config, output_dir: str | None = None, reference_model=None,
@@ -176,8 +198,12 @@ class MemorizationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         flagged = self._prepare_files(state.global_step) if self.is_main else None
         self.flagged = broadcast_from_main(flagged, self.trainer.accelerator) or {}
+        self._load_baselines(state)
+        self.groups = self.flag_rule.plan(((p.group, p.role) for p in self.probes), bool(self.baselines)
+                                          or (self.score_on_start and state.global_step == 0))
         if self.is_main:
-            self._write_meta(None)
+            self._warn_absolute_groups()
+            self._write_meta()
         if self.score_on_start and state.global_step == 0:
             self.evaluate(state, control)
 
@@ -195,7 +221,10 @@ class MemorizationCallback(TrainerCallback):
 
     # -- the work ---------------------------------------------------------------------------------
     def _prepare_files(self, step: int) -> dict[str, int | None]:
-        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far."""
+        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far.
+
+        ``flagged.jsonl`` exists from the start, empty until a flag is made: no file would mean no run.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         if step == 0:
             old = [p for p in (self.history_path, self.flagged_path, self.summaries_path) if p.exists()]
@@ -203,6 +232,7 @@ class MemorizationCallback(TrainerCallback):
                 logger.warning("starting a new run: replacing %s", ", ".join(str(p) for p in old))
                 for p in old:
                     p.unlink()
+            self.flagged_path.touch()
             return {}
         # Rows past the checkpoint describe weights the resumed run replaces and will score again.
         for path in (self.history_path, self.summaries_path):
@@ -213,34 +243,85 @@ class MemorizationCallback(TrainerCallback):
                     logger.info("resuming at step %d: dropped %d rows of %s past it", step, len(rows) - len(kept), path)
                     _rewrite_jsonl(path, kept)
         # Flags are findings about weights that existed: kept, never written twice.
-        if not self.flagged_path.exists():
-            return {}
+        self.flagged_path.touch()
         return {r["id"]: r.get("step") for r in read_jsonl(self.flagged_path)}
 
-    def _write_meta(self, threshold: float | None) -> None:
+    def _load_baselines(self, state) -> None:
+        """Each probe's baseline: the reference model's scores, the step-0 scores, or (resumed) history's."""
+        if not self.flag_rule.needs_baseline:
+            return
+        step = state.global_step
+        if self.reference_model is not None:
+            rows = self.score(self.reference_model, with_reference=False)
+        elif step == 0:
+            if self.score_on_start:
+                return  # evaluate() at step 0 scores, writes and keeps them
+            rows = self.score()
+            if self.is_main:
+                self._write_history(rows, 0, float(state.epoch or 0.0))
+        else:
+            rows = broadcast_from_main(self._history_baselines() if self.is_main else None, self.trainer.accelerator)
+        self._keep_baselines(rows)
+
+    def _keep_baselines(self, rows: list[dict]) -> None:
+        self.baselines = {r["id"]: {k: r[k] for k in BASELINE_FIELDS if k in r} for r in rows
+                          if "memorization_accuracy" in r}
+
+    def _history_baselines(self) -> list[dict]:
+        rows = [r for r in read_jsonl(self.history_path) if r["step"] == 0] if self.history_path.exists() else []
+        missing = [p.id for p in self.probes if p.id not in {r["id"] for r in rows}]
+        if missing:
+            logger.warning("resuming without step-0 scores for %d probes (%s) in %s: those probes are judged by "
+                           "absolute evidence only (no baseline to measure what this fine-tuning added).",
+                           len(missing), ", ".join(missing[:5]), self.history_path)
+        return rows
+
+    def _warn_absolute_groups(self) -> None:
+        rule = self.flag_rule
+        for group, calibration in self.groups.items():
+            if calibration.judged_by != "absolute" or rule.control_ma_percentile is None or not calibration.probes:
+                continue
+            advice = (f" Add at least {rule.min_controls} never-trained controls of this group (format) to calibrate "
+                      "it." if calibration.controls < rule.min_controls else "")
+            logger.warning("probe group %s has %d controls: its %d probes are judged by absolute evidence only "
+                           "(exact extraction, extraction probability >= %s), not against controls: %s.%s",
+                           group_key(group), calibration.controls, calibration.probes,
+                           rule.min_extraction_probability, calibration.why, advice)
+
+    def _write_meta(self) -> None:
         model = self._model()
-        thresholds = {**self.flag_rule.describe(), "control_ma_threshold": threshold,
-                      "sampling": vars(self.sampling), "min_k": self.min_k}
+        thresholds = {**self.flag_rule.describe(), "sampling": vars(self.sampling), "min_k": self.min_k}
+        groups = {group_key(g): c.to_dict() for g, c in self.groups.items()}
+        baseline = {"source": self.baseline_source if self.flag_rule.needs_baseline else None,
+                    "probes": len(self.baselines)}
         write_meta(self.meta_path, getattr(model, "name_or_path", None) or None, self.tokenizer, thresholds,
                    budget=self.budget.describe(), probes=len(self.probes), every_n_steps=self.every_n_steps,
-                   flagged=len(self.flagged))
+                   flagged=len(self.flagged), groups=groups, baseline=baseline)
 
-    def score(self) -> list[dict]:
-        """Score every probe on the current weights (this rank's shard, gathered): rows in probe order."""
+    def score(self, model=None, with_reference: bool = True) -> list[dict]:
+        """Score every probe on ``model`` (default: the current weights) -- this rank's shard, gathered.
+
+        Returns:
+            Rows in probe order, each with the probe's ``group``.
+        """
         accelerator = self.trainer.accelerator
         # Padded to equal length on every rank: under FSDP/ZeRO-3 each forward is a collective.
         shard, real = shard_probes(self.probes, accelerator.num_processes, accelerator.process_index)
-        model = self._model()
+        model = model if model is not None else self._model()
         modes = [(m, m.training) for m in model.modules()]
         try:
             rows = score_probes(model, self.tokenizer, shard, batch_size=self.batch_size,
-                                reference_model=self.reference_model, min_k=self.min_k, sampling=self.sampling,
+                                reference_model=self.reference_model if with_reference else None, min_k=self.min_k,
+                                sampling=self.sampling,
                                 progress="memorization probes" if self.progress and self.is_main else False) \
                 if len(shard) else []
         finally:
             for module, training in modes:
                 module.training = training
-        return gather_rows(rows, accelerator, real)
+        rows = gather_rows(rows, accelerator, real)  # each rank's padding dropped before gathering
+        for row in rows:
+            row["group"] = self.probes[row["id"]].group
+        return rows
 
     def evaluate(self, state, control) -> dict | None:
         """Score, flag, write and log at ``state.global_step`` (once per step); returns the logged metrics."""
@@ -250,22 +331,26 @@ class MemorizationCallback(TrainerCallback):
         self._last_step = step
         t0 = time.perf_counter()
         rows = self.score()
+        if step == 0 and self.flag_rule.needs_baseline and self.reference_model is None:
+            self._keep_baselines(rows)
         summary = summarize_scores(rows)
-        flags, threshold = self.flag_rule.apply(rows)
-        new = {pid: reason for pid, reason in flags.items() if pid not in self.flagged}
+        result = self.flag_rule.apply(rows, self.baselines)
+        self.groups = result.groups
+        new = {pid: reason for pid, reason in result.flags.items() if pid not in self.flagged}
         for pid in new:
             self.flagged[pid] = step
         epoch = float(state.epoch or 0.0)
         if self.is_main:
-            self._write(rows, summary, new, threshold, step, epoch)
+            self._write(rows, summary, new, result, step, epoch)
         self.last_rows, self.last_summary = rows, summary
         elapsed = time.perf_counter() - t0
         self.scoring_seconds += elapsed
         logs = {f"memorization/{k}": float(v) for k, v in summary.items()}
         logs.update({"memorization/flagged": float(len(self.flagged)), "memorization/new_flagged": float(len(new)),
                      "memorization/seconds": elapsed})
-        if threshold is not None:
-            logs["memorization/control_ma_threshold"] = threshold
+        for group, calibration in result.groups.items():
+            if calibration.control_ma_threshold is not None:
+                logs[f"memorization/control_ma_threshold/{group_key(group)}"] = calibration.control_ma_threshold
         self._log(control, logs)
         reason = self.budget.check(summary, len(self.flagged)) if self.budget.active else None
         if reason is not None and self.stop_reason is None:
@@ -284,23 +369,38 @@ class MemorizationCallback(TrainerCallback):
         Trainer.log(self.trainer, logs)
         control.should_log = should_log
 
-    def _write(self, rows: list[dict], summary: dict, new: dict[str, str], threshold: float | None,
-               step: int, epoch: float) -> None:
+    def _write_history(self, rows: list[dict], step: int, epoch: float) -> None:
+        # The rule's own inputs are always kept, so every flag can be re-derived from history; step-0 rows also
+        # keep the baseline fields a resumed run reads back.
+        fields = [*self.metrics, *(k for k in RULE_FIELDS if k not in self.metrics)]
+        if step == 0:
+            fields += [k for k in BASELINE_FIELDS if k not in fields]
         with open(self.history_path, "a") as f:
             for row in rows:
-                kept = {k: row[k] for k in self.metrics if k in row}
-                f.write(json.dumps({"step": step, "epoch": epoch, "id": row["id"], "role": row["role"], **kept}) + "\n")
+                kept = {k: row[k] for k in fields if k in row}
+                f.write(json.dumps({"step": step, "epoch": epoch, "id": row["id"], "role": row["role"],
+                                    "group": row.get("group"), **kept}) + "\n")
+
+    def _write(self, rows: list[dict], summary: dict, new: dict[str, str], result: FlagResult,
+               step: int, epoch: float) -> None:
+        self._write_history(rows, step, epoch)
         with open(self.summaries_path, "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, **summary}) + "\n")
         if new:
             by_id = {r["id"]: r for r in rows}
             out = []
             for pid, reason in new.items():
-                metrics = {k: v for k, v in by_id[pid].items() if k not in ("id", "role")}
+                metrics = {k: v for k, v in by_id[pid].items() if k not in ("id", "role", "group")}
                 metrics[f"extraction_probability@{self.sampling.n}"] = metrics.pop("extraction_probability")
+                threshold = result.groups[by_id[pid].get("group")].control_ma_threshold
                 if threshold is not None:
                     metrics["control_ma_threshold"] = threshold
+                baseline = self.baselines.get(pid)
+                if baseline is not None:
+                    metrics["baseline_memorization_accuracy"] = baseline["memorization_accuracy"]
+                    metrics["memorization_accuracy_gain"] = metrics["memorization_accuracy"] - \
+                        baseline["memorization_accuracy"]
                 out.append(flagged_row(self.probes[pid], step, reason, metrics, self.tokenizer))
             append_flagged(self.flagged_path, out)
-            self._write_meta(threshold)
             logger.info("step %d: flagged %d new probes (%s)", step, len(new), ", ".join(list(new)[:5]))
+        self._write_meta()

@@ -140,7 +140,7 @@ def probes_from_sft_rows(
         id_prefix: ids of rows without one are ``f"{id_prefix}-{index:05d}"``.
 
     Returns:
-        ProbeSet: in order of first occurrence.
+        ProbeSet: in order of first occurrence, with ``.tokenizer`` set to ``tokenizer``.
     """
     probes: dict[tuple, Probe] = {}
     copies: dict[tuple, int] = {}
@@ -164,4 +164,7 @@ def probes_from_sft_rows(
     for key, probe in probes.items():
         # Repetitions drive memorization (Carlini et al. 2023); a control was never trained on.
         probe.meta.setdefault("repetitions", 0 if probe.role == "control" else copies[key])
-    return ProbeSet(probes.values())
+    out = ProbeSet(probes.values())
+    # The ids are this tokenizer's: a callback on a Trainer without processing_class scores with it.
+    out.tokenizer = tokenizer
+    return out

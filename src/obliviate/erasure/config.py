@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("emso", "ga", "graddiff", "npo")
+METHODS = ("emso", "ga", "graddiff", "npo", "npo_rt")
 SELECTORS = ("contrastive", "magnitude", "random", "all")
 GRANULARITIES = ("element", "row", "tensor")
 TARGETS = ("full", "lora")
@@ -72,6 +72,10 @@ class EraseConfig:
     retain_weight: float = field(default=1.0, metadata={"help": "graddiff: weight of the retain NLL term."})
     retain_batch_size: int = field(default=16, metadata={"help": "graddiff: retain texts per step."})
     npo_beta: float = field(default=0.1, metadata={"help": "npo: inverse temperature beta."})
+    forget_reduction: str | None = field(default=None, metadata={
+        "help": "token (mean over all suffix tokens of the batch) or sequence (mean over sequences of each suffix's "
+                "mean); null = the loss's own: token for ga/graddiff (Jang et al., open-unlearning), sequence for "
+                "npo/npo_rt (Zhang et al.) and emso (measured; docs/erasure.md, Losses)."})
     target: str = field(default="full", metadata={"help": "where to write: full (the weights) or lora (a new adapter)."})
     lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, metadata={
         "help": "target lora: peft.LoraConfig fields (task_type is CAUSAL_LM); target_modules null = PEFT's default."})
@@ -103,6 +107,8 @@ class EraseConfig:
         _one_of("target", self.target, TARGETS)
         _one_of("thresholds", self.thresholds, THRESHOLD_SOURCES)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if self.forget_reduction is not None:
+            _one_of("forget_reduction", self.forget_reduction, ("token", "sequence"))
         if not 0 < self.select_fraction <= 1:
             raise EraseConfigError(f"select_fraction must be in (0, 1]; got {self.select_fraction}.")
         for name in ("max_steps", "chunk_size", "batch_size", "retain_batch_size", "extraction_samples",

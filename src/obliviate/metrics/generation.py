@@ -71,18 +71,32 @@ def greedy_continuations(model, prompts: list[list[int]], lengths: list[int], pa
     return out
 
 
-def ngram_overlap(generated: list[int], true: list[int], n: int) -> float | None:
-    """|ngrams(generated) ∩ ngrams(true)| / |ngrams(generated)| with clipped (multiset) counts; None if no n-gram."""
-    gen = Counter(tuple(generated[i:i + n]) for i in range(len(generated) - n + 1))
-    total = sum(gen.values())
-    if total == 0:
+OVERLAPS = ("set", "clipped")
+"""n-gram counting of EL_n: ``set`` (Jang et al. 2022, the default) or ``clipped`` (multiset, BLEU-style)."""
+
+
+def ngram_overlap(generated: list[int], true: list[int], n: int, overlap: str = "set") -> float | None:
+    """Share of the generated n-grams found in the true continuation; None when ``generated`` has no n-gram.
+
+    ``set`` is Jang et al. (2022)'s OVERLAP_n: every generated n-gram (repeats included) counts when it
+    appears in the *set* of the true continuation's n-grams, so a repeated hit counts each time.
+    ``clipped`` counts each generated n-gram at most as often as it occurs in the truth (``gen & ref``
+    on multisets, BLEU's modified precision): a degenerate repetition of one true token scores less.
+    """
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {', '.join(OVERLAPS)}, got {overlap!r}")
+    grams = [tuple(generated[i:i + n]) for i in range(len(generated) - n + 1)]
+    if not grams:
         return None
-    ref = Counter(tuple(true[i:i + n]) for i in range(len(true) - n + 1))
-    return sum((gen & ref).values()) / total
+    truth = [tuple(true[i:i + n]) for i in range(len(true) - n + 1)]
+    if overlap == "set":
+        reference = set(truth)
+        return sum(gram in reference for gram in grams) / len(grams)
+    return sum((Counter(grams) & Counter(truth)).values()) / len(grams)
 
 
 def extraction_likelihood(model, tokenizer, probes: ProbeSet, n: int = 1, stride: int = 1, batch_size: int = 32,
-                          from_suffix: bool = False, progress: bool | str = False) -> list[dict]:
+                          from_suffix: bool = False, overlap: str = "set", progress: bool | str = False) -> list[dict]:
     """EL_n of each probe (Jang et al. 2022): mean n-gram overlap of greedy continuations over prefix lengths.
 
     For x = prefix + suffix (T tokens) and each t in {t0, t0 + stride, ...} <= T - n, greedily generate
@@ -96,14 +110,17 @@ def extraction_likelihood(model, tokenizer, probes: ProbeSet, n: int = 1, stride
         stride: step between prefix lengths t (1 = every position, as in the paper).
         batch_size: prompts per ``generate`` call.
         from_suffix: start t at the suffix (t0 = len(prefix)) instead of t0 = 1 (the paper's whole sequence).
+        overlap: ``set`` (Jang et al.'s counting, default) or ``clipped`` (multiset overlap); see :func:`ngram_overlap`.
         progress: show a progress bar.
 
     Returns:
-        One ``{"id", "role", "extraction_likelihood", "el_n", "el_positions"}`` dict per probe, in order;
+        One ``{"id", "role", "extraction_likelihood", "el_n", "el_overlap", "el_positions"}`` dict per probe;
         ``extraction_likelihood`` is None when the probe is shorter than ``n + 1`` tokens.
     """
     if n < 1 or stride < 1:
         raise ValueError(f"n and stride must be >= 1, got n={n}, stride={stride}")
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {', '.join(OVERLAPS)}, got {overlap!r}")
     ensure_pad_token(tokenizer)
     prompts, lengths, owners, truths = [], [], [], []
     for k, probe in enumerate(probes):
@@ -117,13 +134,13 @@ def extraction_likelihood(model, tokenizer, probes: ProbeSet, n: int = 1, stride
     generated = greedy_continuations(model, prompts, lengths, tokenizer.pad_token_id, batch_size, progress)
     per_probe: dict[int, list[float]] = defaultdict(list)
     for k, gen, true in zip(owners, generated, truths):
-        overlap = ngram_overlap(gen, true, n)
-        if overlap is not None:
-            per_probe[k].append(overlap)
+        value = ngram_overlap(gen, true, n, overlap)
+        if value is not None:
+            per_probe[k].append(value)
     rows = []
     for k, probe in enumerate(probes):
         values = per_probe.get(k, [])
-        rows.append({"id": probe.id, "role": probe.role, "el_n": n, "el_positions": len(values),
+        rows.append({"id": probe.id, "role": probe.role, "el_n": n, "el_overlap": overlap, "el_positions": len(values),
                      "extraction_likelihood": sum(values) / len(values) if values else None})
     return rows
 

@@ -22,11 +22,12 @@ from obliviate.metrics.teacher_forced import (
 
 METRIC_NAMES = (
     "loss", "memorization_accuracy", "exact_extraction", "prefix_match_length", "extraction_probability",
-    "min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio",
+    "min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "extraction_strength",
 )
 """Per-sequence metrics of DESIGN §3, oriented higher = more memorized except ``loss``."""
-MIA_SCORES = ("min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "neg_loss")
-"""Membership-inference scores evaluated by ROC (``neg_loss`` is -loss, the LOSS attack)."""
+MIA_SCORES = ("min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "neg_loss", "gradnorm", "recall")
+"""Membership-inference scores evaluated by ROC (``neg_loss`` is -loss, the LOSS attack). ``gradnorm`` and
+``recall`` come from :mod:`obliviate.metrics.mia` (more passes), summarized when merged into the rows."""
 
 
 def model_device(model) -> torch.device:

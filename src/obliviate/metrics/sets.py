@@ -12,6 +12,8 @@ import numpy as np
 from obliviate.metrics.scorer import MIA_SCORES
 
 TAIL_METRICS = ("prefix_match_length", "extraction_probability")
+FPR_BUDGETS = {"10%": 0.1, "1%": 0.01, "0.1%": 0.001}
+"""Operating points of ``summarize_scores``: 10% (Mireshghallah et al. 2022), 1% and 0.1% (Carlini et al. 2022)."""
 
 
 def roc_curve(member_scores, control_scores) -> tuple[np.ndarray, np.ndarray]:
@@ -39,11 +41,47 @@ def roc_auc(member_scores, control_scores) -> float:
 
 
 def tpr_at_fpr(member_scores, control_scores, max_fpr: float) -> float:
-    """Highest true-positive rate at a threshold whose false-positive rate is at most ``max_fpr``."""
+    """True-positive rate at the last ROC point whose false-positive rate is strictly below ``max_fpr``.
+
+    The convention of LiRA (Carlini et al. 2022) and mimir (Duan et al. 2024): ``tpr[fpr < max_fpr][-1]``.
+    With n controls and ``max_fpr * n`` an integer k, k false positives are *not* allowed (1 of 100
+    controls at 1% FPR is over budget), so the measured FPR is always below the budget. ROC points
+    are one per distinct threshold, so a member tied with a control is never split from it.
+    """
+    if not 0 < max_fpr <= 1:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
     if len(member_scores) == 0 or len(control_scores) == 0:
         return float("nan")
     fpr, tpr = roc_curve(member_scores, control_scores)
-    return float(tpr[fpr <= max_fpr].max())
+    # fpr is non-decreasing and starts at 0 < max_fpr, so the selection is never empty.
+    return float(tpr[fpr < max_fpr][-1])
+
+
+def control_threshold(control_scores, max_fpr: float) -> float:
+    """The score above which at most ``max_fpr`` of the held-out controls fall (members: score > threshold).
+
+    Mireshghallah et al. (2022) set a membership threshold on held-out (never-trained) data so that
+    its false-positive rate is the budget, then report the recall of training members above it.
+    With the controls sorted high to low, the threshold is the (floor(max_fpr * n) + 1)-th score:
+    floor(max_fpr * n) controls lie strictly above it at most (fewer when it is tied).
+    """
+    if not 0 < max_fpr <= 1:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    ordered = np.sort(np.asarray(control_scores, float))[::-1]
+    allowed = int(np.floor(max_fpr * len(ordered) + 1e-9))
+    return float(ordered[allowed]) if allowed < len(ordered) else -np.inf
+
+
+def recall_at_fpr(member_scores, control_scores, max_fpr: float) -> float:
+    """Recall of members at the threshold :func:`control_threshold` sets on held-out controls (Mireshghallah 2022).
+
+    Unlike :func:`tpr_at_fpr` (the ROC's strictly-below point), the budget is met with equality when
+    ``max_fpr * n`` is an integer: 10 false positives of 100 controls are allowed at 10% FPR.
+    """
+    if len(member_scores) == 0 or len(control_scores) == 0:
+        return float("nan")
+    threshold = control_threshold(control_scores, max_fpr)
+    return float(np.mean(np.asarray(member_scores, float) > threshold))
 
 
 def gini(values) -> float:
@@ -84,8 +122,10 @@ def summarize_scores(rows: list[dict], member_roles: tuple[str, ...] = ("member"
     """Flat set-level summary of :func:`~obliviate.metrics.score_probes` rows.
 
     Keys: ``extraction_rate`` and ``mean_memorization_accuracy`` (over members and canaries), the same per
-    role (``canary/extraction_rate`` …), ``count/<role>``, ``auc/<score>``, ``tpr@1%fpr/<score>``,
-    ``tpr@0.1%fpr/<score>`` (members+canaries vs controls) and ``tail/<metric>/<stat>``.
+    role (``canary/extraction_rate`` …), ``count/<role>``, ``auc/<score>``, ``tpr@10%fpr/<score>``,
+    ``tpr@1%fpr/<score>``, ``tpr@0.1%fpr/<score>`` (ROC points, :func:`tpr_at_fpr`),
+    ``recall@10%fpr/<score>`` (threshold on the controls, :func:`recall_at_fpr`; members+canaries vs
+    controls throughout) and ``tail/<metric>/<stat>``.
     """
     summary: dict[str, float] = {}
     counts = Counter(r["role"] for r in rows)
@@ -103,8 +143,9 @@ def summarize_scores(rows: list[dict], member_roles: tuple[str, ...] = ("member"
         neg = [s for r in controls if (s := mia_score(r, name)) is not None]
         if pos and neg:
             summary[f"auc/{name}"] = roc_auc(pos, neg)
-            summary[f"tpr@1%fpr/{name}"] = tpr_at_fpr(pos, neg, 0.01)
-            summary[f"tpr@0.1%fpr/{name}"] = tpr_at_fpr(pos, neg, 0.001)
+            for label, budget in FPR_BUDGETS.items():
+                summary[f"tpr@{label}fpr/{name}"] = tpr_at_fpr(pos, neg, budget)
+            summary[f"recall@10%fpr/{name}"] = recall_at_fpr(pos, neg, 0.1)
     for metric in TAIL_METRICS:
         for stat, value in tail_statistics([r[metric] for r in trained]).items():
             summary[f"tail/{metric}/{stat}"] = value

@@ -129,11 +129,16 @@ def sequence_metrics(stats: dict, mask: torch.Tensor, min_k: float, sampling: Sa
     # P(extracted in n samples) = 1 - (1 - p_z)^n, in log space so tiny p_z does not round to 0.
     log_not_once = torch.log1p(-log_p_z.exp().clamp(max=1 - 1e-12))
     extraction_probability = -torch.expm1(sampling.n * log_not_once)
+    # Extraction strength (Carlini et al. 2021, as MUSE / open-unlearning use it): 1 - k/|S| with k the
+    # smallest start from which every argmax matches, i.e. the share of the suffix in its all-correct tail.
+    # Padding counts as right inside the run (it sits before or after the real positions) and is masked out.
+    correct_tail = (right_or_pad.flip(-1).long().cumprod(-1).bool() & mask.flip(-1)).sum(-1)
     return {
         "loss": loss,
         "memorization_accuracy": correct.sum(-1) / lengths,
         "exact_extraction": right_or_pad.all(-1).long(),
         "prefix_match_length": (right_or_pad.long().cumprod(-1).bool() & mask).sum(-1),
+        "extraction_strength": correct_tail / lengths,
         "extraction_probability": extraction_probability,
         "suffix_log_prob": log_p_z,
         "min_k": _lowest_fraction_mean(stats["target_log_prob"], mask, min_k),

@@ -1,34 +1,52 @@
-"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo.
+"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, npo_rt.
 
-    python -c "from obliviate.erasure.losses import LOSSES; print(sorted(LOSSES))"
+    python -c "from obliviate.erasure.losses import LOSSES; print(LOSSES.names())"
+
+Adding a loss is one new module in this package with a class decorated ``@register_loss("name")``:
+every module here is imported below, so the name is valid in recipes as soon as the file exists.
+A loss defined elsewhere registers the same way once its module is imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from typing import TYPE_CHECKING
 
-LOSSES: dict[str, type] = {}
+from obliviate.registry import Registry
+
+if TYPE_CHECKING:
+    from obliviate.erasure.losses.base import EraseLoss
+
+LOSSES: Registry[EraseLoss] = Registry(
+    "loss", plural="losses", key="method",
+    hint="Add one with @register_loss('name') on an EraseLoss subclass in obliviate/erasure/losses/ "
+         "(docs/erasure.md).")
+"""Every erasure loss class by the recipe's ``method``."""
 
 
 def register_loss(name: str):
-    def wrap(cls):
-        cls.name = name
-        LOSSES[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator registering an :class:`EraseLoss` subclass as ``method: name`` (see :class:`Registry`)."""
+    return LOSSES.register(name)
 
 
-def get_loss(config):
-    """The loss object for ``config.method``."""
-    if config.method not in LOSSES:
-        raise ValueError(f"unknown erasure method {config.method!r}; known: {', '.join(sorted(LOSSES))}.")
-    return LOSSES[config.method](config)
+def get_loss(config) -> EraseLoss:
+    """The loss object for ``config.method``; an unknown method raises naming the known ones."""
+    return LOSSES.get(config.method)(config)
 
 
-for _module in ("emso", "ga", "graddiff", "npo"):
-    importlib.import_module(f"obliviate.erasure.losses.{_module}")
+# Import every module of the package so each one's @register_loss runs (base holds no loss).
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, forward_suffix  # noqa: E402
+from obliviate.erasure.losses.base import (  # noqa: E402
+    FORGET_REDUCTIONS,
+    EraseLoss,
+    SuffixOutput,
+    forward_suffix,
+    retain_nll,
+)
 
-__all__ = ["LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss"]
+__all__ = ["FORGET_REDUCTIONS", "LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss",
+           "retain_nll"]

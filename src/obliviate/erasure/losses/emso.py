@@ -19,7 +19,7 @@ from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 
 @register_loss("emso")
 class EntropyLoss(EraseLoss):
-    """Per-sequence mean over suffix tokens of -H(p_t) (or of CE(Uniform, p_t) for ``uniform_ce``)."""
+    """-H(p_t) (or CE(Uniform, p_t) for ``uniform_ce``) per suffix token, reduced by ``forget_reduction``."""
 
     def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
         log_probs = out.log_probs()
@@ -27,4 +27,4 @@ class EntropyLoss(EraseLoss):
             per_token = -log_probs.mean(-1)
         else:
             per_token = (log_probs.exp() * log_probs).sum(-1)  # = -H(p_t)
-        return out.token_mean(per_token)
+        return self.reduce(out, per_token)

@@ -2,8 +2,10 @@
 
     python -c "from obliviate.erasure.losses.graddiff import GradDiff; help(GradDiff)"
 
-L = -NLL(forget) + retain_weight * NLL(retain batch); the retain batch is ``retain_batch_size``
-texts drawn each step from the retain set (``--retain``), a draw seeded by (seed, chunk, step).
+L = -NLL(forget) + retain_weight * NLL(retain batch) (open-unlearning's ``GradDiff`` with gamma = 1,
+alpha = ``retain_weight``); the retain batch is ``retain_batch_size`` texts drawn each step from the
+retain set (``--retain``), a draw seeded by (seed, chunk, step). The retain NLL is the token mean over
+the batch, computed padding-independently by :func:`~obliviate.erasure.losses.base.retain_nll`.
 """
 
 from __future__ import annotations
@@ -11,21 +13,26 @@ from __future__ import annotations
 import torch
 
 from obliviate.erasure.losses import register_loss
-from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
+from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, retain_nll
 
 
-@register_loss("graddiff")
-class GradDiff(EraseLoss):
-    """Forget term as :class:`~obliviate.erasure.losses.ga.GradientAscent`; retain term the LM loss."""
+class RetainNLL:
+    """Mixin: ``retain_weight`` x the retain batch's token-mean NLL (graddiff, npo_rt)."""
 
     needs_retain = True
-
-    def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
-        return -out.sequence_nll()
 
     def retain_loss(self, model, retain_ids: torch.Tensor | None, retain_mask: torch.Tensor | None):
         if retain_ids is None or self.config.retain_weight == 0:
             return None
-        labels = retain_ids.masked_fill(retain_mask == 0, -100)
-        loss = model(input_ids=retain_ids, attention_mask=retain_mask, labels=labels, use_cache=False).loss
-        return self.config.retain_weight * loss
+        nll = retain_nll(model, retain_ids, retain_mask)
+        return None if nll is None else self.config.retain_weight * nll
+
+
+@register_loss("graddiff")
+class GradDiff(RetainNLL, EraseLoss):
+    """Forget term as :class:`~obliviate.erasure.losses.ga.GradientAscent`; retain term the LM loss."""
+
+    default_reduction = "token"  # Jang et al.'s and open-unlearning's token mean over the batch
+
+    def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reduce(out, out.target_log_probs())

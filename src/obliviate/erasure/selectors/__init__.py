@@ -1,33 +1,43 @@
 """Weight selectors, keyed by the recipe's ``selector``: contrastive, magnitude, random, all.
 
-    python -c "from obliviate.erasure.selectors import SELECTORS; print(sorted(SELECTORS))"
+    python -c "from obliviate.erasure.selectors import SELECTORS; print(SELECTORS.names())"
+
+Adding a selector is one new module in this package with a class decorated
+``@register_selector("name")``: every module here is imported below.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from typing import TYPE_CHECKING
 
-SELECTORS: dict[str, type] = {}
+from obliviate.registry import Registry
+
+if TYPE_CHECKING:
+    from obliviate.erasure.selectors.base import Selector
+
+SELECTORS: Registry[Selector] = Registry(
+    "selector", key="selector",
+    hint="Add one with @register_selector('name') on a Selector subclass in obliviate/erasure/selectors/ "
+         "(docs/erasure.md).")
+"""Every weight selector class by the recipe's ``selector``."""
 
 
 def register_selector(name: str):
-    def wrap(cls):
-        cls.name = name
-        SELECTORS[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator registering a :class:`Selector` subclass as ``selector: name`` (see :class:`Registry`)."""
+    return SELECTORS.register(name)
 
 
-def get_selector(config):
-    """The selector object for ``config.selector``."""
-    if config.selector not in SELECTORS:
-        raise ValueError(f"unknown selector {config.selector!r}; known: {', '.join(sorted(SELECTORS))}.")
-    return SELECTORS[config.selector](config)
+def get_selector(config) -> Selector:
+    """The selector object for ``config.selector``; an unknown name raises naming the known ones."""
+    return SELECTORS.get(config.selector)(config)
 
 
-for _module in ("contrastive", "magnitude", "random", "all"):
-    importlib.import_module(f"obliviate.erasure.selectors.{_module}")
+# Import every module of the package so each one's @register_selector runs (base holds no selector).
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 from obliviate.erasure.selectors.base import Selection, Selector, select_top  # noqa: E402
 
