@@ -1,14 +1,23 @@
-"""Splitting probe scoring across processes and gathering the rows back in probe order.
+"""Splitting probe work across processes so every rank runs the same number of forward passes.
 
-    python -c "from obliviate.callbacks.distributed import shard_bounds; print(shard_bounds(10, 3))"
+    python -c "from obliviate.callbacks.distributed import padded_shard; print(padded_shard(5, 2, 1))"
 
-Each rank scores one contiguous shard (as ``accelerate``'s ``split_between_processes`` splits a
-list), and ``gather_object`` concatenates the shards in rank order, so every rank ends up with the
-rows of all probes in their original order: flag and budget decisions, computed on every rank from
-the same rows, agree everywhere, and only the main process writes files.
+Each rank takes one contiguous shard (as ``accelerate``'s ``split_between_processes`` splits a list)
+and, when the probes do not divide evenly, pads it by repeating the shard's last item (its
+``apply_padding=True``), so every rank holds ``ceil(n / world)`` items. Under FSDP or DeepSpeed ZeRO-3
+a forward pass is a collective (parameters are all-gathered layer by layer), so a rank that ran one
+pass fewer would hang the others; with DDP the padding is merely wasted work. Each rank drops its
+padding before ``gather_object`` concatenates the shards in rank order, so every rank ends up with the
+rows of all probes exactly once, in their original order: flag and budget decisions, computed on
+every rank from the same rows, agree everywhere, and only the main process writes files.
 """
 
 from __future__ import annotations
+
+import dataclasses
+
+PAD_SUFFIX = "#pad"
+"""Appended to a padding copy's probe id (ids must stay unique within a shard)."""
 
 
 def shard_bounds(n: int, world_size: int) -> list[tuple[int, int]]:
@@ -24,8 +33,37 @@ def shard_bounds(n: int, world_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def gather_rows(rows: list[dict], accelerator) -> list[dict]:
-    """All ranks' rows concatenated in rank order (a no-op on one process)."""
+def padded_shard(n: int, world_size: int, rank: int) -> tuple[list[int], int]:
+    """This rank's positions, padded to ``ceil(n / world_size)``, and how many of them are real.
+
+    The padding repeats the shard's last position (or position ``n - 1`` for a rank whose shard is
+    empty, when ``n < world_size``); ``positions[real:]`` are the duplicates to drop after scoring.
+    No padding is needed (and none is added) for ``n == 0``: no rank runs a pass.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    start, end = shard_bounds(n, world_size)[rank]
+    positions = list(range(start, end))
+    length = -(-n // world_size)
+    if n and len(positions) < length:
+        positions += [positions[-1] if positions else n - 1] * (length - len(positions))
+    return positions, end - start
+
+
+def shard_probes(probes, world_size: int, rank: int):
+    """``(ProbeSet, real)``: this rank's padded shard of ``probes`` (padding copies get ``#pad<k>`` ids)."""
+    from obliviate.data.probes import ProbeSet
+
+    positions, real = padded_shard(len(probes), world_size, rank)
+    items = [probes[i] for i in positions[:real]]
+    items += [dataclasses.replace(probes[i], id=f"{probes[i].id}{PAD_SUFFIX}{k}")
+              for k, i in enumerate(positions[real:])]
+    return ProbeSet(items), real
+
+
+def gather_rows(rows: list[dict], accelerator, real: int | None = None) -> list[dict]:
+    """All ranks' rows concatenated in rank order, each rank's padding (``rows[real:]``) dropped first."""
+    rows = rows if real is None else rows[:real]
     if accelerator is None or accelerator.num_processes <= 1:
         return rows
     from accelerate.utils import gather_object

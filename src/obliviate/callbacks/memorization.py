@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback
 
 from obliviate.callbacks.budget import MemorizationBudget
 from obliviate.callbacks.config import HISTORY_METRICS
-from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_bounds
+from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
 from obliviate.callbacks.flagging import BASELINE_FIELDS, RULE_FIELDS, FlagResult, FlagRule, group_key
 from obliviate.data.flagged import append_flagged, flagged_row, write_meta
 from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
@@ -305,8 +305,8 @@ class MemorizationCallback(TrainerCallback):
             Rows in probe order, each with the probe's ``group``.
         """
         accelerator = self.trainer.accelerator
-        start, end = shard_bounds(len(self.probes), accelerator.num_processes)[accelerator.process_index]
-        shard = ProbeSet(self.probes.probes[start:end])
+        # Padded to equal length on every rank: under FSDP/ZeRO-3 each forward is a collective.
+        shard, real = shard_probes(self.probes, accelerator.num_processes, accelerator.process_index)
         model = model if model is not None else self._model()
         modes = [(m, m.training) for m in model.modules()]
         try:
@@ -318,7 +318,7 @@ class MemorizationCallback(TrainerCallback):
         finally:
             for module, training in modes:
                 module.training = training
-        rows = gather_rows(rows, accelerator)
+        rows = gather_rows(rows, accelerator, real)  # each rank's padding dropped before gathering
         for row in rows:
             row["group"] = self.probes[row["id"]].group
         return rows

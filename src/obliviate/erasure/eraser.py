@@ -23,12 +23,15 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from obliviate.callbacks.distributed import padded_shard
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import build_gate, read_retain
 from obliviate.erasure.losses import forward_suffix, get_loss
+from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.result import ErasureResult, build_report
+from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
 from obliviate.erasure.update import SelectedUpdate
@@ -144,8 +147,17 @@ class Eraser:
         return rows
 
     # ---------------------------------------------------------------- loss and gradients
-    def _shard(self, active: list[int]) -> list[int]:
-        return active[self.accelerator.process_index::self.accelerator.num_processes]
+    def _shard(self, active: list[int]) -> tuple[list[int], torch.Tensor | None]:
+        """This process's contiguous slice of ``active``, padded to equal length on every rank (FSDP/ZeRO-3 need
+        equal forward counts), and the per-sequence weights (0 for padding; None when there is none)."""
+        positions, real = padded_shard(len(active), self.accelerator.num_processes, self.accelerator.process_index)
+        weights = None
+        if real < len(positions):
+            weights = torch.tensor([1.0] * real + [0.0] * (len(positions) - real), device=self.accelerator.device)
+        return [active[i] for i in positions], weights
+
+    def _rows_per_pass(self, longest: int) -> int:
+        return rows_per_pass(longest, self.model.get_input_embeddings().num_embeddings, self.config.batch_size)
 
     def _retain_batch(self, generator: torch.Generator, force: bool = False):
         if not (self.loss.needs_retain or force):
@@ -161,18 +173,20 @@ class Eraser:
                 kinds: tuple[str, ...]):
         """Yield ``{kind: scalar}`` per micro-batch of this process's shard; each sums to the global mean."""
         total = len(active)
-        local = self._shard(active)
-        size = self.config.batch_size
+        local, weights = self._shard(active)
+        size = self._rows_per_pass(max((len(probes[i].prefix_ids) + len(probes[i].suffix_ids) for i in active),
+                                       default=1))
         for start in range(0, len(local), size):
             batch = local[start:start + size]
             out = forward_suffix(self.model, [probes[i].prefix_ids for i in batch],
                                  [probes[i].suffix_ids for i in batch], self.tokenizer.pad_token_id)
+            keep = (lambda v: v) if weights is None else (lambda v, w=weights[start:start + size]: v * w)
             terms = {}
             if "loss" in kinds:
                 ref = reference[batch] if reference is not None else None
-                terms["loss"] = self.loss.sequence_losses(out, ref).sum() / total
+                terms["loss"] = keep(self.loss.sequence_losses(out, ref)).sum() / total
             if "nll" in kinds:
-                terms["nll"] = out.sequence_nll().sum() / total
+                terms["nll"] = keep(out.sequence_nll()).sum() / total
             yield terms
         if "loss" in kinds and self.loss.needs_retain:
             ids, mask = self._retain_batch(generator)
@@ -182,36 +196,35 @@ class Eraser:
         if "retain_nll" in kinds:
             ids, mask = self._retain_batch(generator, force=True)
             labels = ids.masked_fill(mask == 0, -100)
-            nll = self.model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-            yield {"retain_nll": nll / self.accelerator.num_processes}
+            targets = int((labels[:, 1:] != -100).sum())  # what the model's mean NLL divides by
+            rows = self._rows_per_pass(ids.shape[1])
+            for start in range(0, len(ids), rows):  # the token-mean over passes is the whole batch's mean
+                part = labels[start:start + rows]
+                nll = self.model(input_ids=ids[start:start + rows], attention_mask=mask[start:start + rows],
+                                 labels=part, use_cache=False).loss
+                share = int((part[:, 1:] != -100).sum()) / max(targets, 1)
+                yield {"retain_nll": nll * share / self.accelerator.num_processes}
 
-    def _gradients(self, probes, active, reference, generator, kinds) -> dict[str, dict[str, torch.Tensor]]:
-        """Gradients of the loss and/or the suffix NLL w.r.t. every candidate, summed over processes."""
-        names = list(self.candidates)
-        params = [self.candidates[n] for n in names]
-        for p in params:
-            p.requires_grad_(True)
-        grads = {k: [torch.zeros_like(p) for p in params] for k in kinds}
-        for terms in self._losses(probes, active, reference, generator, kinds):
-            items = list(terms.items())
-            for j, (kind, value) in enumerate(items):
-                parts = torch.autograd.grad(value, params, retain_graph=j < len(items) - 1, allow_unused=True)
-                for acc, g in zip(grads[kind], parts):
-                    if g is not None:
-                        acc.add_(g)
-        for p in params:
-            p.requires_grad_(False)
+    def _gradients(self, probes, active, reference, generator, streams) -> dict[str, dict[str, torch.Tensor]]:
+        """Each selector stream's gradient w.r.t. every candidate, summed over processes (see ``selection``)."""
+        kinds = tuple(dict.fromkeys(kind for combo in streams.values() for kind in combo))
+        grads = accumulate_streams(self._losses(probes, active, reference, generator, kinds), self.candidates,
+                                   streams)
         if self.accelerator.num_processes > 1:
-            grads = {k: [self.accelerator.reduce(g, reduction="sum") for g in v] for k, v in grads.items()}
-        return {k: dict(zip(names, v)) for k, v in grads.items()}
+            for per_name in grads.values():
+                for n in per_name:  # one tensor at a time: the reduce's copy is never more than one parameter
+                    per_name[n] = self.accelerator.reduce(per_name[n], reduction="sum")
+        return grads
 
     def _select(self, probes, active, reference, chunk: int, lr: float) -> SelectedUpdate:
         start = time.perf_counter()
+        bound_heap_retention()  # once per process: freed gradients and activations leave the RSS (memory.py)
         generator = _seeded(self.config.seed, chunk, self.global_step, 1)
-        grads = self._gradients(probes, active, reference, generator, self.selector.needs) if self.selector.needs \
-            else {}
+        streams = self.selector.streams
+        grads = self._gradients(probes, active, reference, generator, streams) if streams else {}
         selection = self.selector.select(self.candidates, grads, generator)
         del grads
+        release_freed_memory()  # the gradient streams are gone: hand their pages back before the steps
         update = SelectedUpdate(self.candidates, selection, self.config, lr, self.accelerator)
         update.enable_grads(self.all_params)
         self.touched.update(selection.indices)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from obliviate.erasure.memory import release_freed_memory
 from obliviate.erasure.selectors.base import Selection
 
 
@@ -83,6 +84,7 @@ class SelectedUpdate:
         self.optimizer.step()
         self.zero_grad()
         self.write_back()
+        release_freed_memory()  # the full gradients of this step are freed: return their pages
         return float(norm)
 
     @torch.no_grad()

@@ -11,6 +11,6 @@ from obliviate.erasure.selectors.base import Selection, Selector
 
 @register_selector("all")
 class AllSelector(Selector):
-    def select(self, params, grads, generator) -> Selection:
+    def select(self, params, grads, generator, group=None) -> Selection:
         return Selection({n: None for n in params}, sum(p.numel() for p in params.values()),
                          {n: p.numel() for n, p in params.items()})

@@ -4,9 +4,10 @@
 
 Units are ranked by score (summed over the unit for ``row`` and ``tensor``) and taken best-first
 until they hold ``ceil(select_fraction * candidates)`` elements, so every granularity updates about
-the same number of weights. A row is a slice along dim 0 of the stored tensor (an output row of
-``nn.Linear``, an input row of GPT-2's ``Conv1D``, one token of an embedding); each element of a
-1-D tensor (bias, norm) is its own row.
+the same number of weights; ties go to the earlier unit (parameter order, then index). A row is a
+slice along dim 0 of the stored tensor (an output row of ``nn.Linear``, an input row of GPT-2's
+``Conv1D``, one token of an embedding); each element of a 1-D tensor (bias, norm) is its own row.
+The ranking streams tensor by tensor (:mod:`obliviate.erasure.selection`): no index over all weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+
+from obliviate.erasure.selection import ShardGroup, order_keys_, top_units
 
 
 @dataclass
@@ -40,90 +43,99 @@ def _units(score: torch.Tensor, granularity: str) -> torch.Tensor:
 
 
 def _unit_size(param: torch.Tensor, granularity: str) -> int:
+    if granularity == "tensor":
+        return param.numel()  # a 1-D tensor too is one unit (it was counted as a single element before)
     if granularity == "element" or param.dim() <= 1:
         return 1
-    if granularity == "row":
-        return param[0].numel()
-    return param.numel()
+    return param[0].numel()
 
 
 def select_top(unit_scores: dict[str, torch.Tensor], params: dict[str, torch.Tensor], fraction: float,
-               granularity: str, scope: str = "global") -> Selection:
+               granularity: str, scope: str = "global", group: ShardGroup | None = None,
+               consume: bool = False) -> Selection:
     """Pick the best-scoring units until they hold ``fraction`` of the candidate elements.
 
     Args:
-        unit_scores: one score per unit of each candidate parameter (see :func:`unit_scores`).
-        params: the candidate parameters, by name.
+        unit_scores: one score per unit of each candidate parameter (see :meth:`Selector.unit_scores`).
+        params: the candidate parameters, by name (this rank's shards when ``group`` spans processes).
         fraction: share of candidate elements to select, in (0, 1].
         granularity: ``element``, ``row`` or ``tensor``.
         scope: ``global`` ranks every unit of every tensor together; ``per_tensor`` takes ``fraction`` of each
             tensor separately (so no layer's large gradients crowd out the rest; ``tensor`` granularity is global).
+        group: processes holding shards of the parameters, ranked together under one threshold (default: one).
+        consume: the score tensors may be overwritten (the selector's own buffers: saves a copy of every score).
 
     Returns:
         The :class:`Selection`; a tensor whose every element is selected is marked whole (None).
     """
+    group = group or ShardGroup()
     names = list(unit_scores)
-    if scope == "per_tensor" and granularity != "tensor":
-        parts = [select_top({n: unit_scores[n]}, params, fraction, granularity) for n in names]
-        return Selection({n: i for part in parts for n, i in part.indices.items()},
-                         sum(part.candidates for part in parts),
-                         {n: c for part in parts for n, c in part.counts.items()})
-    total = sum(params[n].numel() for n in names)
-    target = max(1, math.ceil(fraction * total))
-    flat = torch.cat([unit_scores[n].float().reshape(-1).to("cpu") for n in names])
-    sizes = torch.cat([torch.full((unit_scores[n].numel(),), _unit_size(params[n], granularity), dtype=torch.long)
-                       for n in names])
-    if granularity == "element":
-        chosen = torch.topk(flat, min(target, flat.numel()), sorted=False).indices
-    else:
-        # stable sort: ties go to the earlier unit, so the selection is deterministic
-        order = torch.sort(flat, descending=True, stable=True).indices
-        cumulative = sizes[order].cumsum(0)
-        last = int(torch.searchsorted(cumulative, torch.tensor(target)).clamp(max=len(order) - 1))
-        chosen = order[:last + 1]
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    mask[chosen] = True
-    indices, counts, offset = {}, {}, 0
+    keys = {}
     for n in names:
-        units = unit_scores[n].numel()
-        picked = mask[offset:offset + units].nonzero().squeeze(-1)
-        offset += units
-        if picked.numel() == 0:
-            continue
-        p = params[n]
-        size = _unit_size(p, granularity)
-        if picked.numel() * size == p.numel():
-            indices[n], counts[n] = None, p.numel()
-            continue
-        if size > 1:
-            picked = (picked[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
-        indices[n], counts[n] = picked.sort().values.to(p.device), int(picked.numel())
+        score = unit_scores.pop(n) if consume else unit_scores[n]
+        flat = score.detach().reshape(-1).to("cpu", torch.float32)
+        shared = flat.data_ptr() == score.data_ptr()
+        keys[n] = order_keys_(flat.clone() if shared and not consume else flat)
+        del score, flat
+    sizes = {n: _unit_size(params[n], granularity) for n in names}
+    groups = [[n] for n in names] if scope == "per_tensor" and granularity != "tensor" else [names]
+    indices, counts, total = {}, {}, 0
+    for part in groups:
+        count = group.all_reduce(torch.tensor(sum(params[n].numel() for n in part), dtype=torch.long)).item()
+        total += count
+        chosen = top_units({n: keys[n] for n in part}, sizes, max(1, math.ceil(fraction * count)), group)
+        for n, picked in chosen.items():
+            p, size = params[n], sizes[n]
+            if picked.numel() * size == p.numel():
+                indices[n], counts[n] = None, p.numel()
+                continue
+            if size > 1:
+                picked = (picked[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
+            indices[n], counts[n] = picked.to(p.device), int(picked.numel())
+        for n in part:
+            del keys[n]  # free each tensor's keys as soon as its part is decided
     return Selection(indices, total, counts)
 
 
 class Selector:
-    """Scores candidate weights; ``needs`` names the gradients it uses (``loss``: of the erasure loss,
-    ``nll``: of the forget suffix's mean NLL)."""
+    """Scores candidate weights from gradient *streams*.
+
+    ``streams`` maps a stream name to the loss-term kinds it sums, with coefficients (kinds: ``loss``, the
+    erasure loss; ``nll``, the forget suffix's mean NLL; ``retain_nll``, the retained text's NLL);
+    :meth:`element_score` folds one parameter's stream gradients into its score and may reuse them.
+    """
 
     name: ClassVar[str] = ""
-    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         self.config = config
+        self.streams: dict[str, dict[str, float]] = {}
 
-    def element_scores(self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]]
-                       ) -> dict[str, torch.Tensor]:
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The loss-term kinds whose gradients the streams use, in order."""
+        return tuple(dict.fromkeys(kind for combo in self.streams.values() for kind in combo))
+
+    def element_score(self, name: str, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-element score of parameter ``name`` from its stream gradients (may overwrite them)."""
         raise NotImplementedError
 
     def unit_scores(self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]],
                     generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """One score per unit of the configured granularity (higher = select first)."""
-        scores = self.element_scores(params, grads)
-        return {n: _units(s, self.config.granularity) for n, s in scores.items()}
+        """One score per unit of the configured granularity (higher = select first).
+
+        Pops each parameter's gradients out of ``grads`` as it is scored, so they are freed one tensor at a time.
+        """
+        scores = {}
+        for n in params:
+            parts = {s: grads[s].pop(n) for s in grads}
+            scores[n] = _units(self.element_score(n, parts), self.config.granularity)
+            del parts
+        return scores
 
     def select(self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]],
-               generator: torch.Generator) -> Selection:
-        """The selection over ``params`` (the candidates), from ``grads`` (see ``needs``)."""
+               generator: torch.Generator, group: ShardGroup | None = None) -> Selection:
+        """The selection over ``params`` (the candidates), from the stream gradients ``grads`` (consumed)."""
         scores = self.unit_scores(params, grads, generator)
         return select_top(scores, params, self.config.select_fraction, self.config.granularity,
-                          self.config.select_scope)
+                          self.config.select_scope, group, consume=True)

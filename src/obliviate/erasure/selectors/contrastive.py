@@ -12,6 +12,10 @@ own loss's gradient (for ``ga`` s_i = g_NLL,i^2, magnitude-only).
 retained text: the step raises the retain NLL by about -eta * sum_i g_L,i * g_R,i, so
 s_i = -g_L,i * (g_NLL,i - lambda * g_R,i) ranks weights by forgetting gained minus retain loss caused.
 This is our extension, not part of the reconstruction; docs/perf/erasure.md measures it.
+
+Two gradient streams suffice, because gradients are linear: g_L and d = grad(NLL - lambda * NLL_R).
+For ``ga`` the loss is exactly -NLL, so g_L = -g_NLL and the forget batch needs one backward pass:
+the streams are g_NLL and (with lambda > 0) g_R, and s = g_NLL * (g_NLL - lambda * g_R).
 """
 
 from __future__ import annotations
@@ -22,15 +26,24 @@ from obliviate.erasure.selectors.base import Selector
 
 @register_selector("contrastive")
 class Contrastive(Selector):
-    needs = ("loss", "nll")
-
     def __init__(self, config):
         super().__init__(config)
-        if config.retain_contrast > 0:
-            self.needs = ("loss", "nll", "retain_nll")
+        lam = config.retain_contrast
+        # GA's loss terms are -NLL exactly (same per-sequence normalization), so its g_L is -g_NLL.
+        self.loss_is_negative_nll = config.method == "ga"
+        if self.loss_is_negative_nll:
+            self.streams = {"nll": {"nll": 1.0}}
+            if lam > 0:
+                self.streams["retain"] = {"retain_nll": 1.0}
+        else:
+            self.streams = {"loss": {"loss": 1.0}, "direction": {"nll": 1.0}}
+            if lam > 0:
+                self.streams["direction"]["retain_nll"] = -lam
 
-    def element_scores(self, params, grads):
-        lam = self.config.retain_contrast
-        if lam > 0:
-            return {n: -(grads["loss"][n] * (grads["nll"][n] - lam * grads["retain_nll"][n])) for n in params}
-        return {n: -(grads["loss"][n] * grads["nll"][n]) for n in params}
+    def element_score(self, name, grads):
+        if self.loss_is_negative_nll:
+            g = grads["nll"]
+            if "retain" in grads:  # s = g_N * (g_N - lambda g_R), computed into the retain buffer
+                return grads["retain"].mul_(-self.config.retain_contrast).add_(g).mul_(g)
+            return g.square_()
+        return grads["loss"].mul_(grads["direction"]).neg_()

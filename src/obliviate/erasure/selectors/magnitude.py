@@ -11,7 +11,9 @@ from obliviate.erasure.selectors.base import Selector
 
 @register_selector("magnitude")
 class Magnitude(Selector):
-    needs = ("loss",)
+    def __init__(self, config):
+        super().__init__(config)
+        self.streams = {"loss": {"loss": 1.0}}
 
-    def element_scores(self, params, grads):
-        return {n: grads["loss"][n].abs() for n in params}
+    def element_score(self, name, grads):
+        return grads["loss"].abs_()
