@@ -7,6 +7,7 @@ Built in (``BENCHMARKS``): ``perplexity``, ``multiple_choice``, ``evaluate_metri
 """
 
 from obliviate.benchmarks import evaluate_metric, lm_eval, memorization, multiple_choice, perplexity  # noqa: F401
+from obliviate.benchmarks import kl  # noqa: F401, E402  (registers kl_to_original)
 from obliviate.benchmarks.base import BenchmarkConfig, BenchmarkError, UtilityBenchmark
 from obliviate.benchmarks.gate import (
     GateConfig,
@@ -14,6 +15,7 @@ from obliviate.benchmarks.gate import (
     GateError,
     Tolerance,
     UtilityGate,
+    default_gate_entries,
     default_retain_gate,
 )
 from obliviate.benchmarks.registry import BENCHMARKS, UnknownBenchmarkError, get_benchmark, register_benchmark
@@ -21,6 +23,7 @@ from obliviate.benchmarks.suite import BenchConfig, UtilitySuite
 
 __all__ = [
     "BENCHMARKS", "BenchConfig", "BenchmarkConfig", "BenchmarkError", "GateConfig", "GateDecision", "GateError",
-    "Tolerance", "UnknownBenchmarkError", "UtilityBenchmark", "UtilityGate", "UtilitySuite", "default_retain_gate",
+    "Tolerance", "UnknownBenchmarkError", "UtilityBenchmark", "UtilityGate", "UtilitySuite", "default_gate_entries",
+    "default_retain_gate",
     "get_benchmark", "register_benchmark",
 ]

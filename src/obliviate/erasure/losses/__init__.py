@@ -1,4 +1,4 @@
-"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo.
+"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, clipped_ga.
 
     python -c "from obliviate.erasure.losses import LOSSES; print(sorted(LOSSES))"
 """
@@ -26,7 +26,7 @@ def get_loss(config):
     return LOSSES[config.method](config)
 
 
-for _module in ("emso", "ga", "graddiff", "npo"):
+for _module in ("emso", "ga", "graddiff", "npo", "clipped_ga"):
     importlib.import_module(f"obliviate.erasure.losses.{_module}")
 
 from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, forward_suffix  # noqa: E402
