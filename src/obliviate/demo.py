@@ -191,6 +191,9 @@ def _resolve_data(entries: list[dict], dirs: list[Path]) -> list[dict]:
     """Relative ``data:`` paths looked up in ``dirs`` in order (OUT/data, then the toy build)."""
     out = []
     for entry in entries:
+        if not isinstance(entry, dict):  # `default`: the eraser's own gate-only split
+            out.append(entry)
+            continue
         entry = dict(entry)
         data = entry.get("data")
         if isinstance(data, str) and not Path(data).is_absolute():
