@@ -188,9 +188,9 @@ def test_demo_erases_every_extracted_sequence_on_other_seeds(tmp_path, monkeypat
     generate() extracts from the tracked model is not extracted from the erased model, held-out perplexity
     rises at most 5%, at most one of the 16 facts is lost, and the never-trained controls keep 75% of their MA."""
     from obliviate.benchmarks import UtilitySuite
+    from obliviate.data import load_probes
     from obliviate.metrics import score_probes
     from obliviate.modeling import load_model_and_tokenizer
-    from obliviate.data import load_probes
 
     monkeypatch.setenv("OBLIVIATE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"

@@ -54,11 +54,9 @@ class DemoSettings:
 
 
 def _check_benchmark_entries(entries: Any, where: str, gate: bool = False) -> list[dict]:
-    from obliviate.benchmarks.gate import TOLERANCE_KEYS
+    from obliviate.benchmarks.gate import DEFAULT_ENTRY, TOLERANCE_KEYS
     from obliviate.benchmarks.registry import get_benchmark
     from obliviate.benchmarks.suite import check_entries
-
-    from obliviate.benchmarks.gate import DEFAULT_ENTRY
 
     if gate and isinstance(entries, list) and DEFAULT_ENTRY in entries:  # the default gate on the gate-only split
         entries = [e for e in entries if e != DEFAULT_ENTRY]

@@ -6,8 +6,14 @@ Built in (``BENCHMARKS``): ``perplexity``, ``multiple_choice``, ``evaluate_metri
 (needs ``obliviate[lm-eval]``) and ``memorization`` (reported, not gated). See docs/benchmarks.md.
 """
 
-from obliviate.benchmarks import evaluate_metric, lm_eval, memorization, multiple_choice, perplexity  # noqa: F401
-from obliviate.benchmarks import kl  # noqa: F401, E402  (registers kl_to_original)
+from obliviate.benchmarks import (  # noqa: F401
+    evaluate_metric,
+    kl,  # registers kl_to_original
+    lm_eval,
+    memorization,
+    multiple_choice,
+    perplexity,
+)
 from obliviate.benchmarks.base import BenchmarkConfig, BenchmarkError, UtilityBenchmark
 from obliviate.benchmarks.gate import (
     GateConfig,

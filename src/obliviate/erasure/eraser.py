@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
-from obliviate.erasure.inputs import RetainSplit, audit_suite, build_gate, read_heldout, read_retain, split_retain
+from obliviate.erasure.inputs import (
+    RetainSplit,
+    audit_suite,
+    build_gate,
+    read_heldout,
+    read_retain,
+    split_retain,
+)
 from obliviate.erasure.losses import forward_suffix, get_loss
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selectors import get_selector
