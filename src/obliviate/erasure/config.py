@@ -39,9 +39,9 @@ class EraseConfig:
         "help": "loss: emso (entropy maximization), ga (gradient ascent), graddiff (GA + retain NLL), npo, clipped_ga "
                 "(GA only on the tokens still predicted: obliviate's extension)."})
     entropy_variant: str = field(default="uniform_ce", metadata={
-        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V) or entropy (-mean H(p_t), the gradient of "
-                "KL(p_t||U)); uniform_ce is the default because it forgets within the gate where entropy does not "
-                "(docs/perf/erasure.md)."})
+        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer "
+                "Look at Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
+                "docs/perf/erasure.md has both under the default gate."})
     selector: str = field(default="contrastive", metadata={
         "help": "weight selection: contrastive (s = -g_loss*g_nll on the forget set only: EMSO as its abstract states "
                 "it), contrastive_retain (obliviate's extension: minus retain_contrast x the retain-NLL gradient, "
