@@ -180,3 +180,31 @@ def test_retain_nll_does_not_depend_on_padding_side(memorized_gpt2):
         nll -= float(lp.gather(-1, torch.tensor(ids[1:])[:, None]).sum())
         count += len(ids) - 1
     assert values[0] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_clipped_ga_pulls_only_tokens_still_predicted():
+    """L_i = sum over active t of log p_t(y_t) / |valid_i|; active = argmax is y_t or p_t(y_t) > clip_probability."""
+    from obliviate.erasure.losses import SuffixOutput, get_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, requires_grad=True)
+    targets = torch.tensor([[0, 1, 2, 3], [4, 5, 0, 1]])
+    with torch.no_grad():
+        logits[0, 0, 0] = 5.0  # predicted: active
+        logits[0, 1, 1] = -5.0  # unlikely and not the argmax: inactive
+    valid = torch.tensor([[True] * 4, [True, True, True, False]])
+    loss = get_loss(EraseConfig(method="clipped_ga", clip_probability=0.2))
+    got = loss.sequence_losses(SuffixOutput(logits, targets, valid))
+    lp = logits.detach().double().log_softmax(-1)
+    expected = []
+    for b in range(2):
+        total, n = 0.0, int(valid[b].sum())
+        for t in range(n):
+            p = lp[b, t, targets[b, t]]
+            if lp[b, t].argmax() == targets[b, t] or p.exp() > 0.2:
+                total += float(p)
+        expected.append(total / n)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    got.sum().backward()
+    assert logits.grad[0, 1].abs().sum() == 0  # the inactive token pulls nothing
+    assert logits.grad[0, 0].abs().sum() > 0

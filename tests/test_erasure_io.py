@@ -208,7 +208,7 @@ def test_shipped_recipes_load():
     for run in runs:
         _, cfg = _split({**compare, **{k: v for k, v in run.items() if k != "name"}}, run["name"])
         methods.add(cfg.method)
-    assert methods == {"emso", "ga", "graddiff", "npo"}
+    assert methods == {"emso", "ga", "graddiff", "npo", "clipped_ga"}
 
 
 def test_compare_recipe_runs_each_into_a_subdirectory(workdir, tmp_path, capsys):
