@@ -255,7 +255,7 @@ def test_multiple_choice_bad_rows_name_file_and_line(tmp_path, row, message):
 def test_bad_input_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
         UtilitySuite.from_config([{"name": "perplexity", "data": str(tmp_path / "nope.jsonl")}])
-    with pytest.raises(UnknownBenchmarkError, match="Known benchmarks: evaluate_metric, lm_eval, memorization"):
+    with pytest.raises(UnknownBenchmarkError, match="Known benchmarks: evaluate_metric, kl_to_original, lm_eval, memorization"):
         UtilitySuite.from_config([{"name": "rouge_bench", "data": "x"}])
     with pytest.raises(RecipeError, match=r"unknown key 'dat' in benchmark 'perplexity'.*Did you mean 'data'"):
         UtilitySuite.from_config([{"name": "perplexity", "dat": "x.jsonl"}])

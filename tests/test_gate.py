@@ -127,9 +127,10 @@ def test_snapshot_copies_exactly_the_given_params_and_an_empty_optimizer_state(s
 def test_default_retain_gate_and_null_section(setup):
     tok, retain, _, _ = setup
     gate = default_retain_gate(retain, tok)
-    (tolerance,) = gate.tolerances
-    assert (tolerance.benchmark, tolerance.score, tolerance.kind, tolerance.value) == \
-        ("retain", "perplexity", "max_relative_increase", 0.02)
+    # Two-sided perplexity and KL to the original (drift both ways) on the text given.
+    assert sorted((t.benchmark, t.score, t.kind, t.value) for t in gate.tolerances) == [
+        ("gate_kl", "kl", "max_absolute_increase", 0.05), ("gate_ppl", "perplexity", "max_relative_decrease", 0.1),
+        ("gate_ppl", "perplexity", "max_relative_increase", 0.02)]
     assert (gate.every, gate.backoff, gate.max_retries) == (1, 0.5, 3)
     assert UtilityGate.from_config(None, tok) is None
 
@@ -147,7 +148,7 @@ def test_default_tolerances_by_direction(setup):
     ({"name": "perplexity", "max_absolute_drop": 0.1}, GateError, "lower-is-better, so max_absolute_drop does not apply"),
     ({"name": "multiple_choice", "max_relative_increase": 0.1}, GateError, "use max_absolute_drop or max_relative_drop"),
     ({"name": "perplexity", "max_relative_increse": 0.1}, RecipeError, "Did you mean 'max_relative_increase'"),
-    ({"name": "perplexity", "max_relative_increase": 0.1, "max_absolute_increase": 1}, GateError, "one tolerance"),
+    ({"name": "perplexity", "max_relative_increase": 0.1, "max_absolute_increase": 1}, GateError, "one tolerance per side"),
     ({"name": "memorization", "max_absolute_drop": 0.1}, GateError, "reported, not gated"),
     ({"name": "perplexity", "max_relative_increase": -1}, GateError, "must be a number >= 0"),
 ])

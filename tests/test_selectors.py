@@ -152,8 +152,9 @@ def test_streams_are_the_coefficient_weighted_sum_of_every_micro_batch_gradient(
 @pytest.mark.parametrize("lam", [0.0, 1.0])
 def test_contrastive_scores_are_minus_gloss_times_gnll_minus_lambda_gretain(method, lam):
     """The folded streams equal the DESIGN formula s = -g_L * (g_NLL - lambda g_R), also for GA's one-stream shortcut."""
-    config = EraseConfig(method=method, retain_contrast=lam)
-    selector = get_selector(config)
+    # lambda = 0 is EMSO's forget-only `contrastive`; lambda > 0 is obliviate's `contrastive_retain`.
+    name = "contrastive_retain" if lam else "contrastive"
+    selector = get_selector(EraseConfig(method=method, selector=name, retain_contrast=lam))
     g = torch.Generator().manual_seed(7)
     g_nll, g_r = torch.randn(10, generator=g), torch.randn(10, generator=g)
     g_loss = -g_nll if method == "ga" else torch.randn(10, generator=g)  # GA: L = -NLL exactly
@@ -196,13 +197,16 @@ def test_token_bounded_passes_give_the_whole_batch_gradients(monkeypatch):
     results, passes = [], []
     for budget in (memory_module.MICRO_BATCH_LOGITS, 1):  # 1: every pass holds a single sequence
         monkeypatch.setattr(memory_module, "MICRO_BATCH_LOGITS", budget)
-        eraser = Eraser(fresh_model(tokenizer).eval(), tokenizer, forget, EraseConfig(gate=None), retain=retain)
+        # contrastive_retain: the selection reads a retain batch too, so both kinds of pass are split.
+        config = EraseConfig(gate=None, selector="contrastive_retain")
+        eraser = Eraser(fresh_model(tokenizer).eval(), tokenizer, forget, config, retain=retain)
         eraser._prepare_model()
         count = [0]
         eraser.model.register_forward_pre_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
         results.append(eraser._gradients(forget, list(range(6)), None, _seeded(0), eraser.selector.streams))
         passes.append(count[0])
-    assert passes[0] == 2 and passes[1] == 6 + min(8, EraseConfig().retain_batch_size)
+    # The selection's retain rows are the loss split of `retain` (the gate's and the audit's rows are not read).
+    assert passes[0] == 2 and passes[1] == 6 + min(len(eraser.retain_texts), config.retain_batch_size)
     for stream, grads in results[0].items():
         for name, g in grads.items():
             assert torch.allclose(results[1][stream][name], g, atol=1e-6, rtol=1e-4), (stream, name)

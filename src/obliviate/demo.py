@@ -56,10 +56,14 @@ class DemoSettings:
 
 
 def _check_benchmark_entries(entries: Any, where: str, gate: bool = False) -> list[dict]:
-    from obliviate.benchmarks.gate import TOLERANCE_KEYS
+    from obliviate.benchmarks.gate import DEFAULT_ENTRY, TOLERANCE_KEYS
     from obliviate.benchmarks.registry import get_benchmark
     from obliviate.benchmarks.suite import check_entries
 
+    if gate and isinstance(entries, list) and DEFAULT_ENTRY in entries:  # the default gate on the gate-only split
+        entries = [e for e in entries if e != DEFAULT_ENTRY]
+        if not entries:
+            return []
     entries = check_entries(entries, where)
     for i, entry in enumerate(entries):
         klass = get_benchmark(entry["name"])
@@ -187,6 +191,9 @@ def _resolve_data(entries: list[dict], dirs: list[Path]) -> list[dict]:
     """Relative ``data:`` paths looked up in ``dirs`` in order (OUT/data, then the toy build)."""
     out = []
     for entry in entries:
+        if not isinstance(entry, dict):  # `default`: the eraser's own gate-only split
+            out.append(entry)
+            continue
         entry = dict(entry)
         data = entry.get("data")
         if isinstance(data, str) and not Path(data).is_absolute():
@@ -362,8 +369,11 @@ def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
         if isinstance(config.gate, dict):
             config = dataclasses.replace(config, gate={
                 **config.gate, "benchmarks": _resolve_data(config.gate["benchmarks"], data_dirs)})
+        # Controls from the whole probe file: its unflagged members are reported as collateral. The held-out
+        # text (never trained, never read by the gate or a loss) is scored before/after in the erasure report.
         erased = run_erase(track / "model", flagged_path, out / "erase", config,
-                           controls_path=out / "data" / "controls.jsonl", retain_path=out / "data" / "retain.jsonl")
+                           controls_path=toy / "probes.jsonl", retain_path=out / "data" / "retain.jsonl",
+                           heldout_path=toy / "heldout.jsonl")
 
     with stage("after", "measure the erased model: every probe, and the utility suite"):
         scores_after, utility_after = _evaluate(erased, probe_rows, utility)
@@ -382,7 +392,8 @@ def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
     (out / "timings.json").write_text(json.dumps(stage.seconds, indent=2))
     report = json.loads((erased / "erasure_report.json").read_text())
     summary = {"out": str(out), "toy": str(toy), "toy_origin": origin, "recipe": settings.recipe,
-               "quick": settings.quick, "flagged": [r["id"] for r in flagged], "timings": stage.seconds,
+               "quick": settings.quick, "tracked_model": str(track / "model"), "flagged": str(flagged_path),
+               "erased_model": str(erased), "flagged_ids": [r["id"] for r in flagged], "timings": stage.seconds,
                "erasure": report.get("summary"), "report": str(html),
                "utility_before": utility_before, "utility_after": utility_after}
     (out / MARKER).write_text(json.dumps(summary, indent=2))
@@ -406,6 +417,19 @@ def summary_text(out: Path, meta: dict[str, dict], before: list[dict], after: li
     if s:
         text += (f"\n\nerased {s.get('forgotten')}/{s.get('sequences')} flagged sequences in {s.get('steps')} steps; "
                  f"gate: {len(report.get('gate_decisions') or [])} checks, {s.get('gate_rejections')} rejected")
+    collateral = report.get("collateral") or {}
+    rows = []
+    for key, label in (("controls", "controls"), ("not_erased", "unflagged")):
+        for g, c in (collateral.get(key) or {}).items():
+            rows.append([f"{label} {g}", c["count"],
+                         f"{c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}",
+                         f"{c['loss_before']:.3f} -> {c['loss_after']:.3f}"])
+    if rows:
+        text += "\n\n" + format_table(rows, ["collateral (never erased)", "n", "mean MA", "mean loss"])
     text += "\n\n" + format_table([[k, f"{v:.1f}"] for k, v in seconds.items()], ["stage", "seconds"])
     text += f"\n\nreport: {out / 'report.html'} (and report.md, plots/)\n"
+    if s:
+        from obliviate.erasure.result import last_line
+
+        text += last_line(report) + "\n"  # the verdict, in words, on the last line
     return text

@@ -6,7 +6,14 @@ Built in (``BENCHMARKS``): ``perplexity``, ``multiple_choice``, ``evaluate_metri
 (needs ``obliviate[lm-eval]``) and ``memorization`` (reported, not gated). See docs/benchmarks.md.
 """
 
-from obliviate.benchmarks import evaluate_metric, lm_eval, memorization, multiple_choice, perplexity  # noqa: F401
+from obliviate.benchmarks import (  # noqa: F401
+    evaluate_metric,
+    kl,  # registers kl_to_original
+    lm_eval,
+    memorization,
+    multiple_choice,
+    perplexity,
+)
 from obliviate.benchmarks.base import BenchmarkConfig, BenchmarkError, UtilityBenchmark
 from obliviate.benchmarks.gate import (
     GateConfig,
@@ -14,6 +21,7 @@ from obliviate.benchmarks.gate import (
     GateError,
     Tolerance,
     UtilityGate,
+    default_gate_entries,
     default_retain_gate,
 )
 from obliviate.benchmarks.registry import BENCHMARKS, UnknownBenchmarkError, get_benchmark, register_benchmark
@@ -21,6 +29,7 @@ from obliviate.benchmarks.suite import BenchConfig, UtilitySuite
 
 __all__ = [
     "BENCHMARKS", "BenchConfig", "BenchmarkConfig", "BenchmarkError", "GateConfig", "GateDecision", "GateError",
-    "Tolerance", "UnknownBenchmarkError", "UtilityBenchmark", "UtilityGate", "UtilitySuite", "default_retain_gate",
+    "Tolerance", "UnknownBenchmarkError", "UtilityBenchmark", "UtilityGate", "UtilitySuite", "default_gate_entries",
+    "default_retain_gate",
     "get_benchmark", "register_benchmark",
 ]

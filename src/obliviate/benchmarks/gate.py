@@ -17,6 +17,12 @@ A tolerance is relative to the baseline: ``max_relative_increase`` / ``max_absol
 lower-is-better scores (perplexity), ``max_absolute_drop`` / ``max_relative_drop`` for
 higher-is-better ones (accuracy in [0, 1], so one point is 0.01). A gated benchmark with no
 tolerance gets perplexity-style +2% relative or accuracy-style -0.01 absolute on its primary score.
+
+Bounds can be two-sided: a model that moves far from where it was is not "still working" because
+one score improved (an erasure that lowers the gate's perplexity by 60% has changed the model as
+surely as one that raises it). ``max_relative_decrease`` / ``max_absolute_decrease`` bound how far
+a lower-is-better score may *fall*, ``max_relative_rise`` / ``max_absolute_rise`` how far a
+higher-is-better one may rise. An entry may give one bound per side.
 """
 
 from __future__ import annotations
@@ -38,9 +44,17 @@ from obliviate.config import check_keys, from_dict
 logger = logging.getLogger(__name__)
 
 TOLERANCE_KEYS = {"max_relative_increase": "lower", "max_absolute_increase": "lower",
-                  "max_absolute_drop": "higher", "max_relative_drop": "higher"}
+                  "max_absolute_drop": "higher", "max_relative_drop": "higher",
+                  "max_relative_decrease": "lower", "max_absolute_decrease": "lower",
+                  "max_relative_rise": "higher", "max_absolute_rise": "higher"}
 """Tolerance kind -> the direction of the score it applies to."""
+UPPER_BOUNDS = {"max_relative_increase", "max_absolute_increase", "max_relative_rise", "max_absolute_rise"}
+"""Kinds that bound a score from above (the rest bound it from below)."""
+WORSENING = {"max_relative_increase", "max_absolute_increase", "max_absolute_drop", "max_relative_drop"}
+"""Kinds that bound the bad direction (the others bound the improving direction: drift)."""
 DEFAULT_TOLERANCE = {"lower": ("max_relative_increase", 0.02), "higher": ("max_absolute_drop", 0.01)}
+DEFAULT_ENTRY = "default"
+"""In a gate section's ``benchmarks:``, the default gate's entries (see :func:`default_gate_entries`)."""
 
 
 class GateError(BenchmarkError):
@@ -67,9 +81,9 @@ class Tolerance:
 
     def limit(self, baseline: float) -> float:
         """The worst value still accepted."""
-        slack = {"max_relative_increase": abs(baseline) * self.value, "max_absolute_increase": self.value,
-                 "max_absolute_drop": -self.value, "max_relative_drop": -abs(baseline) * self.value}[self.kind]
-        return baseline + slack
+        relative = self.kind.startswith("max_relative")
+        slack = abs(baseline) * self.value if relative else self.value
+        return baseline + (slack if self.kind in UPPER_BOUNDS else -slack)
 
     def violation(self, baseline: float, value: float) -> str | None:
         """None when ``value`` is within tolerance of ``baseline``, else a message saying by how much not."""
@@ -79,9 +93,9 @@ class Tolerance:
             return f"{name} is NaN (baseline {baseline:.6g})"
         # A hair of slack so that an unchanged score is never rejected by rounding.
         eps = 1e-9 * max(1.0, abs(baseline))
-        if TOLERANCE_KEYS[self.kind] == "lower" and value > limit + eps:
+        if self.kind in UPPER_BOUNDS and value > limit + eps:
             return f"{name} {value:.6g} > {limit:.6g} (baseline {baseline:.6g}, {self.kind} {self.value})"
-        if TOLERANCE_KEYS[self.kind] == "higher" and value < limit - eps:
+        if self.kind not in UPPER_BOUNDS and value < limit - eps:
             return f"{name} {value:.6g} < {limit:.6g} (baseline {baseline:.6g}, {self.kind} {self.value})"
         return None
 
@@ -119,7 +133,15 @@ class GateConfig:
 
     def __post_init__(self):
         check_schedule(self.every, self.backoff, self.max_retries)
-        self.benchmarks = check_entries(self.benchmarks, "the gate section (use `gate: null` for no gate)")
+        # "default" stands for the default gate's entries on the gate-only retain split (erasure/inputs.py).
+        entries = [e for e in self.benchmarks if e != DEFAULT_ENTRY] if isinstance(self.benchmarks, list) \
+            else self.benchmarks
+        if isinstance(self.benchmarks, list) and DEFAULT_ENTRY in self.benchmarks and not entries:
+            return
+        checked = check_entries(entries, "the gate section (use `gate: null` for no gate)")
+        if isinstance(self.benchmarks, list) and DEFAULT_ENTRY in self.benchmarks:
+            checked = [DEFAULT_ENTRY, *checked]
+        self.benchmarks = checked
 
 
 def check_schedule(every: int, backoff: float, max_retries: int) -> None:
@@ -192,23 +214,27 @@ class UtilityGate:
             return None
         config = section if isinstance(section, GateConfig) else from_dict(GateConfig, section, "the gate section")
         benchmarks, tolerances = [], []
+        if DEFAULT_ENTRY in config.benchmarks:
+            raise GateError("gate benchmarks: 'default' stands for the default gate on the gate-only split of the "
+                            "retain text; only the eraser can expand it. Give the entries themselves here "
+                            "(benchmarks.default_gate_entries(data)).")
         for i, entry in enumerate(config.benchmarks):
             where = f"gate.benchmarks[{i}]"
             klass = get_benchmark(entry["name"])
             fields = {f for f in klass.config_class.__dataclass_fields__}
             check_keys(entry, fields | set(TOLERANCE_KEYS) | {"name", "score"}, f"{where} ({entry['name']})")
             kinds = [k for k in TOLERANCE_KEYS if k in entry]
-            if len(kinds) > 1:
-                raise GateError(f"{where}: give one tolerance per entry, got {', '.join(kinds)} (add a second entry "
-                                "with its own `label:` to gate another score).")
+            if sum(k in WORSENING for k in kinds) > 1 or sum(k not in WORSENING for k in kinds) > 1:
+                raise GateError(f"{where}: give at most one tolerance per side (one worsening bound, one drift bound) "
+                                f"per entry, got {', '.join(kinds)} (add a second entry with its own `label:` to gate "
+                                "another score).")
             if (kinds or "score" in entry) and not klass.gated:
                 raise GateError(f"{where}: {entry['name']} is reported, not gated: remove its tolerance.")
             options = {k: v for k, v in entry.items() if k not in TOLERANCE_KEYS and k != "score"}
             bench = UtilityBenchmark.from_entry(options, tokenizer, where=f"({where})")
             benchmarks.append(bench)
-            if kinds or "score" in entry:
-                tolerances.append(Tolerance(bench.label, kinds[0] if kinds else None,
-                                            entry[kinds[0]] if kinds else None, entry.get("score")))
+            for kind in kinds or ([None] if "score" in entry else []):
+                tolerances.append(Tolerance(bench.label, kind, entry[kind] if kind else None, entry.get("score")))
         return cls(UtilitySuite(benchmarks), tolerances, config.every, config.backoff, config.max_retries)
 
     def _resolve(self, t: Tolerance, bench: UtilityBenchmark, strict: bool) -> None:
@@ -330,18 +356,43 @@ class UtilityGate:
                 "rejected": sum(d["decision"] == "rejected" for d in self.decisions)}
 
 
-def default_retain_gate(retain_path: str, tokenizer, max_relative_increase: float = 0.02, **kwargs) -> UtilityGate:
-    """The gate used when ``obliviate erase`` gets ``--retain`` and the recipe has no ``gate:``.
+DEFAULT_PERPLEXITY_INCREASE = 0.02
+DEFAULT_PERPLEXITY_DECREASE = 0.10
+DEFAULT_KL_TOLERANCE = 0.05
+"""The default gate's bounds (chosen by measurement: docs/erasure.md, docs/perf/erasure.md)."""
+
+
+def default_gate_entries(data, label: str = "gate") -> list[dict]:
+    """The default gate's benchmark entries on ``data`` (text no loss optimizes):
+
+    - ``perplexity`` (label ``<label>_ppl``), two-sided: at most +2%, at most -10%;
+    - ``kl_to_original`` (label ``<label>_kl``): mean per-token KL(original || current) at most 0.05 nats/token.
 
     Args:
-        retain_path: ``{"text"}`` JSONL of retained text.
+        data: ``{"text"}`` JSONL path or a list of ``{"text"}`` rows.
+        label: prefix of the entries' labels.
+    """
+    return [{"name": "perplexity", "data": data, "label": f"{label}_ppl",
+             "max_relative_increase": DEFAULT_PERPLEXITY_INCREASE, "max_relative_decrease": DEFAULT_PERPLEXITY_DECREASE},
+            {"name": "kl_to_original", "data": data, "label": f"{label}_kl",
+             "max_absolute_increase": DEFAULT_KL_TOLERANCE}]
+
+
+def default_retain_gate(retain_path: str, tokenizer, max_relative_increase: float = DEFAULT_PERPLEXITY_INCREASE,
+                        **kwargs) -> UtilityGate:
+    """The default gate (:func:`default_gate_entries`) on ``retain_path``, read as gate-only text.
+
+    The eraser gives it only the gate's split of the retain text (erasure/inputs.py), never rows a loss trains on.
+
+    Args:
+        retain_path: ``{"text"}`` JSONL (or list of rows) the gate reads.
         tokenizer: the model's tokenizer.
-        max_relative_increase: allowed relative rise of retain perplexity (0.02 = +2%).
+        max_relative_increase: allowed relative rise of its perplexity (0.02 = +2%).
         kwargs: ``every``, ``backoff``, ``max_retries``.
     """
-    section = {**kwargs, "benchmarks": [{"name": "perplexity", "data": str(retain_path), "label": "retain",
-                                         "max_relative_increase": max_relative_increase}]}
-    return UtilityGate.from_config(section, tokenizer)
+    entries = default_gate_entries(retain_path if isinstance(retain_path, list) else str(retain_path))
+    entries[0]["max_relative_increase"] = max_relative_increase
+    return UtilityGate.from_config({**kwargs, "benchmarks": entries}, tokenizer)
 
 
 def _format_scores(results: dict[str, dict[str, float]]) -> str:

@@ -6,6 +6,10 @@ perplexity = exp(total NLL / total predicted tokens) over the whole file: every 
 row's first is predicted from the tokens before it, so long rows weigh more than short ones (a mean
 of per-row perplexities would let one short row dominate). Log-likelihoods come from
 :func:`obliviate.metrics.score_sequences`, the same pass every other score uses.
+
+``completion_only: true`` reads ``{"prompt", "completion"}`` rows and scores only the completion's
+tokens given the prompt (what SFT on prompt/completion data trains): the prompt's own tokens, often
+a fixed template, would otherwise dominate the mean.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class PerplexityConfig(BenchmarkConfig):
     seed: int = field(default=0, metadata={"help": "seed of the max_samples sample (the same rows every run)."})
     truncate: bool = field(default=False, metadata={"help": "keep the first context-length tokens of longer rows "
                                                             "instead of raising."})
+    completion_only: bool = field(default=False, metadata={
+        "help": "rows are {prompt, completion}: score the completion's tokens given the prompt, not the prompt's."})
+    prompt_key: str = field(default="prompt", metadata={"help": "completion_only: the prompt field."})
+    completion_key: str = field(default="completion", metadata={"help": "completion_only: the completion field."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -51,38 +59,55 @@ class Perplexity(UtilityBenchmark):
     primary = "perplexity"
     config: PerplexityConfig
 
+    @property
+    def _keys(self) -> tuple[str, ...]:
+        c = self.config
+        return (c.prompt_key, c.completion_key) if c.completion_only else (c.text_key,)
+
     def load(self) -> None:
-        rows = read_rows(self.config.data, (self.config.text_key,), "perplexity")
+        rows = read_rows(self.config.data, self._keys, self.name or "perplexity")
         keep = fixed_sample(len(rows), self.config.max_samples, self.config.seed)
         self.rows = [rows[i] for i in keep]
         for where, row in self.rows:
-            if not isinstance(row[self.config.text_key], str):
-                raise BenchmarkError(f"{where}: {self.config.text_key!r} must be a string, got "
-                                     f"{type(row[self.config.text_key]).__name__}.")
+            for key in self._keys:
+                if not isinstance(row[key], str):
+                    raise BenchmarkError(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}.")
+
+    def _encode(self, tokenizer, row: dict) -> tuple[list[int], int]:
+        """The row's token ids and how many leading ones are context (1, or the prompt's length)."""
+        if not self.config.completion_only:
+            return encode(tokenizer, row[self.config.text_key]), 1
+        prompt, completion = row[self.config.prompt_key], row[self.config.completion_key]
+        head, full = encode(tokenizer, prompt), encode(tokenizer, prompt + completion)
+        if full[:len(head)] == head and len(full) > len(head):
+            return full, len(head)
+        # The boundary merged into one token: tokenize the two parts apart (as SFT on prompt/completion does).
+        return head + encode(tokenizer, completion, special=False), len(head)
 
     def tokenize(self, tokenizer) -> None:
         ensure_pad_token(tokenizer)
         self.pad_token_id = tokenizer.pad_token_id
-        encoded = [(where, encode(tokenizer, row[self.config.text_key])) for where, row in self.rows]
-        # A one-token row predicts nothing: it adds zero tokens to the token-weighted mean, so leave it out.
-        self.encoded = [(where, ids) for where, ids in encoded if len(ids) >= 2]
+        encoded = [(where, *self._encode(tokenizer, row)) for where, row in self.rows]
+        # A row with nothing after its context predicts nothing: it adds zero tokens to the token-weighted
+        # mean, so leave it out.
+        self.encoded = [(where, ids, head) for where, ids, head in encoded if 1 <= head < len(ids)]
         if not self.encoded:
-            raise BenchmarkError(f"perplexity data {self.config.data}: no row has two or more tokens, so there is "
-                                 "nothing to predict.")
+            raise BenchmarkError(f"{self.name} data {self.config.data}: no row has a token to predict (every row is "
+                                 "one token, or an empty completion).")
         self._fitted: dict[int | None, tuple[list[list[int]], list[list[int]]]] = {}
 
     def _inputs(self, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
-        """First token as the prefix and the rest as the scored suffix, fitted to the context once."""
+        """First token (or the prompt) as the prefix and the rest as the scored suffix, fitted to the context once."""
         if max_length not in self._fitted:
             prefixes, suffixes = [], []
-            for where, ids in self.encoded:
+            for where, ids, head in self.encoded:
                 if max_length is not None and len(ids) > max_length:
-                    if not self.config.truncate:
+                    if not self.config.truncate or head >= max_length:
                         raise BenchmarkError(f"{where}: the text is {len(ids)} tokens, longer than the model's "
                                              f"context of {max_length}. Split it, or set `truncate: true`.")
                     ids = ids[:max_length]
-                prefixes.append(ids[:1])
-                suffixes.append(ids[1:])
+                prefixes.append(ids[:head])
+                suffixes.append(ids[head:])
             self._fitted[max_length] = (prefixes, suffixes)
         return self._fitted[max_length]
 

@@ -21,7 +21,7 @@ into DIR/<name> and prints a comparison table.
       --controls runs/toy/probes.jsonl --retain runs/toy/retain.jsonl --out runs/erase
   obliviate erase --config recipes/erase-emso.yaml --method ga --selector all --out runs/erase-ga"""
 
-PATH_KEYS = ("model", "forget", "controls", "retain", "ids", "roles")
+PATH_KEYS = ("model", "forget", "controls", "retain", "heldout", "ids", "roles")
 FLAGS = {  # flag -> EraseConfig field, for the most used keys (any other: --set KEY=VALUE)
     "method": str, "selector": str, "select_fraction": float, "granularity": str, "learning_rate": float,
     "max_steps": int, "chunk_size": int, "target": str, "entropy_variant": str, "reselect_every": int,
@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="model directory or hub name (recipe key `model`)")
     parser.add_argument("--forget", help="flagged.jsonl or probes JSONL to erase; its control rows become controls")
     parser.add_argument("--controls", help="probes whose role=control rows set the forgetting thresholds")
-    parser.add_argument("--retain", help="{\"text\"} JSONL: graddiff's retain set and the default gate (perplexity +2%%)")
+    parser.add_argument("--retain", help="{\"text\"} JSONL, split: rows graddiff may train on, rows only the gate reads, audit rows")
+    parser.add_argument("--heldout", help="{\"text\"} JSONL no loss and no gate reads: scored before/after for the report")
     parser.add_argument("--ids", help="comma-separated ids: erase only these rows of --forget")
     parser.add_argument("--roles", help="comma-separated roles: erase only these (e.g. canary)")
     parser.add_argument("--config", help="erase recipe YAML (e.g. recipes/erase-emso.yaml)")
@@ -101,7 +102,8 @@ def _erase(paths: dict, config, out, progress: bool) -> dict:
     from obliviate.erasure.result import REPORT_NAME
 
     out = run_erase(paths["model"], paths["forget"], out, config, controls_path=paths["controls"],
-                    retain_path=paths["retain"], ids=paths["ids"], roles=paths["roles"], progress=progress)
+                    retain_path=paths["retain"], ids=paths["ids"], roles=paths["roles"], progress=progress,
+                    heldout_path=paths["heldout"])
     return json.loads((out / REPORT_NAME).read_text())
 
 
@@ -109,6 +111,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from obliviate.erasure import format_summary
+    from obliviate.erasure.result import last_line
 
     data = _recipe(args)
     runs = data.pop("runs", None)
@@ -118,6 +121,7 @@ def run(args) -> int:
         report = _erase(paths, config, args.out, progress)
         print(format_summary(report))
         print(f"\nwrote {args.out} (model, erasure_report.json, plots/)")
+        print(last_line(report))  # the verdict, in words, last
         return 0
     from obliviate.erasure.compare import run_comparison
 

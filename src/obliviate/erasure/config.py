@@ -12,12 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("emso", "ga", "graddiff", "npo", "npo_rt")
-SELECTORS = ("contrastive", "magnitude", "random", "all")
 GRANULARITIES = ("element", "row", "tensor")
 TARGETS = ("full", "lora")
 ENTROPY_VARIANTS = ("entropy", "uniform_ce")
 THRESHOLD_SOURCES = ("auto", "controls", "absolute")
+CRITERIA = ("per_sequence", "set_mean")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -35,21 +34,24 @@ class EraseConfig:
     """Configuration of :class:`~obliviate.erasure.Eraser` (the ``erase`` recipe's keys)."""
 
     method: str = field(default="emso", metadata={
-        "help": "loss: emso (entropy maximization), ga (gradient ascent), graddiff (GA + retain NLL), npo."})
+        "help": "loss: emso (entropy maximization), ga (gradient ascent), graddiff (GA + retain NLL), npo, clipped_ga "
+                "(GA only on the tokens still predicted: obliviate's extension)."})
     entropy_variant: str = field(default="uniform_ce", metadata={
-        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V) or entropy (-mean H(p_t), the gradient of "
-                "KL(p_t||U)); uniform_ce is the default because it forgets within the gate where entropy does not "
-                "(docs/perf/erasure.md)."})
+        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer "
+                "Look at Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
+                "docs/perf/erasure.md has both under the default gate."})
     selector: str = field(default="contrastive", metadata={
-        "help": "weight selection: contrastive (s = -g_loss*g_nll), magnitude (|g_loss|), random, all."})
+        "help": "weight selection: contrastive (s = -g_loss*g_nll on the forget set only: EMSO as its abstract states "
+                "it), contrastive_retain (obliviate's extension: minus retain_contrast x the retain-NLL gradient, "
+                "needs --retain), magnitude (|g_loss|), random, all."})
     select_fraction: float = field(default=0.01, metadata={
         "help": "fraction of candidate weights updated (by element count, whatever the granularity)."})
     granularity: str = field(default="element", metadata={
         "help": "unit of selection: element, row (dim 0 of the stored tensor; score summed) or tensor."})
     retain_contrast: float = field(default=1.0, metadata={
-        "help": "contrastive selector: s_i = -g_loss,i * (g_nll_forget,i - retain_contrast * g_nll_retain,i), i.e. "
-                "first-order forgetting gain minus retain-loss increase; used when retain text is given (else 0). "
-                "0 = the DESIGN §5 metric exactly."})
+        "help": "selector contrastive_retain only: s_i = -g_loss,i * (g_nll_forget,i - retain_contrast * "
+                "g_nll_retain,i), the first-order forgetting gain minus the retain-loss increase (lambda > 0). The "
+                "paper-faithful `contrastive` selector is lambda = 0 and ignores this field."})
     select_scope: str = field(default="global", metadata={
         "help": "global (rank all candidate weights together) or per_tensor (select_fraction of each tensor)."})
     target_modules: Any = field(default=None, metadata={
@@ -76,6 +78,8 @@ class EraseConfig:
         "help": "token (mean over all suffix tokens of the batch) or sequence (mean over sequences of each suffix's "
                 "mean); null = the loss's own: token for ga/graddiff (Jang et al., open-unlearning), sequence for "
                 "npo/npo_rt (Zhang et al.) and emso (measured; docs/erasure.md, Losses)."})
+    clip_probability: float = field(default=0.1, metadata={
+        "help": "clipped_ga: a forget token stops pulling once it is not the argmax and p(y_t) <= this."})
     target: str = field(default="full", metadata={"help": "where to write: full (the weights) or lora (a new adapter)."})
     lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, metadata={
         "help": "target lora: peft.LoraConfig fields (task_type is CAUSAL_LM); target_modules null = PEFT's default."})
@@ -91,6 +95,28 @@ class EraseConfig:
         "help": "absolute threshold: forgotten needs MA below this (used without controls)."})
     max_extraction_probability: float = field(default=0.01, metadata={
         "help": "absolute threshold: forgotten needs extraction_probability below this (used without controls)."})
+    extraction_probability_floor: float = field(default=1e-3, metadata={
+        "help": "an extraction probability at or below this counts as not extractable whatever the controls' mean "
+                "(1e-16 and 1e-19 both mean never found)."})
+    min_controls_ma_kept: float = field(default=0.75, metadata={
+        "help": "collateral bound: the never-trained controls of every group must keep this share of their MA; "
+                "the report's verdict says FORMAT DAMAGED otherwise."})
+    criterion: str = field(default="per_sequence", metadata={
+        "help": "per_sequence (each sequence vs the current controls of its group) or set_mean (Jang et al. 2022: "
+                "the set's mean full-sequence MA and mean EL_n below thresholds; needs el_n)."})
+    min_group_controls: int = field(default=10, metadata={
+        "help": "a probe group needs this many controls to be judged against them; fewer: absolute thresholds."})
+    el_n: int | None = field(default=None, metadata={
+        "help": "criterion set_mean: the n of EL_n (Jang et al. use 10 on 200-token sequences)."})
+    el_stride: int = field(default=1, metadata={"help": "criterion set_mean: stride over EL_n's prefix lengths."})
+    max_extraction_likelihood: float = field(default=0.05, metadata={
+        "help": "criterion set_mean, absolute threshold: the set's mean EL_n must be below this (without controls)."})
+    gate_fraction: float = field(default=0.5, metadata={
+        "help": "share of the (deduplicated) retain texts only the gate reads, never a loss or the selector; the "
+                "rest is what graddiff / contrastive_retain may use (all of it goes to the gate when they use none)."})
+    audit_fraction: float = field(default=0.25, metadata={
+        "help": "without --heldout: share of the retain texts neither the gate nor any loss reads, scored before/after "
+                "for the report (held-out text the gate never saw)."})
     extraction_samples: int = field(default=100, metadata={"help": "n of extraction_probability (attacker's samples)."})
     score_every: int = field(default=1, metadata={"help": "check the forgetting criterion every N optimizer steps."})
     score_batch_size: int = field(default=32, metadata={"help": "sequences per scoring pass."})
@@ -99,25 +125,42 @@ class EraseConfig:
     plots: bool = field(default=True, metadata={"help": "write PNG plots next to erasure_report.json."})
 
     def __post_init__(self):
-        _one_of("method", self.method, METHODS)
+        # The registries are the one list of methods and selectors (a new loss is one file); imported here
+        # because the loss and selector modules import torch and this module is read before anything heavy.
+        from obliviate.erasure.losses import LOSSES
+        from obliviate.erasure.selectors import SELECTORS
+
+        _one_of("method", self.method, tuple(LOSSES.names()))
         _one_of("entropy_variant", self.entropy_variant, ENTROPY_VARIANTS)
-        _one_of("selector", self.selector, SELECTORS)
+        _one_of("selector", self.selector, tuple(SELECTORS.names()))
         _one_of("granularity", self.granularity, GRANULARITIES)
         _one_of("select_scope", self.select_scope, ("global", "per_tensor"))
         _one_of("target", self.target, TARGETS)
         _one_of("thresholds", self.thresholds, THRESHOLD_SOURCES)
+        _one_of("criterion", self.criterion, CRITERIA)
+        if self.criterion == "set_mean" and self.el_n is None:
+            raise EraseConfigError("criterion: set_mean judges the set's mean EL_n, so it needs el_n (e.g. el_n: 10, "
+                                   "as Jang et al.; a small n like 3 for short probes).")
+        if self.el_n is not None and (not isinstance(self.el_n, int) or self.el_n < 1):
+            raise EraseConfigError(f"el_n must be an integer >= 1 or null; got {self.el_n!r}.")
+        if not 0 < self.gate_fraction < 1 or not 0 <= self.audit_fraction < 1 \
+                or self.gate_fraction + self.audit_fraction > 1:
+            raise EraseConfigError(f"gate_fraction must be in (0, 1) and audit_fraction in [0, 1) with a sum <= 1; "
+                                   f"got {self.gate_fraction} and {self.audit_fraction}.")
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.forget_reduction is not None:
             _one_of("forget_reduction", self.forget_reduction, ("token", "sequence"))
         if not 0 < self.select_fraction <= 1:
             raise EraseConfigError(f"select_fraction must be in (0, 1]; got {self.select_fraction}.")
         for name in ("max_steps", "chunk_size", "batch_size", "retain_batch_size", "extraction_samples",
-                     "score_every", "score_batch_size"):
+                     "score_every", "score_batch_size", "min_group_controls", "el_stride"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EraseConfigError(f"{name} must be an integer >= 1; got {value!r}.")
         if self.reselect_every is not None and (not isinstance(self.reselect_every, int) or self.reselect_every < 1):
             raise EraseConfigError(f"reselect_every must be an integer >= 1 or null; got {self.reselect_every!r}.")
+        if not 0 < self.clip_probability < 1:
+            raise EraseConfigError(f"clip_probability must be in (0, 1); got {self.clip_probability}.")
         for name in ("learning_rate", "npo_beta"):
             if not getattr(self, name) > 0:
                 raise EraseConfigError(f"{name} must be > 0; got {getattr(self, name)}.")
@@ -131,8 +174,10 @@ class EraseConfig:
             raise EraseConfigError("weight_decay and retain_weight must be >= 0.")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise EraseConfigError("adam_beta1 and adam_beta2 must be in [0, 1).")
-        if not 0 <= self.max_memorization_accuracy <= 1 or not 0 <= self.max_extraction_probability <= 1:
-            raise EraseConfigError("max_memorization_accuracy and max_extraction_probability must be in [0, 1].")
+        if not all(0 <= v <= 1 for v in (self.max_memorization_accuracy, self.max_extraction_probability,
+                                         self.max_extraction_likelihood, self.extraction_probability_floor)):
+            raise EraseConfigError("max_memorization_accuracy, max_extraction_probability, max_extraction_likelihood "
+                                   "and extraction_probability_floor must be in [0, 1].")
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if self.target_modules is not None and (not isinstance(self.target_modules, (list, tuple))

@@ -14,7 +14,6 @@ what makes a resumed run end bitwise where an uninterrupted one does.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
@@ -27,7 +26,14 @@ from obliviate.callbacks.distributed import padded_shard
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
-from obliviate.erasure.inputs import build_gate, read_retain
+from obliviate.erasure.inputs import (
+    RetainSplit,
+    audit_suite,
+    build_gate,
+    read_heldout,
+    read_retain,
+    split_retain,
+)
 from obliviate.erasure.losses import forward_suffix, get_loss
 from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.result import ErasureResult, build_report
@@ -35,7 +41,7 @@ from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
 from obliviate.erasure.update import SelectedUpdate
-from obliviate.metrics import SamplingConfig, context_length, score_probes, score_sequences
+from obliviate.metrics import SamplingConfig, context_length, score_probes
 
 KILL_ENV = "OBLIVIATE_TEST_KILL_AFTER_CHUNK"
 """Tests set this to a chunk index: the process SIGKILLs itself right after that chunk's state is saved."""
@@ -58,10 +64,17 @@ class Eraser:
         forget: the sequences to erase (a :class:`~obliviate.data.ProbeSet`; roles member/canary).
         config: the :class:`EraseConfig`.
         gate: a :class:`~obliviate.benchmarks.UtilityGate`; None builds one from ``config.gate`` (a mapping, or
-            ``"default"`` = retain perplexity +2% when ``retain`` is given).
-        controls: control probes (never trained on) whose mean MA / extraction probability set the thresholds.
-        retain: retained text (a ``{"text"}`` JSONL path or a list of strings): graddiff's retain term and
-            the default gate.
+            ``"default"``: two-sided perplexity and ``kl_to_original`` on the gate-only split of ``retain``).
+        controls: control probes (never trained on): per group, their mean MA / extraction probability on the
+            current model are the forgetting thresholds (erasure/criterion.py); their MA change is reported.
+        retain: retained text (a ``{"text"}`` JSONL path or a list of strings), split by
+            :func:`~obliviate.erasure.inputs.split_retain` into the part a loss may use (graddiff's retain term,
+            the contrastive_retain selector), the gate's part and an audit part.
+        heldout: held-out text (a ``{"text"}`` JSONL path or strings) neither the gate nor a loss reads: the gate's
+            text scores are measured on it before/after for the report (replaces the audit split). Rows holding a
+            forget sequence are an error.
+        collateral: trained probes NOT being erased (e.g. unflagged members): their MA / loss change per group is
+            reported.
         checkpoint_dir: where to keep the resume state after every chunk (resumed from when it holds one).
         progress: show progress bars.
         accelerator: an ``accelerate.Accelerator`` (default: a new one).
@@ -69,7 +82,7 @@ class Eraser:
 
     def __init__(self, model, tokenizer, forget: ProbeSet, config: EraseConfig | None = None, gate=None,
                  controls: ProbeSet | None = None, retain=None, checkpoint_dir=None, progress: bool = False,
-                 accelerator=None):
+                 accelerator=None, heldout=None, collateral: ProbeSet | None = None):
         from accelerate import Accelerator
 
         self.config = config = config or EraseConfig()
@@ -85,14 +98,28 @@ class Eraser:
         if controls is not None:
             controls.check_fits(limit)
         self.controls = controls
-        self.retain_texts = read_retain(retain)
+        self.collateral = ProbeSet(p for p in collateral if p.id not in self.forget) if collateral else None
         self.loss = get_loss(config)
-        # Without retained text the contrastive metric is the DESIGN's forget-only one (retain_contrast 0).
-        self.selector = get_selector(config if self.retain_texts or not config.retain_contrast
-                                     else dataclasses.replace(config, retain_contrast=0.0))
-        if self.loss.needs_retain and not self.retain_texts:
+        # `contrastive` is EMSO's forget-only metric (lambda = 0, the paper's "no data but the forget set");
+        # `contrastive_retain` is obliviate's extension with lambda = retain_contrast.
+        self.selector = get_selector(config)
+        if "retain_nll" in self.selector.needs and not retain:
+            raise ValueError(f"selector {config.selector} contrasts with the retain NLL: pass --retain FILE, or use "
+                             "selector contrastive (forget set only).")
+        uses_retain = self.loss.needs_retain or "retain_nll" in self.selector.needs
+        if uses_retain and not retain:
             raise ValueError(f"method {config.method!r} needs retained text: pass --retain FILE ({{\"text\"}} JSONL).")
-        self.gate = gate if gate is not None else build_gate(config, tokenizer, retain, self.retain_texts)
+        self.heldout_texts = read_heldout(heldout, self.forget, tokenizer) if heldout is not None else None
+        texts = read_retain(retain)
+        self.split = split_retain(texts, config.gate_fraction, 0.0 if heldout is not None else config.audit_fraction,
+                                  uses_retain) if texts else None
+        # Losses and the selector see only their part; the gate and the audit never see it.
+        self.retain_texts = self.split.loss if self.split is not None else []
+        if gate is None:
+            gate = build_gate(config, tokenizer, self.split or RetainSplit([], [], []))
+        self.gate = gate
+        self.audit = audit_suite(self.gate, self.heldout_texts if self.heldout_texts is not None
+                                 else (self.split.audit if self.split is not None else []), tokenizer)
         self.checkpoint_dir = checkpoint_dir
         self.accelerator = accelerator or Accelerator()
         self.sampling = SamplingConfig(n=config.extraction_samples)
@@ -131,13 +158,12 @@ class Eraser:
         self.touched: set[str] = set()
         self.last_selection, self.selections_made = None, 0
 
-    def _score(self, probes: ProbeSet) -> dict[str, torch.Tensor]:
+    def _judge(self, probes: ProbeSet) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forgotten flags of ``probes`` and their scores, against the controls scored on the model as it is now."""
         start = time.perf_counter()
-        scores = score_sequences(self.model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes],
-                                 self.tokenizer.pad_token_id, batch_size=self.config.score_batch_size,
-                                 sampling=self.sampling)
+        forgotten, scores = self.criterion.check(self.model, self.tokenizer, probes)
         self.timings["scoring_s"] += time.perf_counter() - start
-        return scores
+        return forgotten, scores
 
     def _score_rows(self, probes: ProbeSet) -> list[dict]:
         start = time.perf_counter()
@@ -169,6 +195,15 @@ class Eraser:
         device = self.accelerator.device
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
+    def _retain_rows(self, generator: torch.Generator) -> list[list[int]]:
+        """Token ids of ``retain_batch_size`` retain texts (the loss split), drawn with ``generator``; >= 2 tokens."""
+        n = min(self.config.retain_batch_size, len(self.retain_texts))
+        pick = torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
+        limit = context_length(self.model)
+        rows = [self.tokenizer(self.retain_texts[i], truncation=bool(limit), max_length=limit or None)["input_ids"]
+                for i in pick]
+        return [list(r) for r in rows if len(r) >= 2] or [list(rows[0]) * 2]
+
     def _losses(self, probes: ProbeSet, active: list[int], reference: torch.Tensor | None, generator,
                 kinds: tuple[str, ...]):
         """Yield ``{kind: scalar}`` per micro-batch of this process's shard; each sums to the global mean."""
@@ -194,16 +229,18 @@ class Eraser:
             if retain is not None:
                 yield {"loss": retain / self.accelerator.num_processes}
         if "retain_nll" in kinds:
-            ids, mask = self._retain_batch(generator, force=True)
-            labels = ids.masked_fill(mask == 0, -100)
-            targets = int((labels[:, 1:] != -100).sum())  # what the model's mean NLL divides by
-            rows = self._rows_per_pass(ids.shape[1])
-            for start in range(0, len(ids), rows):  # the token-mean over passes is the whole batch's mean
-                part = labels[start:start + rows]
-                nll = self.model(input_ids=ids[start:start + rows], attention_mask=mask[start:start + rows],
-                                 labels=part, use_cache=False).loss
-                share = int((part[:, 1:] != -100).sum()) / max(targets, 1)
-                yield {"retain_nll": nll * share / self.accelerator.num_processes}
+            # Token-mean NLL of the retain rows with the scorer's batching (explicit positions, each row's first
+            # token only context): left padding neither shifts positions nor predicts a real token from a pad.
+            # Passes are token-bounded; each yields its share of the whole batch's token mean.
+            rows = self._retain_rows(generator)
+            targets = sum(len(r) - 1 for r in rows)
+            per_pass = self._rows_per_pass(max(len(r) for r in rows))
+            for start in range(0, len(rows), per_pass):
+                part = rows[start:start + per_pass]
+                out = forward_suffix(self.model, [r[:1] for r in part], [r[1:] for r in part],
+                                     self.tokenizer.pad_token_id)
+                nll = -out.target_log_probs().sum() / max(targets, 1)
+                yield {"retain_nll": nll / self.accelerator.num_processes}
 
     def _gradients(self, probes, active, reference, generator, streams) -> dict[str, dict[str, torch.Tensor]]:
         """Each selector stream's gradient w.r.t. every candidate, summed over processes (see ``selection``)."""
@@ -251,7 +288,7 @@ class Eraser:
         config, gate = self.config, self.gate
         probes = self.forget.subset(ids)
         reference = torch.tensor([reference_all[i] for i in ids]) if reference_all is not None else None
-        forgotten = self.criterion.forgotten(self._score(probes))
+        forgotten, _ = self._judge(probes)
         first = {i: (self.global_step if f else None) for i, f in zip(ids, forgotten.tolist())}
         lr, kept, since_select, update = config.learning_rate, 0, 0, None
         record = {"index": index, "ids": list(ids), "status": None, "steps": 0, "attempted_steps": 0,
@@ -289,8 +326,7 @@ class Eraser:
                             "grad_norm": norm, "active": len(active), "selected": dict(update.selection.counts),
                             "forget": None, "gate": None, "rolled_back": False}
                     if (k + 1) % config.score_every == 0 or k == block - 1:
-                        scores = self._score(probes)
-                        forgotten = self.criterion.forgotten(scores)
+                        forgotten, scores = self._judge(probes)
                         for i, f in zip(ids, forgotten.tolist()):
                             first[i] = (first[i] if first[i] is not None else self.global_step) if f else None
                         step["forget"] = {"extraction_rate": float(scores["exact_extraction"].float().mean()),
@@ -348,9 +384,11 @@ class Eraser:
         self._prepare_model()
         before = self._score_rows(self.forget)
         control_rows = self._score_rows(self.controls) if self.controls is not None else None
-        self.criterion = build_criterion(config, control_rows)
+        collateral_rows = self._score_rows(self.collateral) if self.collateral else None
+        self.criterion = build_criterion(config, self.controls)
         reference = {r["id"]: r["suffix_log_prob"] for r in before} if self.loss.needs_reference else None
         utility_before = self.gate.measure_baseline(self.model) if self.gate is not None else {}
+        audit_before = self.audit.run(self.model) if self.audit is not None else {}
         extra = None
         if config.utility:
             from obliviate.benchmarks import UtilitySuite
@@ -390,12 +428,17 @@ class Eraser:
                 os.kill(os.getpid(), signal.SIGKILL)
         after = self._score_rows(self.forget)
         controls_after = self._score_rows(self.controls) if self.controls is not None else None
+        collateral_after = self._score_rows(self.collateral) if self.collateral else None
+        final, _ = self._judge(self.forget)  # the criterion on the erased model, controls re-scored
+        self.final_forgotten = dict(zip(self.forget.ids, final.tolist()))
         utility_after = self.gate.suite.run(self.model) if self.gate is not None else {}
+        audit_after = self.audit.run(self.model) if self.audit is not None else {}
         if extra is not None:
             utility_after = {**utility_after, **extra.run(self.model)}
         for n, p in self.all_params.items():
             p.requires_grad_(self._requires_grad[n])
         self.timings.update(self._elapsed(start))
         report = build_report(self, before, after, control_rows, controls_after, utility_before, utility_after,
-                              resumed_from)
+                              resumed_from, audit=(audit_before, audit_after),
+                              collateral=(collateral_rows, collateral_after))
         return ErasureResult(self.model, self.tokenizer, report, config)

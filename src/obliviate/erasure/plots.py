@@ -30,7 +30,9 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         back = [s for s in scored if s["rolled_back"]]
         if back:
             ax.plot([s["step"] for s in back], [s["forget"][key] for s in back], "x", color=color, alpha=0.4)
-    thresholds = report.get("thresholds") or {}
+    # Per-group thresholds on the erased model; a line only when one group (several would be ambiguous).
+    groups = ((report.get("thresholds") or {}).get("last") or {}).get("groups") or {}
+    thresholds = next(iter(groups.values())) if len(groups) == 1 else {}
     if "memorization_accuracy" in thresholds:
         ax.axhline(thresholds["memorization_accuracy"], color="tab:blue", ls=":", lw=1,
                    label=f"MA threshold ({thresholds.get('source')})")
@@ -62,7 +64,7 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         ax.bar([i - 0.2 for i in x], b, width=0.4, label="before", color="tab:gray")
         ax.bar([i + 0.2 for i in x], a, width=0.4, label="after",
                color=["tab:green" if s["forgotten"] else "tab:red" for s in seqs])
-        if key in thresholds:
+        if thresholds.get(key) is not None:
             ax.axhline(thresholds[key], color="black", ls=":", lw=1, label="threshold")
         if log:
             ax.set_yscale("log")

@@ -36,16 +36,40 @@ def control_summary(rows: list[dict] | None) -> dict | None:
             "extraction_rate": _mean(rows, "exact_extraction")}
 
 
+def group_change(before: list[dict] | None, after: list[dict] | None, groups: dict[str, str | None]) -> dict | None:
+    """Per group: count, mean MA and mean suffix loss before/after, and after/before MA ratio (collateral)."""
+    if not before:
+        return None
+    after_by_id = {r["id"]: r for r in after}
+    out = {}
+    for g in sorted({groups.get(r["id"]) for r in before}, key=str):
+        b = [r for r in before if groups.get(r["id"]) == g]
+        a = [after_by_id[r["id"]] for r in b]
+        ma_b, ma_a = _mean(b, "memorization_accuracy"), _mean(a, "memorization_accuracy")
+        out[str(g)] = {"count": len(b), "memorization_accuracy_before": ma_b, "memorization_accuracy_after": ma_a,
+                       "memorization_accuracy_kept": ma_a / ma_b if ma_b > 0 else None,
+                       "loss_before": _mean(b, "loss"), "loss_after": _mean(a, "loss"),
+                       "extraction_rate_before": _mean(b, "exact_extraction"),
+                       "extraction_rate_after": _mean(a, "exact_extraction")}
+    return out
+
+
 def build_report(eraser, before: list[dict], after: list[dict], controls_before, controls_after, utility_before: dict,
-                 utility_after: dict, resumed_from: int | None) -> dict:
-    """The ``erasure_report.json`` mapping of a finished :class:`~obliviate.erasure.Eraser` run."""
+                 utility_after: dict, resumed_from: int | None, audit: tuple[dict, dict] = ({}, {}),
+                 collateral: tuple[list | None, list | None] = (None, None)) -> dict:
+    """The ``erasure_report.json`` mapping of a finished :class:`~obliviate.erasure.Eraser` run.
+
+    ``forgotten`` is the criterion on the erased model with the controls re-scored there (``eraser.final_forgotten``).
+    """
     chunk_of = {i: c["index"] for c in eraser.chunks for i in c["ids"]}
     after_by_id = {r["id"]: r for r in after}
+    groups = {p.id: p.group for s in (eraser.forget, eraser.controls, eraser.collateral) if s for p in s}
     sequences = []
     for row in before:
         final = after_by_id[row["id"]]
-        forgotten = eraser.criterion.row_forgotten(final)
-        sequences.append({"id": row["id"], "role": row["role"], "chunk": chunk_of.get(row["id"]),
+        forgotten = bool(eraser.final_forgotten[row["id"]])
+        sequences.append({"id": row["id"], "role": row["role"], "group": groups.get(row["id"]),
+                          "chunk": chunk_of.get(row["id"]),
                           "before": _metrics(row), "after": _metrics(final),
                           "forgotten_step": eraser.forgotten_steps.get(row["id"]) if forgotten else None,
                           "forgotten": forgotten})
@@ -62,15 +86,45 @@ def build_report(eraser, before: list[dict], after: list[dict], controls_before,
         "selected_weights": max((c["selected"] for c in chunks), default=0),
         "candidate_weights": max((c["candidates"] for c in chunks), default=0),
         "touched_tensors": len(eraser.touched), "target": eraser.config.target,
-        "retain_contrast": eraser.selector.config.retain_contrast,
+        "retain_contrast": getattr(eraser.selector, "retain_contrast", 0.0), "selector": eraser.config.selector,
+        "not_erased": not_erased_reason(chunks),
     }
+    controls_change = group_change(controls_before, controls_after, groups)
+    floor = eraser.config.min_controls_ma_kept
+    summary["format_damage"] = [
+        f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
+        f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
+        f"{100 * floor:.0f}% required)"
+        for g, c in (controls_change or {}).items()
+        if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor]
     return {
         "config": eraser.config.to_dict(), "summary": summary, "sequences": sequences, "steps": eraser.steps,
         "chunks": chunks, "gate_decisions": list(eraser.gate.decisions) if eraser.gate is not None else [],
         "utility": {"before": utility_before, "after": utility_after},
         "controls": {"before": control_summary(controls_before), "after": control_summary(controls_after)},
+        # Collateral damage per group: never-trained controls, and trained probes that were not erased.
+        "collateral": {"controls": controls_change,
+                       "not_erased": group_change(*collateral, groups)},
+        # The gate's text scores on held-out text it never read (--heldout, else the audit split of --retain).
+        "heldout": {"before": audit[0], "after": audit[1],
+                    "source": ("--heldout" if eraser.heldout_texts is not None else "retain audit split")
+                    if audit[0] else None},
+        "retain_split": eraser.split.to_dict() if eraser.split is not None else None,
         "thresholds": eraser.criterion.to_dict(), "timings": dict(eraser.timings), "resumed_from_chunk": resumed_from,
     }
+
+
+def not_erased_reason(chunks: list[dict]) -> str | None:
+    """In words, why some chunk was not fully erased (None when every chunk was)."""
+    exhausted = [c["index"] for c in chunks if c["status"] == "gate_exhausted"]
+    capped = [c["index"] for c in chunks if c["status"] == "max_steps"]
+    parts = []
+    if exhausted:
+        parts.append(f"chunk(s) {', '.join(map(str, exhausted))} could not be erased within the utility gate: every "
+                     "retry of the last block broke a gated score (see gate_decisions for which)")
+    if capped:
+        parts.append(f"chunk(s) {', '.join(map(str, capped))} reached max_steps before every sequence was forgotten")
+    return "; ".join(parts) or None
 
 
 def format_summary(report: dict) -> str:
@@ -87,11 +141,35 @@ def format_summary(report: dict) -> str:
     text += (f"\ntime {t['total_s']:.1f}s (gate {t['gate_s']:.1f}s, scoring {t['scoring_s']:.1f}s, "
              f"update {t['update_s']:.1f}s, selection {t['selection_s']:.1f}s)")
     before, after = report["utility"]["before"], report["utility"]["after"]
+    held = report.get("heldout") or {}
+    before = {**before, **(held.get("before") or {})}
+    after = {**after, **(held.get("after") or {})}
     util = [[f"{b}/{k}", v, after.get(b, {}).get(k, float("nan"))] for b, scores in before.items()
             for k, v in scores.items()]
     if util:
-        text += "\n\n" + format_table(util, ["utility", "before", "after"])
+        text += "\n\n" + format_table(util, ["utility (heldout_*: text the gate never saw)", "before", "after"])
+    controls = (report.get("collateral") or {}).get("controls")
+    if controls:
+        rows = [[g, c["count"], c["memorization_accuracy_before"], c["memorization_accuracy_after"],
+                 c["loss_before"], c["loss_after"]] for g, c in controls.items()]
+        text += "\n\n" + format_table(rows, ["controls' group", "n", "MA before", "MA after", "loss before",
+                                             "loss after"])
     return text
+
+
+def last_line(report: dict) -> str:
+    """One sentence: everything erased, or what was not and why."""
+    s = report["summary"]
+    damage = s.get("format_damage") or []
+    if s["forgotten"] == s["sequences"] and not damage:
+        return f"erased all {s['sequences']} sequences within the utility gate."
+    if s["forgotten"] == s["sequences"]:
+        return (f"FORMAT DAMAGED: all {s['sequences']} sequences are forgotten, but so is text of their format the "
+                f"model never saw: {'; '.join(damage)}.")
+    reason = s.get("not_erased") or "the final check on the erased model found some still memorized"
+    extra = f"; also {'; '.join(damage)}" if damage else ""
+    return (f"NOT ERASED: {s['sequences'] - s['forgotten']} of {s['sequences']} sequences are still memorized: "
+            f"{reason}{extra}.")
 
 
 def check_new_dir(out: str | os.PathLike) -> Path:

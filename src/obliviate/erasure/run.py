@@ -82,7 +82,8 @@ def filter_retain(retain_path, forget: ProbeSet, tokenizer) -> tuple[str | list[
 def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out_dir: str | os.PathLike,
               config: EraseConfig | None = None, controls_path: str | os.PathLike | None = None,
               retain_path: str | os.PathLike | None = None, ids: Iterable[str] | None = None,
-              roles: Iterable[str] | None = None, progress: bool = True):
+              roles: Iterable[str] | None = None, progress: bool = True,
+              heldout_path: str | os.PathLike | None = None):
     """Erase the sequences of ``forget_path`` from the model at ``model_path`` into the new ``out_dir``.
 
     Args:
@@ -90,8 +91,10 @@ def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out
         forget_path: a ``flagged.jsonl`` from the callback or any probes file (control rows become controls).
         out_dir: the output directory; must not exist (a ``<out>.partial/`` beside it is resumed from).
         config: the :class:`EraseConfig` (default: EMSO defaults).
-        controls_path: probes whose ``control`` rows set the forgetting thresholds.
-        retain_path: ``{"text"}`` JSONL: graddiff's retain set and the default utility gate.
+        controls_path: probes whose ``control`` rows set the forgetting thresholds; its member/canary rows not
+            being erased are reported as collateral (their MA and loss change per group).
+        retain_path: ``{"text"}`` JSONL, split into the part losses may use, the gate's part and an audit part.
+        heldout_path: ``{"text"}`` JSONL neither the gate nor any loss reads, scored before/after for the report.
         ids: erase only these ids of the forget file.
         roles: erase only rows with these roles (e.g. ``["canary"]``).
         progress: progress bars.
@@ -104,7 +107,8 @@ def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out
 
     config = config or EraseConfig()
     out = check_new_dir(out_dir)
-    for path, what in ((forget_path, "forget"), (controls_path, "controls"), (retain_path, "retain")):
+    for path, what in ((forget_path, "forget"), (controls_path, "controls"), (retain_path, "retain"),
+                       (heldout_path, "heldout")):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{what} file {path} does not exist.")
     if config.method == "graddiff" and retain_path is None:
@@ -117,12 +121,18 @@ def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out
                              "modified: write the erased model elsewhere.")
     model, tokenizer = load_model_and_tokenizer(model_path, config.dtype)
     forget, controls = load_forget(forget_path, tokenizer, controls_path, ids, roles)
+    collateral = None
+    if controls_path is not None:
+        from obliviate.data import load_probes
+
+        collateral = ProbeSet(p for p in load_probes(controls_path, tokenizer, roles=("member", "canary"))
+                              if p.id not in forget) or None
     retain, retain_info = retain_path, None
     if retain_path is not None:
         retain, retain_info = filter_retain(retain_path, forget, tokenizer)
     partial = partial_dir(out)
     eraser = Eraser(model, tokenizer, forget, config, controls=controls, retain=retain,
-                    checkpoint_dir=partial, progress=progress)
+                    checkpoint_dir=partial, progress=progress, heldout=heldout_path, collateral=collateral)
     result = eraser.erase()
     result.report["retain"] = retain_info
     if eraser.accelerator.is_main_process:

@@ -278,17 +278,26 @@ def _gated_keys(report: dict) -> set[str]:
     from obliviate.benchmarks.registry import BENCHMARKS
 
     keys = set()
-    for b in gate.get("benchmarks") or []:
+    for b in _gate_entries(gate):
         label = b.get("label") or b.get("name")
         score = b.get("score") or getattr(BENCHMARKS.get(b.get("name")), "primary", None)
         keys.add(f"{label}/{score}" if score else label)
     return keys
 
 
+def _gate_entries(gate: dict) -> list[dict]:
+    """The gate's benchmark entries, ``default`` expanded to the default gate's (on whatever data)."""
+    from obliviate.benchmarks.gate import DEFAULT_ENTRY, default_gate_entries
+
+    entries = gate.get("benchmarks") or [] if isinstance(gate, dict) else []
+    return [e for b in entries for e in (default_gate_entries(None) if b == DEFAULT_ENTRY else [b])
+            if isinstance(e, dict)]
+
+
 def _gate_tolerances(report: dict) -> list[tuple[float, str]]:
     gate = (report.get("config") or {}).get("gate") or {}
     out = []
-    for b in gate.get("benchmarks") or []:
+    for b in _gate_entries(gate):
         name = b.get("label") or b.get("name")
         if b.get("max_relative_increase") is not None:
             out.append((100.0 * float(b["max_relative_increase"]), f"{name}: max +{100 * float(b['max_relative_increase']):g}%"))

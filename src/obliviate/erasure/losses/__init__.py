@@ -1,4 +1,4 @@
-"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, npo_rt.
+"""Erasure losses, keyed by the recipe's ``method``: emso, ga, graddiff, npo, npo_rt, clipped_ga.
 
     python -c "from obliviate.erasure.losses import LOSSES; print(LOSSES.names())"
 

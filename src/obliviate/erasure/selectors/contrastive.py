@@ -8,7 +8,8 @@ the loss gradient is large *and* points the way that raises the memorized tokens
 ``method: emso`` g_L is the entropy gradient g_EM of the paper; with the baselines it is their
 own loss's gradient (for ``ga`` s_i = g_NLL,i^2, magnitude-only).
 
-``retain_contrast`` (lambda, default 0 = the DESIGN's metric) adds the same first-order estimate for
+``contrastive`` is that metric on the forget set alone (lambda = 0), as the EMSO abstract states it ("no
+data other than the forget set"). ``contrastive_retain`` (lambda = ``retain_contrast``) adds the same first-order estimate for
 retained text: the step raises the retain NLL by about -eta * sum_i g_L,i * g_R,i, so
 s_i = -g_L,i * (g_NLL,i - lambda * g_R,i) ranks weights by forgetting gained minus retain loss caused.
 This is our extension, not part of the reconstruction; docs/perf/erasure.md measures it.
@@ -26,9 +27,13 @@ from obliviate.erasure.selectors.base import Selector
 
 @register_selector("contrastive")
 class Contrastive(Selector):
+    def retain_weight(self, config) -> float:
+        """lambda: 0 for the paper-faithful metric; the retain-contrast subclass reads ``retain_contrast``."""
+        return 0.0
+
     def __init__(self, config):
         super().__init__(config)
-        lam = config.retain_contrast
+        self.retain_contrast = lam = self.retain_weight(config)
         # GA's loss terms are -NLL exactly (same per-sequence normalization), so its g_L is -g_NLL.
         self.loss_is_negative_nll = config.method == "ga"
         if self.loss_is_negative_nll:
@@ -44,6 +49,15 @@ class Contrastive(Selector):
         if self.loss_is_negative_nll:
             g = grads["nll"]
             if "retain" in grads:  # s = g_N * (g_N - lambda g_R), computed into the retain buffer
-                return grads["retain"].mul_(-self.config.retain_contrast).add_(g).mul_(g)
+                return grads["retain"].mul_(-self.retain_contrast).add_(g).mul_(g)
             return g.square_()
         return grads["loss"].mul_(grads["direction"]).neg_()
+
+
+@register_selector("contrastive_retain")
+class ContrastiveRetain(Contrastive):
+    """obliviate's extension: s_i = -g_L,i * (g_NLL,i - lambda * g_R,i), lambda = ``retain_contrast``, with g_R
+    the gradient of the LM loss on the loss split of the retained text. Not in the EMSO paper."""
+
+    def retain_weight(self, config) -> float:
+        return config.retain_contrast
