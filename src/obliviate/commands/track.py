@@ -84,6 +84,19 @@ def check_output_dir(args, overrides: dict) -> list:
     return claim_outputs(out, names, args.overwrite, "track", remove=args.overwrite and _is_main_process())
 
 
+def _run_size(record: dict) -> str:
+    """What ran, derived from the run itself (never a number frozen in a recipe comment)."""
+    from obliviate.data.probes import read_jsonl
+
+    recipe, training = record.get("recipe") or {}, (record.get("recipe") or {}).get("training") or {}
+    try:
+        rows = f"{len(read_jsonl(recipe['train_file']))} training rows" if recipe.get("train_file") else "the dataset"
+    except (OSError, ValueError):
+        rows = str(recipe.get("train_file"))
+    return (f"trained {record['global_step']} optimizer steps on {rows} (epochs {training.get('num_train_epochs')}, "
+            f"batch {training.get('per_device_train_batch_size')} per device, max_steps {training.get('max_steps')})")
+
+
 def run(args) -> int:
     import json
 
@@ -99,7 +112,8 @@ def run(args) -> int:
         return 0
     record = json.loads((out / "track.json").read_text())
     print(summary_table(record["final_summary"]))
-    print(f"\nstep {record['global_step']}: {record['flagged']} of {record['probes']} probes flagged; "
+    print(f"\n{_run_size(record)}")
+    print(f"step {record['global_step']}: {record['flagged']} of {record['probes']} probes flagged; "
           f"scoring took {record['scoring_seconds']:.1f} s of {record['train_seconds']:.1f} s of training")
     if record["stop_reason"]:
         print(record["stop_reason"])
