@@ -153,3 +153,23 @@ def test_track_overwrite_removes_the_old_run_and_says_so(toy_dir, tmp_path, caps
     assert not (out / "memorization" / "stale.jsonl").exists() and not (out / "report.md").exists()
     assert (out / "notes.txt").read_text() == "the user's own"  # not ours: left alone
     assert json.loads((out / "track.json").read_text())["global_step"] == 2
+    rows = len((toy_dir / "train.jsonl").read_text().splitlines())
+    assert f"trained 2 optimizer steps on {rows} training rows" in stdout  # derived, not a recipe comment
+
+
+def test_track_into_an_earlier_run_is_allowed_when_resuming_it(toy_dir, tmp_path, no_model_load):
+    """--resume-from-checkpoint continues the same run: its directory is expected to exist."""
+    import argparse
+
+    from obliviate.commands.track import check_output_dir
+
+    out = tmp_path / "track"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "memorization").mkdir()
+    recipe = tmp_path / "track.yaml"
+    recipe.write_text(f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\noutput_dir: {out}\n")
+    args = argparse.Namespace(config=str(recipe), overwrite=False)
+    with pytest.raises(FileExistsError, match="memorization, checkpoint-4"):
+        check_output_dir(args, {})
+    assert check_output_dir(args, {"training.resume_from_checkpoint": str(out / "checkpoint-4")}) == []
+    assert (out / "checkpoint-4").is_dir()

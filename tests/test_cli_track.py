@@ -49,7 +49,7 @@ def workdir(toy_dir, tmp_path):
 @pytest.mark.slow
 def test_readme_multi_process_command(workdir):
     argv = _readme_line("ddp-cpu.yaml")
-    out = workdir / argv[argv.index("--output-dir") + 1]
+    out = workdir / (argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "runs/track")
     proc = _launch(argv, workdir)  # exactly as the README writes it
     assert proc.returncode == 0, proc.stderr[-4000:]
     record = json.loads((out / "track.json").read_text())
