@@ -90,7 +90,11 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_says_it_resumed(toy_dir, tmp_pa
     monkeypatch.setattr(eraser, "save_checkpoint", save_then_interrupt)
     out = tmp_path / "erased"
     argv = _erase_argv(toy_dir, out, "--no-gate")
-    assert main(argv) == 130
+    try:
+        rc = main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("a raw KeyboardInterrupt reached the caller instead of a message")
+    assert rc == 130
     err = capsys.readouterr().err
     assert "interrupted after chunk 1;" in err and "Rerun the same command to resume" in err
     assert "Traceback" not in err and not out.exists()
