@@ -161,7 +161,7 @@ def test_track_into_an_earlier_run_is_allowed_when_resuming_it(toy_dir, tmp_path
     """--resume-from-checkpoint continues the same run: its directory is expected to exist."""
     import argparse
 
-    from obliviate.commands.track import check_output_dir
+    from obliviate.commands.track import preflight
 
     out = tmp_path / "track"
     (out / "checkpoint-4").mkdir(parents=True)
@@ -170,6 +170,6 @@ def test_track_into_an_earlier_run_is_allowed_when_resuming_it(toy_dir, tmp_path
     recipe.write_text(f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\noutput_dir: {out}\n")
     args = argparse.Namespace(config=str(recipe), overwrite=False)
     with pytest.raises(FileExistsError, match="memorization, checkpoint-4"):
-        check_output_dir(args, {})
-    assert check_output_dir(args, {"training.resume_from_checkpoint": str(out / "checkpoint-4")}) == []
+        preflight(args, {})
+    assert preflight(args, {"training.resume_from_checkpoint": str(out / "checkpoint-4")}) == []
     assert (out / "checkpoint-4").is_dir()

@@ -59,7 +59,7 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def check_output_dir(args, overrides: dict) -> list:
+def preflight(args, overrides: dict) -> list:
     """Refuse to train into an earlier run's directory unless --overwrite or --resume-from-checkpoint.
 
     Returns the earlier outputs that --overwrite removed (rank 0 removes them; the other ranks only check).
@@ -67,8 +67,7 @@ def check_output_dir(args, overrides: dict) -> list:
     from pathlib import Path
 
     from obliviate.callbacks.track import load_track_recipe
-    from obliviate.commands._paths import check_output_dir as check_writable
-    from obliviate.commands._paths import claim_outputs
+    from obliviate.commands._paths import check_output_dir, claim_outputs
 
     settings = load_track_recipe(args.config, overrides)  # checks every key before the model loads
     if settings["probes"]:
@@ -77,7 +76,7 @@ def check_output_dir(args, overrides: dict) -> list:
         # The recipe's probes are merged by content when built from SFT rows: refuse a repeated id first,
         # as `obliviate score` does, instead of silently keeping one.
         check_unique_ids(read_jsonl(settings["probes"]), str(settings["probes"]))
-    out = check_writable(settings["output_dir"], "output_dir")
+    out = check_output_dir(settings["output_dir"], "output_dir")
     names = [*OUTPUTS, *(p.name for p in sorted(Path(out).glob("checkpoint-*")))]
     if settings["training"].resume_from_checkpoint:
         return []  # the same run, continued from its checkpoint: its outputs are rewritten
@@ -105,7 +104,7 @@ def run(args) -> int:
     from obliviate.commands.score import summary_table
 
     overrides = overrides_from_args(args)
-    replaced = check_output_dir(args, overrides) if _is_main_process() or not args.overwrite else []
+    replaced = preflight(args, overrides) if _is_main_process() or not args.overwrite else []
     out = run_track(args.config, overrides)
     if not _is_main_process():
         # Only rank 0 writes track.json, after its last step; reading it here would race that write.
