@@ -59,3 +59,17 @@ def test_main_sets_the_threads_before_the_command_runs_and_logs_it(monkeypatch, 
     assert seen == [2, 1]
     err = capsys.readouterr().err
     assert "obliviate toy: 2 torch threads" in err and "obliviate toy: 1 torch thread " in err
+
+
+def test_before_torch_is_imported_the_count_goes_to_its_environment(tmp_path):
+    """The CLI must not import torch to set threads (a recipe typo fails before that import); torch then uses it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from obliviate.threads import configure_threads; n = configure_threads(2); "
+            "assert 'torch' not in sys.modules; import torch; print(n, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "2"]

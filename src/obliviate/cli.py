@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             from obliviate.threads import configure_threads
 
             threads = configure_threads(args.threads)
-            print(f"{prefix}obliviate {args.command}: {threads} torch thread{'s' if threads != 1 else ''} "
-                  "(--threads N to change)", file=sys.stderr)
+            count = f"{threads} torch thread{'s' if threads != 1 else ''}" if threads else "torch's default threads"
+            print(f"{prefix}obliviate {args.command}: {count} (--threads N to change)", file=sys.stderr)
         return int(args._run(args) or 0)
     except Exception as e:
         message = _user_error(e)

@@ -14,6 +14,7 @@ torch's own default (one per physical core), the right choice on an idle many-co
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULT_THREADS = 1
 """The measured faster setting on a small, shared CPU (see the module docstring)."""
@@ -45,15 +46,23 @@ def resolve_threads(requested: int | None) -> int | None:
 def configure_threads(requested: int | None) -> int:
     """Set torch's intra-op thread count for this process and return the count in effect.
 
+    Before torch is imported (the CLI's case: a recipe typo must fail before that slow import) the count
+    goes into ``OMP_NUM_THREADS``, which torch reads when it starts; after, ``torch.set_num_threads``.
+
     Args:
         requested: ``--threads``: a count, 0 for torch's default, None for the measured default.
 
     Returns:
-        int: ``torch.get_num_threads()`` after the change.
+        int: the count in effect, or 0 for torch's default when torch is not imported yet.
     """
+    count = resolve_threads(requested)
+    if "torch" not in sys.modules:
+        if count is None:
+            return 0
+        os.environ["OMP_NUM_THREADS"] = str(count)
+        return count
     import torch
 
-    count = resolve_threads(requested)
     if count is not None:
         torch.set_num_threads(count)
     return torch.get_num_threads()
