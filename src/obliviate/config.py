@@ -50,10 +50,37 @@ def check_keys(data: dict, valid, where: str) -> None:
                               f"Valid keys: {', '.join(sorted(valid))}.")
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Turn CLI strings into the field's type (YAML values already have theirs)."""
-    if not isinstance(value, str):
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_type(annotation: Any) -> type | None:
+    """``int`` for ``int`` / ``int | None`` / ``Optional[int]`` (likewise float, bool, str); None otherwise."""
+    if annotation in _SCALARS:
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        non_none = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(non_none) == 1 and non_none[0] in _SCALARS:
+            return non_none[0]
+    return None
+
+
+def _check_type(value: Any, annotation: Any) -> Any:
+    """A YAML value of the right scalar type for the field (ints widen to float), else ``ValueError``."""
+    kind = _scalar_type(annotation)
+    if kind is None or value is None:
         return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    raise ValueError(f"expected {'true/false' if kind is bool else kind.__name__}, got "
+                     f"{type(value).__name__} {value!r}")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Turn CLI strings into the field's type; check YAML values, which already have theirs."""
+    if not isinstance(value, str):
+        return _check_type(value, annotation)
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null") and type(None) in args:
@@ -67,7 +94,10 @@ def _coerce(value: Any, annotation: Any) -> Any:
             return False
         raise RecipeError(f"expected true/false, got {value!r}")
     if annotation in (int, float):
-        return annotation(value)
+        try:
+            return annotation(value)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if annotation is int else 'a number'}, got {value!r}") from None
     if annotation is str or annotation is typing.Any:
         return value
     return yaml.safe_load(value)
@@ -79,7 +109,13 @@ def from_dict(cls, data: dict[str, Any] | None, where: str | None = None):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_keys(data, fields, where or cls.__name__)
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints.get(k, Any)) for k, v in data.items()}
+    kwargs = {}
+    for key, value in data.items():
+        try:
+            kwargs[key] = _coerce(value, hints.get(key, Any))
+        except ValueError as e:
+            # Name the key and where it came from (the recipe file and section): "fast" alone says nothing.
+            raise RecipeError(f"{key}: {e}, in {where or cls.__name__}.") from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

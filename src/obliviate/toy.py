@@ -45,6 +45,19 @@ class ToyConfig:
     pretrain_lr: float = 3e-3
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_positions", "pretrain_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ToyConfig.{name} must be an integer >= 1, got {value!r}.")
+        if isinstance(self.pretrain_steps, bool) or not isinstance(self.pretrain_steps, int) or self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps (--pretrain-steps) must be an integer >= 0 (0: random init), "
+                             f"got {self.pretrain_steps!r}.")
+        if not isinstance(self.pretrain_lr, (int, float)) or not self.pretrain_lr > 0:
+            raise ValueError(f"ToyConfig.pretrain_lr must be a number > 0, got {self.pretrain_lr!r}.")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"ToyConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
+
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024, with_pad: bool = True) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with ``tokenizers`` and wrap it for transformers."""

@@ -22,7 +22,9 @@ memorization. The recipe and its data files are checked before the model is load
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub name (AutoModelForCausalLM)")
     parser.add_argument("--config", required=True, help="suite recipe YAML with a `benchmarks:` list")
-    parser.add_argument("--out", required=True, help="output directory for utility.json")
+    parser.add_argument("--out", required=True, help="output directory for utility.json (not inside --model; an "
+                        "earlier utility.json there is an error unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier utility.json in --out")
     parser.add_argument("--tokenizer", help="tokenizer path when the model directory has none")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
@@ -43,18 +45,22 @@ def results_table(results: dict, suite, seconds: dict | None = None) -> str:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
     from obliviate.benchmarks import UtilitySuite
+    from obliviate.commands._paths import check_not_inside, check_output_dir, claim_outputs, replaced_note
     from obliviate.modeling import load_model_and_tokenizer
 
     # Built without a tokenizer first: names, keys, files and rows are checked before the model loads.
     suite = UtilitySuite.from_recipe(args.config)
+    out = check_output_dir(args.out)
+    check_not_inside(out, {"model": args.model, "tokenizer": args.tokenizer})
+    replaced = claim_outputs(out, ["utility.json"], args.overwrite, "bench")
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device, args.tokenizer)
     results = suite.run(model, tokenizer, progress=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "utility.json").write_text(json.dumps(results, indent=2))
     print(results_table(results, suite, dict(suite.last_seconds)))
     print(f"\nwrote {out / 'utility.json'}")
+    if replaced:
+        print(replaced_note(replaced))
     return 0

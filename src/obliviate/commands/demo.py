@@ -8,8 +8,9 @@ DESCRIPTION = """Run the whole loop on the built-in ~1M-parameter model, in a fe
   2. track   fine-tune it with TRL's SFTTrainer; MemorizationCallback scores every probe as it
              trains and flags the canaries and records it memorized
   3. before  score every probe and run the utility suite on the fine-tuned model
-  4. erase   erase the flagged sequences with EMSO, a utility gate checking retain perplexity
-             (+2% at most) and multiple-choice accuracy (-1 point at most) every few steps
+  4. erase   erase the flagged sequences with EMSO under the recipe's utility gate (erase.gate:
+             retain perplexity and multiple-choice accuracy, each within the tolerance the recipe
+             sets), checked every few steps; the report draws the tolerances the run applied
   5. after   score and benchmark the erased model
   6. report  OUT/report.html (self-contained), OUT/report.md and OUT/plots/
 
@@ -33,8 +34,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=float, help="shorthand for --set training.num_train_epochs=N")
     parser.add_argument("--method", choices=["emso", "ga", "graddiff", "npo"], help="shorthand for --set erase.method=M")
     parser.add_argument("--seed", type=int, help="shorthand for --set toy.seed=N --set training.seed=N")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); the tiny "
-                        "model gains nothing from more, and a busy machine loses a lot")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -56,12 +55,14 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run(args) -> int:
+    from obliviate.commands._paths import check_output_dir
     from obliviate.demo import load_demo_recipe, run_demo
 
+    check_output_dir(args.out)  # a file or an unwritable place fails now, not after the first stage
     overrides = parse_overrides(args.overrides)
     shorthands = {"training.num_train_epochs": args.epochs, "erase.method": args.method,
                   "toy.seed": args.seed, "training.seed": args.seed}
     overrides.update({k: v for k, v in shorthands.items() if v is not None})
     settings = load_demo_recipe(args.config, overrides, quick=args.quick)
-    run_demo(args.out, settings, toy_dir=args.toy, threads=args.threads or None)
+    run_demo(args.out, settings, toy_dir=args.toy, threads=None)  # cli.main set the threads
     return 0

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 DESCRIPTION = """Erase sequences (a flagged.jsonl from `obliviate track`, or any probes file) from a model with
 EMSO (entropy maximization on the selected weights) or a baseline (ga, graddiff, npo), chunk by
-chunk, every step gated by utility benchmarks. Writes a NEW directory DIR (an existing one is an
+chunk, gated by utility benchmarks when there is a gate: the default gate (retain perplexity +2%
+at most, checked every step) needs --retain, a recipe `gate:` section sets its own; without
+either the run is ungated and says so (--no-gate: ungated on purpose). Forgetting is judged
+against the never-trained --controls (or the forget file's control rows); without them against
+absolute thresholds, with a warning. Writes a NEW directory DIR (an existing one is an
 error): the model (or LoRA adapter) and tokenizer, erasure_report.json and plots/. A killed run
 resumes from its last finished chunk when run again with the same --out.
 
@@ -108,19 +112,33 @@ def _erase(paths: dict, config, out, progress: bool) -> dict:
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
+    from obliviate.commands import _erase_notes as notes
+    from obliviate.commands._paths import check_output_dir
     from obliviate.erasure import format_summary
     from obliviate.erasure.result import last_line
 
     data = _recipe(args)
     runs = data.pop("runs", None)
     progress = not args.no_progress
+    check_output_dir(Path(args.out).parent, f"--out {args.out}: its parent")  # before any model loads
     if runs is None:
         paths, config = _split(data, f"recipe {args.config}" if args.config else "the options")
-        report = _erase(paths, config, args.out, progress)
+        warnings = notes.run_notes(paths, config)
+        for line in [*warnings, notes.resume_note(args.out)]:
+            if line:
+                print(line, file=sys.stderr)
+        try:
+            report = _erase(paths, config, args.out, progress)
+        except KeyboardInterrupt:
+            print(f"\nobliviate erase: {notes.interrupted_note(args.out)}", file=sys.stderr)
+            return 130
         print(format_summary(report))
         print(f"\nwrote {args.out} (model, erasure_report.json, plots/)")
+        for line in notes.closing_notes(report, warnings):
+            print(line)
         print(last_line(report))  # the verdict, in words, last
         return 0
     from obliviate.erasure.compare import run_comparison

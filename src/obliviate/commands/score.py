@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DESCRIPTION = """Score probes with every memorization and membership metric of DESIGN §3 from one
 batched teacher-forced pass. Writes DIR/scores.jsonl (one row per probe), DIR/summary.json
 (set-level statistics) and prints a table by role.
@@ -18,7 +20,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub name (AutoModelForCausalLM)")
     parser.add_argument("--probes", required=True, help="probes JSONL (prefix/suffix, prompt/completion, text or ids)")
     parser.add_argument("--reference", help="reference model (e.g. the base before SFT) for reference_ratio")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (not inside --model; an earlier "
+                        "scores.jsonl/summary.json there is an error unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier score run's files in --out")
     parser.add_argument("--tokenizer", help="tokenizer path when the model directory has none")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -66,13 +70,14 @@ def summary_table(summary: dict) -> str:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
+    from obliviate.commands._paths import replaced_note
     from obliviate.data import load_probes
     from obliviate.metrics import SamplingConfig, score_probes
     from obliviate.metrics.sets import summarize_scores
     from obliviate.modeling import load_model, load_model_and_tokenizer
 
+    out, replaced = check_outputs(args)
     model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, args.device, args.tokenizer)
     probes = load_probes(args.probes, tokenizer, args.prefix_tokens, args.suffix_tokens)
     reference = load_model(args.reference, args.dtype, args.device) if args.reference else None
@@ -91,7 +96,6 @@ def run(args) -> int:
     summary = summarize_scores(rows)
     summary.update(extra_summary(rows))
     summary["settings"] = settings
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "scores.jsonl", "w") as f:
         for row in rows:
@@ -99,7 +103,31 @@ def run(args) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(summary_table(summary))
     print(f"\nwrote {out / 'scores.jsonl'} ({len(rows)} probes) and {out / 'summary.json'}")
+    if replaced:
+        print(replaced_note(replaced))
     return 0
+
+
+OUTPUTS = ("scores.jsonl", "summary.json")
+
+
+def check_outputs(args) -> tuple[Path, list[Path]]:
+    """Before any model loads: --out is writable, not inside an input model, and replaces only our own files.
+
+    Returns:
+        The output directory and the earlier files there that this run replaces (with --overwrite).
+    """
+    import json
+
+    from obliviate.commands._paths import check_not_inside, check_output_dir, claim_outputs
+
+    out = check_output_dir(args.out)
+    check_not_inside(out, {"model": args.model, "reference model": args.reference, "tokenizer": args.tokenizer})
+    try:  # an earlier `obliviate score` wrote a summary.json with its settings
+        ours = "settings" in json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        ours = not (out / "scores.jsonl").exists()
+    return out, claim_outputs(out, OUTPUTS, args.overwrite, "score", ours=ours)
 
 
 def add_exposure(model, tokenizer, probes, by_id: dict, args) -> dict:

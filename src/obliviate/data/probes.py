@@ -12,6 +12,7 @@ would merge across the boundary.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -107,7 +108,14 @@ class ProbeSet:
             if len(p) <= max_length:
                 out.append(p)
                 continue
-            if not truncate or len(p.suffix_ids) >= max_length:
+            if len(p.suffix_ids) >= max_length:
+                # Truncation drops prefix tokens only: the suffix is what is measured and is never cut.
+                raise ProbeError(
+                    f"probe {p.id!r} has a suffix of {len(p.suffix_ids)} tokens, which alone needs the model's whole "
+                    f"context of {max_length} (at least one prefix token must remain); --truncate cannot help, as "
+                    "it only drops prefix tokens. Shorten the suffix (or use suffix_tokens for text probes)."
+                )
+            if not truncate:
                 raise ProbeError(
                     f"probe {p.id!r} is {len(p)} tokens ({len(p.prefix_ids)} prefix + {len(p.suffix_ids)} suffix), "
                     f"longer than the model's context of {max_length}. Shorten it, or pass truncate=True "
@@ -139,17 +147,46 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _token_ids(value, key: str, pid: str, where: str) -> list[int]:
+    """A ``prefix_ids``/``suffix_ids`` field as a list of ints, or an error naming the probe and line."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in value):
+        raise ProbeError(f"probe {pid!r}{where}: {key} must be a list of integer token ids, got "
+                         f"{type(value).__name__} {str(value)[:40]!r}. Write e.g. \"{key}\": [464, 3290].")
+    return [int(t) for t in value]
+
+
+def _text(row: dict, key: str, pid: str, where: str) -> str:
+    value = row[key]
+    if not isinstance(value, str):
+        raise ProbeError(f"probe {pid!r}{where}: {key} must be a string, got {type(value).__name__} {value!r}. "
+                         f"Quote it in the JSON (\"{key}\": \"{value}\").")
+    return value
+
+
 def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_tokens: int = 32,
                    default_role: str = "member", line: str = "") -> Probe:
-    """Build a :class:`Probe` from one input row (see :func:`load_probes` for the accepted shapes)."""
+    """Build a :class:`Probe` from one input row (see :func:`load_probes` for the accepted shapes).
+
+    Raises:
+        ProbeError: a row that is not a JSON object, has no id, or has a field of the wrong type; the
+            message names the probe id and ``line`` (``file:line``).
+    """
     where = f" ({line})" if line else ""
+    if not isinstance(row, dict):
+        raise ProbeError(f"probe row{where} is a JSON {type(row).__name__} ({str(row)[:40]!r}), not an object; "
+                         "each line must be an object like {\"id\": \"p1\", \"prompt\": ..., \"completion\": ...}.")
     if "id" not in row:
         raise ProbeError(f"probe row{where} has no 'id' field; every probe needs a stable id.")
     pid, role = str(row["id"]), row.get("role", default_role)
     known = {"id", "role", "prefix", "suffix", "prompt", "completion", "text", "prefix_ids", "suffix_ids"}
     meta = {k: v for k, v in row.items() if k not in known}
+    for key in ("prefix", "suffix", "prompt", "completion", "text"):
+        if row.get(key) is not None:
+            _text(row, key, pid, where)
     if row.get("prefix_ids") is not None and row.get("suffix_ids") is not None:
-        return Probe(pid, role, [int(t) for t in row["prefix_ids"]], [int(t) for t in row["suffix_ids"]],
+        return Probe(pid, role, _token_ids(row["prefix_ids"], "prefix_ids", pid, where),
+                     _token_ids(row["suffix_ids"], "suffix_ids", pid, where),
                      row.get("prefix", row.get("prompt")), row.get("suffix", row.get("completion")), meta)
     if tokenizer is None:
         raise ProbeError(f"probe {pid!r}{where} has text but no token ids; pass a tokenizer.")
@@ -158,6 +195,8 @@ def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_to
         suffix = row.get("suffix", row.get("completion"))
         if suffix is None:
             raise ProbeError(f"probe {pid!r}{where} has a prefix/prompt but no suffix/completion.")
+        if prefix is None:
+            raise ProbeError(f"probe {pid!r}{where} has a suffix/completion but its prefix/prompt is null.")
         return Probe(pid, role, _encode(tokenizer, prefix, True), _encode(tokenizer, suffix, False), prefix, suffix, meta)
     if "text" in row:
         ids = _encode(tokenizer, row["text"], True)
@@ -185,6 +224,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def check_unique_ids(rows: list, label: str) -> None:
+    """Refuse two rows with the same ``id``, naming both lines (a probe file is never silently de-duplicated).
+
+    Args:
+        rows: rows as read from the file (non-dict rows are left to :func:`probe_from_row`).
+        label: the file name, for the message.
+    """
+    first: dict[str, int] = {}
+    for n, row in enumerate(rows, 1):
+        if isinstance(row, dict) and "id" in row:
+            pid = str(row["id"])
+            if pid in first:
+                raise ProbeError(f"duplicate probe id {pid!r} at {label}:{first[pid]} and {label}:{n}: every probe "
+                                 "needs a unique id (a row repeated on purpose belongs in the training file).")
+            first[pid] = n
+
+
 def load_probes(source, tokenizer=None, prefix_tokens: int = 32, suffix_tokens: int = 32,
                 roles: Iterable[str] | None = None, default_role: str = "member") -> ProbeSet:
     """Load probes from a JSONL path, a list of dicts or a ``datasets.Dataset``.
@@ -206,11 +262,14 @@ def load_probes(source, tokenizer=None, prefix_tokens: int = 32, suffix_tokens: 
     """
     if isinstance(source, (str, os.PathLike)):
         rows, label = read_jsonl(source), str(source)
+        if not rows:
+            raise ProbeError(f"{source} holds no probes (the file is empty): give one JSON object per line.")
     else:
-        rows, label = [dict(r) for r in source], "row"
+        rows, label = [r if isinstance(r, (str, int, float, list)) else dict(r) for r in source], "row"
+    check_unique_ids(rows, label)
     probes = []
     for n, row in enumerate(rows, 1):
-        if roles is not None and row.get("role", default_role) not in roles:
+        if roles is not None and isinstance(row, dict) and row.get("role", default_role) not in roles:
             continue
         probes.append(probe_from_row(row, tokenizer, prefix_tokens, suffix_tokens, default_role, f"{label}:{n}"))
     return ProbeSet(probes)

@@ -100,6 +100,9 @@ def build_report(eraser, before: list[dict], after: list[dict], controls_before,
     return {
         "config": eraser.config.to_dict(), "summary": summary, "sequences": sequences, "steps": eraser.steps,
         "chunks": chunks, "gate_decisions": list(eraser.gate.decisions) if eraser.gate is not None else [],
+        # The tolerances as resolved (kind, value, score and direction): what the gate really applied.
+        "gate": ({k: v for k, v in eraser.gate.summary().items() if k != "decisions"}
+                 if eraser.gate is not None else None),
         "utility": {"before": utility_before, "after": utility_after},
         "controls": {"before": control_summary(controls_before), "after": control_summary(controls_after)},
         # Collateral damage per group: never-trained controls, and trained probes that were not erased.

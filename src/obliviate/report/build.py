@@ -20,7 +20,14 @@ import numpy as np
 
 from obliviate import __version__
 from obliviate.report import plots
-from obliviate.report.collect import RunDirError, RunFiles, collect_run, group_of, group_order
+from obliviate.report.collect import (
+    RunDirError,
+    RunFiles,
+    collect_run,
+    gate_tolerances,
+    group_of,
+    group_order,
+)
 from obliviate.report.tables import format_html_table, format_table
 
 
@@ -223,6 +230,7 @@ def _summary(files: RunFiles) -> list[str]:
                    f"criterion; extraction rate of the erased set {_num(summary.get('extraction_rate_before'))} → "
                    f"{_num(summary.get('extraction_rate_after'))}; {summary.get('steps')} kept optimizer steps, "
                    f"{summary.get('gate_rejections')} gate rejections.")
+        out += _erasure_warnings(files.erasure)
     utility = utility_rows(files.utility_before, files.utility_after)
     if utility and files.utility_after:
         out.append("Utility: " + "; ".join(f"{k} {b} → {a} ({c})" for k, b, a, c in utility
@@ -230,6 +238,19 @@ def _summary(files: RunFiles) -> list[str]:
     total = (files.timings or {}).get("total")
     if isinstance(total, (int, float)):
         out.append(f"Wall time: {total:.0f} s in all.")
+    return out
+
+
+def _erasure_warnings(report: dict) -> list[str]:
+    """Say plainly when the erasure ran without a gate or without controls (a weaker result)."""
+    out = []
+    if not gate_tolerances(report):
+        out.append("**No utility gate**: no erasure step was checked or rolled back (the run had no retained "
+                   "text and no `gate:` section, or `gate: null`); utility was not protected.")
+    source = (report.get("thresholds") or {}).get("source")
+    if source and source != "controls":
+        out.append(f"**No controls**: 'forgotten' means below {source} thresholds, not below the never-trained "
+                   "controls' level.")
     return out
 
 

@@ -206,3 +206,46 @@ def group_order(labels) -> list[str]:
         return ({"canaries": 1, "members": 2, "controls": 3}.get(label, 4), 0, label)
 
     return sorted(set(labels), key=key)
+
+
+def gate_tolerances(report: dict) -> list[dict[str, Any]]:
+    """The tolerances the run's gate applied: ``[{"benchmark", "score", "kind", "value"}]``, [] when ungated.
+
+    Read from the report's ``gate`` record (the resolved tolerances the run wrote) when present. Reports
+    without one hold only the recipe's ``config.gate``: a mapping of benchmark entries, ``"default"`` (the
+    retain-perplexity gate, when the run had retained text) or null; the tolerances are derived from it.
+    """
+    from obliviate.benchmarks.registry import BENCHMARKS
+
+    gate = report.get("gate")
+    if isinstance(gate, dict) and isinstance(gate.get("tolerances"), list):
+        entries = [t for t in gate["tolerances"] if isinstance(t, dict)]
+        return [{"benchmark": t.get("benchmark"), "score": t.get("score"), "kind": t.get("kind"),
+                 "value": t.get("value")} for t in entries if t.get("kind") and t.get("value") is not None]
+    section = (report.get("config") or {}).get("gate")
+    if section == "default":
+        had_retain = report.get("retain") or "retain" in ((report.get("utility") or {}).get("before") or {})
+        section = {"benchmarks": [_default_retain_entry()]} if had_retain else None
+    if not isinstance(section, dict):
+        return []
+    from obliviate.benchmarks.gate import TOLERANCE_KEYS
+
+    out = []
+    for entry in section.get("benchmarks") or []:
+        if not isinstance(entry, dict):
+            continue
+        label = entry.get("label") or entry.get("name")
+        score = entry.get("score") or getattr(BENCHMARKS.get(entry.get("name")), "primary", None)
+        out += [{"benchmark": label, "score": score, "kind": kind, "value": float(entry[kind])}
+                for kind in TOLERANCE_KEYS if isinstance(entry.get(kind), (int, float))]
+    return out
+
+
+def _default_retain_entry() -> dict[str, Any]:
+    """The default gate's entry, its tolerance read from ``default_retain_gate`` itself (one number, one place)."""
+    import inspect
+
+    from obliviate.benchmarks.gate import default_retain_gate
+
+    value = inspect.signature(default_retain_gate).parameters["max_relative_increase"].default
+    return {"name": "perplexity", "label": "retain", "max_relative_increase": value}

@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from obliviate.metrics.scorer import MIA_SCORES
 from obliviate.metrics.sets import mia_score, roc_curve, tail_statistics
-from obliviate.report.collect import group_of, group_order
+from obliviate.report.collect import gate_tolerances, group_of, group_order
 
 DPI = 110
 ACCEPT, REJECT = "#2ca02c", "#d62728"
@@ -272,37 +272,25 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
 
 def _gated_keys(report: dict) -> set[str]:
     """``label/score`` (or bare ``label`` when the score is not known) of each gated benchmark."""
-    gate = (report.get("config") or {}).get("gate")
-    if not isinstance(gate, dict):
-        return set()
-    from obliviate.benchmarks.registry import BENCHMARKS
-
-    keys = set()
-    for b in _gate_entries(gate):
-        label = b.get("label") or b.get("name")
-        score = b.get("score") or getattr(BENCHMARKS.get(b.get("name")), "primary", None)
-        keys.add(f"{label}/{score}" if score else label)
-    return keys
-
-
-def _gate_entries(gate: dict) -> list[dict]:
-    """The gate's benchmark entries, ``default`` expanded to the default gate's (on whatever data)."""
-    from obliviate.benchmarks.gate import DEFAULT_ENTRY, default_gate_entries
-
-    entries = gate.get("benchmarks") or [] if isinstance(gate, dict) else []
-    return [e for b in entries for e in (default_gate_entries(None) if b == DEFAULT_ENTRY else [b])
-            if isinstance(e, dict)]
+    return {f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"])
+            for t in gate_tolerances(report)}
 
 
 def _gate_tolerances(report: dict) -> list[tuple[float, str]]:
-    gate = (report.get("config") or {}).get("gate") or {}
+    """Each recorded tolerance as a dashed line in the bottom panel's units (% relative or points)."""
+    baseline = _flat((report.get("utility") or {}).get("before"))
     out = []
-    for b in _gate_entries(gate):
-        name = b.get("label") or b.get("name")
-        if b.get("max_relative_increase") is not None:
-            out.append((100.0 * float(b["max_relative_increase"]), f"{name}: max +{100 * float(b['max_relative_increase']):g}%"))
-        if b.get("max_absolute_drop") is not None:
-            out.append((-100.0 * float(b["max_absolute_drop"]), f"{name}: max −{100 * float(b['max_absolute_drop']):g} points"))
+    for t in gate_tolerances(report):
+        key = f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"])
+        base, value, kind = baseline.get(key), float(t["value"]), t["kind"]
+        name = t["benchmark"]
+        if kind == "max_relative_increase":
+            out.append((100.0 * value, f"{name}: max +{100 * value:g}%"))
+        elif kind == "max_absolute_drop":
+            out.append((-100.0 * value, f"{name}: max −{100 * value:g} points"))
+        elif base:  # the other two kinds need the baseline to be drawn in the panel's units
+            limit = base + value if kind == "max_absolute_increase" else base - abs(base) * value
+            out.append((utility_change(key, limit, base), f"{name}: {kind} {value:g}"))
     return out
 
 
