@@ -33,8 +33,10 @@ def test_report_of_an_erase_run_with_the_default_gate(default_gate_run, capsys):
     assert main(["report", str(default_gate_run)]) == 0
     assert (default_gate_run / "report.html").is_file()
     assert (default_gate_run / "plots" / "erasure_trajectory.png").is_file()
-    # The default gate's tolerance (retain perplexity +2%) is drawn, not silently dropped.
-    assert _gate_tolerances(report) == [(2.0, "retain: max +2%")]
+    # The default gate's two-sided perplexity bound (+2% / -10%) is drawn, not silently dropped.
+    lines = _gate_tolerances(report)
+    assert [round(change, 6) for change, _ in lines] == [2.0, -10.0]
+    assert [label for _, label in lines] == ["gate_ppl: max +2%", "gate_ppl: max −10%"]
     assert "No utility gate" not in (default_gate_run / "report.md").read_text()
 
 
@@ -48,7 +50,7 @@ def test_report_reads_the_tolerances_the_run_recorded(default_gate_run):
         {"benchmark": "retain", "score": "perplexity", "kind": "max_relative_increase", "value": 0.05},
         {"benchmark": "facts", "score": "acc", "kind": "max_absolute_drop", "value": 0.07}]}
     assert [t["value"] for t in gate_tolerances(report)] == [0.05, 0.07]
-    assert _gate_tolerances(report) == [(5.0, "retain: max +5%"), (pytest.approx(-7.0), "facts: max −7 points")]
+    assert _gate_tolerances(report) == [(pytest.approx(5.0), "retain: max +5%"), (pytest.approx(-7.0), "facts: max −7 points")]
     report["gate"] = None  # an ungated run's record
     report["config"]["gate"] = None
     assert gate_tolerances(report) == []
@@ -64,7 +66,8 @@ def test_erase_without_retain_or_controls_says_so_loudly(toy_dir, tmp_path, caps
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "WARNING: no utility gate" in captured.err and "WARNING: no controls" in captured.err
-    closing = captured.out.strip().splitlines()[-2:]
+    *closing, verdict = captured.out.strip().splitlines()[-3:]  # the warnings, then the verdict last
+    assert "erased" in verdict.lower()
     assert closing[0].startswith("warning: no utility gate") and closing[1].startswith("warning: no controls")
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()

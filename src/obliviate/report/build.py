@@ -247,8 +247,10 @@ def _erasure_warnings(report: dict) -> list[str]:
     if not gate_tolerances(report):
         out.append("**No utility gate**: no erasure step was checked or rolled back (the run had no retained "
                    "text and no `gate:` section, or `gate: null`); utility was not protected.")
-    source = (report.get("thresholds") or {}).get("source")
-    if source and source != "controls":
+    thresholds = report.get("thresholds") or {}
+    # Reports record the control groups the criterion had (older ones a single threshold source).
+    source = thresholds.get("source", "controls" if thresholds.get("control_groups") else "absolute")
+    if thresholds and source != "controls":
         out.append(f"**No controls**: 'forgotten' means below {source} thresholds, not below the never-trained "
                    "controls' level.")
     return out

@@ -218,6 +218,8 @@ def gate_tolerances(report: dict) -> list[dict[str, Any]]:
     from obliviate.benchmarks.registry import BENCHMARKS
 
     gate = report.get("gate")
+    if "gate" in report and gate is None:  # the run recorded that it had no gate
+        return []
     if isinstance(gate, dict) and isinstance(gate.get("tolerances"), list):
         entries = [t for t in gate["tolerances"] if isinstance(t, dict)]
         return [{"benchmark": t.get("benchmark"), "score": t.get("score"), "kind": t.get("kind"),

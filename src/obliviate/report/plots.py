@@ -183,7 +183,7 @@ def _score(row: dict, name: str) -> float | None:
 
 
 def _lower_is_better(score_name: str) -> bool:
-    return any(k in score_name.lower() for k in ("perplexity", "ppl", "loss"))
+    return any(k in score_name.lower() for k in ("perplexity", "ppl", "loss", "kl"))
 
 
 def _flat(scores: dict | None) -> dict[str, float]:
@@ -277,20 +277,28 @@ def _gated_keys(report: dict) -> set[str]:
 
 
 def _gate_tolerances(report: dict) -> list[tuple[float, str]]:
-    """Each recorded tolerance as a dashed line in the bottom panel's units (% relative or points)."""
+    """Each recorded tolerance as a dashed line in the bottom panel's units (% relative or points).
+
+    The limit is the gate's own (``Tolerance.limit``), so every kind, one- or two-sided, is drawn where the
+    gate drew it. Kinds whose line does not depend on the baseline (relative bounds on perplexity-like
+    scores, absolute bounds on accuracies) are drawn without one; the others need the score's baseline
+    in the report (KL's is 0, so it has no line in relative units).
+    """
+    from obliviate.benchmarks.gate import Tolerance
+
     baseline = _flat((report.get("utility") or {}).get("before"))
     out = []
     for t in gate_tolerances(report):
         key = f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"])
-        base, value, kind = baseline.get(key), float(t["value"]), t["kind"]
-        name = t["benchmark"]
-        if kind == "max_relative_increase":
-            out.append((100.0 * value, f"{name}: max +{100 * value:g}%"))
-        elif kind == "max_absolute_drop":
-            out.append((-100.0 * value, f"{name}: max −{100 * value:g} points"))
-        elif base:  # the other two kinds need the baseline to be drawn in the panel's units
-            limit = base + value if kind == "max_absolute_increase" else base - abs(base) * value
-            out.append((utility_change(key, limit, base), f"{name}: {kind} {value:g}"))
+        lower = _lower_is_better(key)
+        base_free = t["kind"].startswith("max_relative") == lower
+        base = baseline.get(key) or (1.0 if base_free else None)
+        if not base:
+            continue
+        limit = Tolerance(str(t["benchmark"]), t["kind"], float(t["value"]), t.get("score")).limit(base)
+        change = utility_change(key, limit, base)
+        sign = "+" if change > 0 else "−"
+        out.append((change, f"{t['benchmark']}: max {sign}{abs(change):.3g}{'%' if lower else ' points'}"))
     return out
 
 
