@@ -106,4 +106,4 @@ def test_readme_blocks_run_in_order(tmp_path):
     assert sorted(next(p for p in SKIPPED if line.startswith(p)) for line in skipped) == sorted(SKIPPED)
     report = json.loads((work / "runs/erased/erasure_report.json").read_text())
     assert report["config"]["gate"] == "default" and report["gate_decisions"]  # the README's erase is gated
-    assert report["thresholds"]["source"] == "controls"
+    assert report["thresholds"]["control_groups"]  # judged against never-trained controls of each group
