@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-REASONS = ("exact_extraction", "extraction_probability", "control_relative_ma")
 BASELINE_FIELDS = ("memorization_accuracy", "suffix_log_prob")
 """Per-probe fields a baseline row keeps (history rows at step 0 always carry them)."""
 RULE_FIELDS = ("memorization_accuracy", "exact_extraction", "extraction_probability")
@@ -165,7 +164,7 @@ class FlagRule:
         return row["memorization_accuracy"] - baseline["memorization_accuracy"] >= self.min_ma_gain - _EPS
 
     def reason(self, row: dict, control_threshold: float | None, baseline: Mapping | None = None) -> str | None:
-        """The first criterion (in :data:`REASONS` order) ``row`` meets, or None.
+        """The first criterion (exact_extraction, extraction_probability, control_relative_ma, in that order) ``row`` meets, or None.
 
         Args:
             row: one scored probe.

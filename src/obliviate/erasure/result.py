@@ -16,8 +16,6 @@ from pathlib import Path
 from obliviate.report.tables import format_table
 
 REPORT_NAME = "erasure_report.json"
-METRIC_KEYS = ("loss", "memorization_accuracy", "exact_extraction", "prefix_match_length", "extraction_probability",
-               "suffix_log_prob", "min_k", "min_k_plus_plus", "zlib_ratio", "suffix_length")
 
 
 def _metrics(row: dict) -> dict:
@@ -189,9 +187,6 @@ class ErasureResult:
 
     def __init__(self, model, tokenizer, report: dict, config):
         self.model, self.tokenizer, self.report, self.config = model, tokenizer, report, config
-
-    def summary(self) -> str:
-        return format_summary(self.report)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write the model (safetensors) or adapter, the tokenizer, ``erasure_report.json`` and plots.

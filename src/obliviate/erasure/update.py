@@ -50,10 +50,6 @@ class SelectedUpdate:
                                                eps=config.adam_epsilon, weight_decay=config.weight_decay)
 
     @property
-    def model_params(self) -> list[torch.nn.Parameter]:
-        return [p for _, p, _, _ in self.entries]
-
-    @property
     def trainables(self) -> list[torch.nn.Parameter]:
         """What the optimizer holds (and what a gate snapshot must copy)."""
         return [t for *_, t in self.entries]
@@ -107,6 +103,3 @@ class SelectedUpdate:
                     total += value.numel() * value.element_size()
         return total
 
-    def trainable_bytes(self) -> int:
-        """Bytes of the flat copies of selected entries (0 for whole tensors, which are the weights)."""
-        return sum(t.numel() * t.element_size() for _, _, idx, t in self.entries if idx is not None)

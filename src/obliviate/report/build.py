@@ -370,7 +370,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 def _names():
     from obliviate.report.collect import FILES
 
-    return [v for k, v in FILES.items() if k not in ("probes", "flagged_meta")]
+    return [v for k, v in FILES.items() if k != "probes"]
 
 
 __all__ = ["RunDirError", "Section", "build_sections", "group_table", "render_html", "render_markdown",

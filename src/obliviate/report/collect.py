@@ -19,7 +19,6 @@ from typing import Any
 FILES = {
     "history": "history.jsonl",
     "flagged": "flagged.jsonl",
-    "flagged_meta": "flagged.meta.json",
     "erasure": "erasure_report.json",
     "scores": "scores.jsonl",
     "scores_before": "scores_before.jsonl",
@@ -48,7 +47,6 @@ class RunFiles:
     found: dict[str, Path] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     flagged: list[dict] = field(default_factory=list)
-    flagged_meta: dict | None = None
     erasure: dict | None = None
     scores: list[dict] = field(default_factory=list)
     scores_before: list[dict] = field(default_factory=list)
@@ -160,8 +158,6 @@ def collect_run(run_dir: str | os.PathLike) -> RunFiles:
         files.history = read_jsonl_lenient(found["history"])
     if "flagged" in found:
         files.flagged = read_jsonl_lenient(found["flagged"])
-    if "flagged_meta" in found:
-        files.flagged_meta = _read_json(found["flagged_meta"])
     if "erasure" in found:
         files.erasure = _read_json(found["erasure"])
     for key in ("scores", "scores_before", "scores_after"):

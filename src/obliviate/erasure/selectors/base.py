@@ -42,6 +42,13 @@ def _units(score: torch.Tensor, granularity: str) -> torch.Tensor:
     return score.sum().reshape(1)
 
 
+def unit_count(shape: torch.Size | tuple[int, ...], granularity: str) -> int:
+    """How many selection units a tensor of ``shape`` has: elements, rows (dim 0; 1-D tensors: elements) or 1."""
+    if granularity == "element" or (granularity == "row" and len(shape) <= 1):
+        return int(torch.Size(shape).numel())
+    return int(shape[0]) if granularity == "row" else 1
+
+
 def _unit_size(param: torch.Tensor, granularity: str) -> int:
     if granularity == "tensor":
         return param.numel()  # a 1-D tensor too is one unit (it was counted as a single element before)
