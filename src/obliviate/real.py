@@ -189,7 +189,12 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
     disjoint documents, at most ``chunk_tokens`` tokens), ``multiple_choice.jsonl`` (next-sentence
     questions on the held-out documents) and ``data.json`` (the config and counts).
     """
-    from obliviate.data.realtext import chunk_documents, next_sentence_task, real_text_documents, split_by_document
+    from obliviate.data.realtext import (
+        chunk_documents,
+        next_sentence_task,
+        real_text_documents,
+        split_by_document,
+    )
 
     config = config or RealDataConfig()
     out = Path(out)

@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true", help="convert again even when the cache has it")
     parser.add_argument("--data", help="also write the real recipes' data files into this directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --data files")
+    parser.add_argument("--secrets", type=int, default=8, help="--data: secret records trained on")
+    parser.add_argument("--controls", type=int, default=8, help="--data: records never trained on")
+    parser.add_argument("--repeats", type=int, default=2, help="--data: copies of each secret record")
 
 
 def run(args) -> int:
@@ -38,7 +41,8 @@ def run(args) -> int:
         from obliviate.modeling import load_tokenizer
         from obliviate.real import RealDataConfig, write_real_data
 
-        files = write_real_data(args.data, load_tokenizer(path), RealDataConfig(seed=args.seed))
+        config = RealDataConfig(seed=args.seed, secrets=args.secrets, controls=args.controls, repeats=args.repeats)
+        files = write_real_data(args.data, load_tokenizer(path), config)
         print(f"wrote {', '.join(p.name for p in files.values())} to {args.data}", file=sys.stderr)
     print(path)
     return 0

@@ -147,23 +147,29 @@ def chunk_documents(docs: Sequence[Document], max_tokens: int = 48, count: Calla
             current: list[str] = []
             pieces = []
             for sentence in sentences(paragraph):
-                while count(sentence) > max_tokens:  # an over-long sentence: keep its longest fitting head
-                    words = sentence.split()
-                    cut = max(1, max(k for k in range(1, len(words) + 1)
-                                     if count(" ".join(words[:k])) <= max_tokens or k == 1))
-                    pieces.append(" ".join(words[:cut]))
-                    sentence = " ".join(words[cut:])
-                if current and count(" ".join([*current, sentence])) > max_tokens:
-                    pieces.append(" ".join(current))
-                    current = []
-                if sentence:
-                    current.append(sentence)
+                for part in _fitting_parts(sentence, max_tokens, count):
+                    if current and count(" ".join([*current, part])) > max_tokens:
+                        pieces.append(" ".join(current))
+                        current = []
+                    current.append(part)
             if current:
                 pieces.append(" ".join(current))
             for k, text in enumerate(pieces):
                 if count(text) >= min_tokens:
                     rows.append({"id": f"{doc.id}#{p}.{k}", "doc": doc.id, "text": text})
     return rows
+
+
+def _fitting_parts(sentence: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """A sentence as is when it fits, else cut into runs of words that each fit (at least one word each)."""
+    words, parts = sentence.split(), []
+    while words:
+        k = len(words)
+        while k > 1 and count(" ".join(words[:k])) > max_tokens:
+            k -= 1
+        parts.append(" ".join(words[:k]))
+        words = words[k:]
+    return parts
 
 
 def split_by_document(rows: Sequence[dict], fractions: dict[str, float], seed: int = 0) -> dict[str, list[dict]]:
@@ -191,27 +197,32 @@ def next_sentence_task(docs: Sequence[Document], n_questions: int = 100, n_choic
 
     The context is ``context_sentences`` consecutive sentences of one paragraph; the right choice is the
     sentence that follows them, the others are sentences of other documents of a similar length (so
-    length alone does not give it away). Choices carry a leading space, as ``multiple_choice`` expects.
+    length alone does not give it away) that the question's document does not contain. Choices carry a leading space, as ``multiple_choice`` expects.
 
     Raises:
         RealTextError: the documents have fewer usable passages than ``n_questions``.
     """
     rng = random.Random(seed)
-    passages, pool = [], []
+    passages, pool, own = [], [], {}
     for doc in docs:
         for paragraph in doc.paragraphs:
-            sents = [s for s in sentences(paragraph) if 4 <= word_count(s) <= max_words]
-            pool.extend((doc.id, s) for s in sents)
+            sents = sentences(paragraph)
+            own.setdefault(doc.id, set()).update(sents)
+            usable = [4 <= word_count(s) <= max_words for s in sents]
+            pool.extend((doc.id, s) for s, ok in zip(sents, usable) if ok)
             for i in range(len(sents) - context_sentences):
-                passages.append((doc.id, sents[i:i + context_sentences], sents[i + context_sentences]))
+                # Consecutive sentences only: skipping a short one ("N.") would break the true order.
+                if all(usable[i:i + context_sentences + 1]):
+                    passages.append((doc.id, sents[i:i + context_sentences], sents[i + context_sentences]))
     if len(passages) < n_questions:
         raise RealTextError(f"only {len(passages)} passages for {n_questions} questions; ask for fewer.")
     by_length = sorted(pool, key=lambda item: (word_count(item[1]), item[1]))
     rows = []
     for q, (doc_id, context, answer) in enumerate(rng.sample(passages, n_questions)):
-        # Distractors: sentences of other documents whose length is nearest the answer's.
+        # Distractors: sentences of other documents whose length is nearest the answer's, never a sentence the
+        # question's own document contains (GFDL-1.2 and 1.3 share most sentences).
         rank = min(range(len(by_length)), key=lambda k: abs(word_count(by_length[k][1]) - word_count(answer)))
-        window = [s for d, s in by_length[max(0, rank - 40):rank + 40] if d != doc_id and s != answer]
+        window = [s for d, s in by_length[max(0, rank - 40):rank + 40] if d != doc_id and s not in own[doc_id]]
         distractors = rng.sample(sorted(set(window)), n_choices - 1)
         choices = [answer, *distractors]
         rng.shuffle(choices)
