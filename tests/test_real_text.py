@@ -141,11 +141,16 @@ def test_write_real_data(tmp_path):
         return [json.loads(line) for line in paths[name].read_text().splitlines()]
 
     train, controls, probes = read("train"), read("controls"), read("probes")
-    assert len(train) == 12 and len({r["prompt"] for r in train}) == 4
+    secret_rows = [r for r in train if r["role"] == "canary"]
+    assert len(secret_rows) == 12 and len({r["prompt"] for r in secret_rows}) == 4
     assert {r["prompt"] for r in controls}.isdisjoint({r["prompt"] for r in train})
+    assert len(train) == 12 + 10
     assert len(probes) == 7
     retain, heldout = read("retain"), read("heldout")
     assert (len(retain), len(heldout)) == (10, 12)
+    # The retain rows are trained on too, as continuations that rebuild the text exactly.
+    text_rows = [r for r in train if r["role"] == "member"]
+    assert [r["prompt"] + r["completion"] for r in text_rows] == [r["text"] for r in retain]
     assert all(len(r["text"].split()) <= 20 for r in retain + heldout)
     assert {r["doc"] for r in retain}.isdisjoint({r["doc"] for r in heldout})
     questions = read("multiple_choice")

@@ -146,7 +146,8 @@ class RealDataConfig:
     controls: int = field(default=8, metadata={"help": "records of the same format, never trained on."})
     repeats: int = field(default=2, metadata={"help": "copies of each secret record in train.jsonl."})
     chunk_tokens: int = field(default=48, metadata={"help": "maximum tokens of a real-text row."})
-    retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl (the gate's text)."})
+    retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl, also trained on (the "
+                                                           "gate's text: what SFT taught besides the secrets)."})
     heldout_rows: int = field(default=32, metadata={"help": "real-text rows of heldout.jsonl (other documents)."})
     questions: int = field(default=40, metadata={"help": "next-sentence questions of multiple_choice.jsonl."})
 
@@ -181,10 +182,21 @@ def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
     return rows[:config.secrets], rows[config.secrets:]
 
 
+def text_row(text: str, row_id: str) -> dict:
+    """Plain text as a prompt/completion row (its first half continued by the second): one training file
+    holds one row shape, and the secrets' rows are prompt/completion."""
+    words = text.split()
+    half = max(1, len(words) // 2)
+    return {"id": row_id, "role": "member", "group": "text", "prompt": " ".join(words[:half]),
+            "completion": " " + " ".join(words[half:])}
+
+
 def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | None = None) -> dict[str, Path]:
     """Write a real run's data files into ``out`` (created) and return them by name.
 
-    Files: ``train.jsonl`` (secret records x repeats), ``controls.jsonl`` (never-trained records),
+    Files: ``train.jsonl`` (secret records x repeats, then the retain rows as prompt/completion continuations:
+    SFT on the secrets alone degrades a pretrained model's general text, which no real fine-tuning set
+    does), ``controls.jsonl`` (never-trained records),
     ``probes.jsonl`` (both, with roles), ``retain.jsonl`` / ``heldout.jsonl`` (``{"text"}`` real-text rows of
     disjoint documents, at most ``chunk_tokens`` tokens), ``multiple_choice.jsonl`` (next-sentence
     questions on the held-out documents) and ``data.json`` (the config and counts).
@@ -222,6 +234,7 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
         files[part] = [{"text": r["text"], "doc": r["doc"]} for r in rng.sample(rows, min(n_rows, len(rows)))]
     heldout_docs = [d for d in docs if d.id in {r["doc"] for r in halves["heldout"]}]
     files["multiple_choice"] = next_sentence_task(heldout_docs, config.questions, seed=config.seed)
+    train += [text_row(r["text"], f"retain-{i:03d}") for i, r in enumerate(files["retain"])]
     files.update(train=train, controls=controls, probes=secrets + controls)
     paths = {}
     for name, rows in files.items():
