@@ -8,8 +8,6 @@ transformers has no GGUF loader for, and damaged copies.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -195,11 +193,16 @@ def test_missing_package_says_how_to_install(monkeypatch):
         real.packaged_gguf()
 
 
-def test_real_model_command(tiny_gguf, tmp_path):
-    cmd = [sys.executable, "-m", "obliviate.cli", "real-model", "--gguf", str(tiny_gguf), "--cache"]
-    done = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [str(tmp_path / "tiny")]  # the path alone: MODEL=$(obliviate real-model)
+def test_real_model_command(tiny_gguf, tmp_path, capsys):
+    from obliviate.cli import main
+
+    assert main(["real-model", "--gguf", str(tiny_gguf), "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [str(tmp_path / "tiny")]  # the path alone: MODEL=$(obliviate real-model)
+    assert "converted" in out.err
+    assert main(["real-model", "--gguf", str(tiny_gguf), "--cache", str(tmp_path)]) == 0
+    assert "already in the cache" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
-    bad = subprocess.run([*cmd, str(tmp_path / "file" / "x")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "not writable" in bad.stderr and bad.stdout == ""
+    assert main(["real-model", "--gguf", str(tiny_gguf), "--cache", str(tmp_path / "file" / "x")]) == 2
+    out = capsys.readouterr()
+    assert "not writable" in out.err and out.out == ""
