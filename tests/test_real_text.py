@@ -134,7 +134,7 @@ def test_secret_records_are_unique_and_controls_never_trained():
 
 def test_write_real_data(tmp_path):
     config = RealDataConfig(secrets=4, controls=3, repeats=3, chunk_tokens=20, retain_rows=10, heldout_rows=12,
-                            questions=15)
+                            questions=15, train_text=True)
     paths = write_real_data(tmp_path, WordTokenizer(), config)
 
     def read(name):

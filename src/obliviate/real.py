@@ -146,8 +146,11 @@ class RealDataConfig:
     controls: int = field(default=8, metadata={"help": "records of the same format, never trained on."})
     repeats: int = field(default=2, metadata={"help": "copies of each secret record in train.jsonl."})
     chunk_tokens: int = field(default=48, metadata={"help": "maximum tokens of a real-text row."})
-    retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl, also trained on (the "
-                                                           "gate's text: what SFT taught besides the secrets)."})
+    retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl (the gate's text)."})
+    train_text: bool = field(default=False, metadata={
+        "help": "also train on the retain rows. Off by default: at the learning rate that memorizes the secrets in "
+                "~16 CPU steps (1e-3, top 4 layers) it overfits them (retain ppl 58 -> 22) and held-out text goes "
+                "80 -> 454 ppl, against 143 when training on the secrets alone. For long, low-lr runs (GPU)."})
     heldout_rows: int = field(default=32, metadata={"help": "real-text rows of heldout.jsonl (other documents)."})
     questions: int = field(default=40, metadata={"help": "next-sentence questions of multiple_choice.jsonl."})
 
@@ -194,9 +197,8 @@ def text_row(text: str, row_id: str) -> dict:
 def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | None = None) -> dict[str, Path]:
     """Write a real run's data files into ``out`` (created) and return them by name.
 
-    Files: ``train.jsonl`` (secret records x repeats, then the retain rows as prompt/completion continuations:
-    SFT on the secrets alone degrades a pretrained model's general text, which no real fine-tuning set
-    does), ``controls.jsonl`` (never-trained records),
+    Files: ``train.jsonl`` (secret records x repeats; with ``train_text`` also the retain rows as
+    prompt/completion continuations), ``controls.jsonl`` (never-trained records),
     ``probes.jsonl`` (both, with roles), ``retain.jsonl`` / ``heldout.jsonl`` (``{"text"}`` real-text rows of
     disjoint documents, at most ``chunk_tokens`` tokens), ``multiple_choice.jsonl`` (next-sentence
     questions on the held-out documents) and ``data.json`` (the config and counts).
@@ -234,7 +236,8 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
         files[part] = [{"text": r["text"], "doc": r["doc"]} for r in rng.sample(rows, min(n_rows, len(rows)))]
     heldout_docs = [d for d in docs if d.id in {r["doc"] for r in halves["heldout"]}]
     files["multiple_choice"] = next_sentence_task(heldout_docs, config.questions, seed=config.seed)
-    train += [text_row(r["text"], f"retain-{i:03d}") for i, r in enumerate(files["retain"])]
+    if config.train_text:
+        train += [text_row(r["text"], f"retain-{i:03d}") for i, r in enumerate(files["retain"])]
     files.update(train=train, controls=controls, probes=secrets + controls)
     paths = {}
     for name, rows in files.items():

@@ -25,6 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--secrets", type=int, default=8, help="--data: secret records trained on")
     parser.add_argument("--controls", type=int, default=8, help="--data: records never trained on")
     parser.add_argument("--repeats", type=int, default=2, help="--data: copies of each secret record")
+    parser.add_argument("--train-text", action="store_true", help="--data: also train on the retain text")
 
 
 def run(args) -> int:
@@ -41,7 +42,8 @@ def run(args) -> int:
         from obliviate.modeling import load_tokenizer
         from obliviate.real import RealDataConfig, write_real_data
 
-        config = RealDataConfig(seed=args.seed, secrets=args.secrets, controls=args.controls, repeats=args.repeats)
+        config = RealDataConfig(seed=args.seed, secrets=args.secrets, controls=args.controls, repeats=args.repeats,
+                                train_text=args.train_text)
         files = write_real_data(args.data, load_tokenizer(path), config)
         print(f"wrote {', '.join(p.name for p in files.values())} to {args.data}", file=sys.stderr)
     print(path)
