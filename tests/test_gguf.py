@@ -145,7 +145,7 @@ def test_corrupt_gguf_files(tiny_gguf, tmp_path):
 
 def test_freeze_except_top_layers_and_patterns(tiny_gguf):
     model = load_model(tiny_gguf, device="cpu")
-    n = freeze_except(model, 1)
+    n = freeze_except(model, "1")  # as `--set trainable=1` gives it: a count, not the regex "1"
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("model.layers.1.") for name in trainable)
     assert n == sum(p.numel() for name, p in model.named_parameters() if name.startswith("model.layers.1."))

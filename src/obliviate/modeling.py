@@ -245,6 +245,8 @@ def freeze_except(model, trainable: int | str | list[str]) -> int:
     import re
 
     names = [n for n, _ in model.named_parameters()]
+    if isinstance(trainable, str) and trainable.strip().isdigit():  # `--set trainable=4` arrives as a string
+        trainable = int(trainable)
     if isinstance(trainable, int) and not isinstance(trainable, bool):
         blocks = sorted({int(m.group(1)) for n in names if (m := re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", n))})
         if not 1 <= trainable <= len(blocks):
