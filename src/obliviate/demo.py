@@ -393,7 +393,7 @@ def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
     report = json.loads((erased / "erasure_report.json").read_text())
     summary = {"out": str(out), "toy": str(toy), "toy_origin": origin, "recipe": settings.recipe,
                "quick": settings.quick, "tracked_model": str(track / "model"), "flagged": str(flagged_path),
-               "erased_model": str(erased), "flagged_ids": [r["id"] for r in flagged], "timings": stage.seconds,
+               "erased_model": str(Path(erased).resolve()), "flagged_ids": [r["id"] for r in flagged], "timings": stage.seconds,
                "erasure": report.get("summary"), "report": str(html),
                "utility_before": utility_before, "utility_after": utility_after}
     (out / MARKER).write_text(json.dumps(summary, indent=2))
