@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 from obliviate.cli import main
 from obliviate.data.flagged import flagged_row
-from obliviate.erasure.eraser import KILL_ENV
 from tests.helpers import corpus_tokenizer
 
 FORGET = ["canary-x2-1", "canary-x4-0", "canary-x8-0"]
@@ -93,13 +92,28 @@ def test_cli_erases_into_a_new_directory_and_leaves_the_input_alone(workdir, tmp
         assert row["loss"] == pytest.approx(seq["after"]["loss"], rel=1e-5)
 
 
+# The child process: `obliviate erase`, SIGKILLed right after the first chunk's resume state is on disk
+# (the hook lives in the test, not in the library).
+KILL_AFTER_FIRST_CHUNK = """
+import os, signal, sys
+import obliviate.erasure.eraser as eraser
+save = eraser.save_checkpoint
+def save_then_die(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+eraser.save_checkpoint = save_then_die
+from obliviate.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_to_the_same_weights(workdir, tmp_path):
     killed = tmp_path / "resumed"
     # Same thread count as this process: float reductions (and so the last bits) depend on it.
     root = Path(__file__).resolve().parents[1]  # this checkout's code, src/ first, in the child process too
-    env = {**os.environ, KILL_ENV: "0", "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run([sys.executable, "-m", "obliviate.cli", *_args(workdir, killed)], env=env,
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_CHUNK, *_args(workdir, killed)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     partial = tmp_path / "resumed.partial"

@@ -14,9 +14,7 @@ what makes a resumed run end bitwise where an uninterrupted one does.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 
 import torch
@@ -42,9 +40,6 @@ from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
 from obliviate.erasure.update import SelectedUpdate
 from obliviate.metrics import SamplingConfig, context_length, score_probes
-
-KILL_ENV = "OBLIVIATE_TEST_KILL_AFTER_CHUNK"
-"""Tests set this to a chunk index: the process SIGKILLs itself right after that chunk's state is saved."""
 
 
 def _seeded(*parts: int) -> torch.Generator:
@@ -424,8 +419,6 @@ class Eraser:
                                  "gate_decisions": self.gate.decisions if self.gate is not None else [],
                                  "timings": {**self.timings, **self._elapsed(start)}})
             self.accelerator.wait_for_everyone()
-            if os.environ.get(KILL_ENV) == str(index):
-                os.kill(os.getpid(), signal.SIGKILL)
         after = self._score_rows(self.forget)
         controls_after = self._score_rows(self.controls) if self.controls is not None else None
         collateral_after = self._score_rows(self.collateral) if self.collateral else None
