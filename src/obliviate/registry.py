@@ -19,6 +19,8 @@ match, so a typo in a recipe fails with the fix in the message (the way PEFT and
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -37,6 +39,14 @@ class UnknownNameError(RegistryError):
 
 class DuplicateNameError(RegistryError):
     """A second class registered under a name that is already taken."""
+
+
+def import_package_modules(package: str, path, skip: tuple[str, ...] = ("base",)) -> None:
+    """Import every module of ``package`` (its ``__path__``) but ``skip``, so each one's registration decorator
+    runs: adding a component to a registry's package is then one new file."""
+    for module in pkgutil.iter_modules(path):
+        if module.name not in skip:
+            importlib.import_module(f"{package}.{module.name}")
 
 
 def nearest_name(name: str, names) -> str | None:

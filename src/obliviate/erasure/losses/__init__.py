@@ -9,11 +9,9 @@ A loss defined elsewhere registers the same way once its module is imported.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING
 
-from obliviate.registry import Registry
+from obliviate.registry import Registry, import_package_modules
 
 if TYPE_CHECKING:
     from obliviate.erasure.losses.base import EraseLoss
@@ -35,10 +33,7 @@ def get_loss(config) -> EraseLoss:
     return LOSSES.get(config.method)(config)
 
 
-# Import every module of the package so each one's @register_loss runs (base holds no loss).
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_package_modules(__name__, __path__)  # each module's @register_loss runs (base holds none)
 
 from obliviate.erasure.losses.base import (  # noqa: E402
     FORGET_REDUCTIONS,

@@ -8,11 +8,9 @@ Adding a selector is one new module in this package with a class decorated
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING
 
-from obliviate.registry import Registry
+from obliviate.registry import Registry, import_package_modules
 
 if TYPE_CHECKING:
     from obliviate.erasure.selectors.base import Selector
@@ -34,10 +32,7 @@ def get_selector(config) -> Selector:
     return SELECTORS.get(config.selector)(config)
 
 
-# Import every module of the package so each one's @register_selector runs (base holds no selector).
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_package_modules(__name__, __path__)  # each module's @register_selector runs (base holds none)
 
 from obliviate.erasure.selectors.base import Selection, Selector, select_top  # noqa: E402
 
