@@ -40,7 +40,7 @@ def eraser_objective(model, config, prefixes, suffixes, reference=None, retain=N
     out = forward_suffix(model, prefixes, suffixes, 0)
     value = loss.sequence_losses(out, reference).sum() / len(prefixes)
     if retain is not None:
-        value = value + loss.retain_loss(model, *retain)
+        value = value + loss.retain_loss(retain_nll(model, *retain))
     return value
 
 

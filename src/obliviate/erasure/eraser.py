@@ -32,7 +32,7 @@ from obliviate.erasure.inputs import (
     read_retain,
     split_retain,
 )
-from obliviate.erasure.losses import forward_suffix, get_loss
+from obliviate.erasure.losses import forward_suffix, get_loss, retain_nll_terms
 from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selection import accumulate_streams
@@ -180,16 +180,6 @@ class Eraser:
     def _rows_per_pass(self, longest: int) -> int:
         return rows_per_pass(longest, self.model.get_input_embeddings().num_embeddings, self.config.batch_size)
 
-    def _retain_batch(self, generator: torch.Generator, force: bool = False):
-        if not (self.loss.needs_retain or force):
-            return None, None
-        n = min(self.config.retain_batch_size, len(self.retain_texts))
-        pick = torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
-        enc = self.tokenizer([self.retain_texts[i] for i in pick], padding=True, truncation=True,
-                             max_length=context_length(self.model) or None, return_tensors="pt")
-        device = self.accelerator.device
-        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
     def _retain_rows(self, generator: torch.Generator) -> list[list[int]]:
         """Token ids of ``retain_batch_size`` retain texts (the loss split), drawn with ``generator``; >= 2 tokens."""
         n = min(self.config.retain_batch_size, len(self.retain_texts))
@@ -198,6 +188,12 @@ class Eraser:
         rows = [self.tokenizer(self.retain_texts[i], truncation=bool(limit), max_length=limit or None)["input_ids"]
                 for i in pick]
         return [list(r) for r in rows if len(r) >= 2] or [list(rows[0]) * 2]
+
+    def _retain_nll_terms(self, generator: torch.Generator):
+        """Token-bounded shares of the retain NLL of one seeded draw of retain rows (losses/base.py)."""
+        rows = self._retain_rows(generator)
+        return retain_nll_terms(self.model, rows, self.tokenizer.pad_token_id,
+                                self._rows_per_pass(max(len(r) for r in rows)))
 
     def _losses(self, probes: ProbeSet, active: list[int], reference: torch.Tensor | None, generator,
                 kinds: tuple[str, ...]):
@@ -219,23 +215,13 @@ class Eraser:
                 terms["nll"] = keep(out.sequence_nll()).sum() / total
             yield terms
         if "loss" in kinds and self.loss.needs_retain:
-            ids, mask = self._retain_batch(generator)
-            retain = self.loss.retain_loss(self.model, ids, mask)
-            if retain is not None:
-                yield {"loss": retain / self.accelerator.num_processes}
+            for share in self._retain_nll_terms(generator):
+                retain = self.loss.retain_loss(share)
+                if retain is not None:
+                    yield {"loss": retain / self.accelerator.num_processes}
         if "retain_nll" in kinds:
-            # Token-mean NLL of the retain rows with the scorer's batching (explicit positions, each row's first
-            # token only context): left padding neither shifts positions nor predicts a real token from a pad.
-            # Passes are token-bounded; each yields its share of the whole batch's token mean.
-            rows = self._retain_rows(generator)
-            targets = sum(len(r) - 1 for r in rows)
-            per_pass = self._rows_per_pass(max(len(r) for r in rows))
-            for start in range(0, len(rows), per_pass):
-                part = rows[start:start + per_pass]
-                out = forward_suffix(self.model, [r[:1] for r in part], [r[1:] for r in part],
-                                     self.tokenizer.pad_token_id)
-                nll = -out.target_log_probs().sum() / max(targets, 1)
-                yield {"retain_nll": nll / self.accelerator.num_processes}
+            for share in self._retain_nll_terms(generator):
+                yield {"retain_nll": share / self.accelerator.num_processes}
 
     def _gradients(self, probes, active, reference, generator, streams) -> dict[str, dict[str, torch.Tensor]]:
         """Each selector stream's gradient w.r.t. every candidate, summed over processes (see ``selection``)."""

@@ -41,7 +41,9 @@ from obliviate.erasure.losses.base import (  # noqa: E402
     SuffixOutput,
     forward_suffix,
     retain_nll,
+    retain_nll_terms,
 )
 
 __all__ = ["FORGET_REDUCTIONS", "LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss",
-           "retain_nll"]
+           "retain_nll",
+           "retain_nll_terms"]

@@ -104,8 +104,23 @@ def retain_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     if not rows:
         return None
     # Pad id 0 is any valid id: padding is masked out and its logits are never read.
-    out = forward_suffix(model, [r[:1] for r in rows], [r[1:] for r in rows], 0)
-    return -out.target_log_probs().sum() / out.valid.sum()
+    return sum(retain_nll_terms(model, rows, 0))
+
+
+def retain_nll_terms(model, rows: list[list[int]], pad_token_id: int, rows_per_pass: int | None = None):
+    """The token-mean NLL of ``rows`` (token ids, each >= 2 tokens) as per-pass shares that sum to it.
+
+    One place for the retain NLL (graddiff's and npo_rt's retain term, the contrastive_retain selector):
+    rows collated as the scorer does (explicit positions, each row's first token only context), at most
+    ``rows_per_pass`` rows a forward pass so memory stays bounded; each share divides by the whole batch's
+    token count, so backward on each in turn accumulates exactly the gradient of the full mean.
+    """
+    targets = sum(len(r) - 1 for r in rows)
+    step = rows_per_pass or len(rows)
+    for start in range(0, len(rows), step):
+        part = rows[start:start + step]
+        out = forward_suffix(model, [r[:1] for r in part], [r[1:] for r in part], pad_token_id)
+        yield -out.target_log_probs().sum() / targets
 
 
 class EraseLoss:
@@ -138,6 +153,6 @@ class EraseLoss:
         """``(B,)`` loss of each forget sequence (lower = more forgotten)."""
         raise NotImplementedError
 
-    def retain_loss(self, model, retain_ids: torch.Tensor | None, retain_mask: torch.Tensor | None):
-        """A term on retained text (graddiff), or None."""
+    def retain_loss(self, retain_nll: torch.Tensor) -> torch.Tensor | None:
+        """The loss's term on retained text given (a share of) the retain NLL, or None (no retain term)."""
         return None

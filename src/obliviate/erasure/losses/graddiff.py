@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from obliviate.erasure.losses import register_loss
-from obliviate.erasure.losses.base import EraseLoss, SuffixOutput, retain_nll
+from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 
 
 class RetainNLL:
@@ -21,11 +21,8 @@ class RetainNLL:
 
     needs_retain = True
 
-    def retain_loss(self, model, retain_ids: torch.Tensor | None, retain_mask: torch.Tensor | None):
-        if retain_ids is None or self.config.retain_weight == 0:
-            return None
-        nll = retain_nll(model, retain_ids, retain_mask)
-        return None if nll is None else self.config.retain_weight * nll
+    def retain_loss(self, retain_nll: torch.Tensor) -> torch.Tensor | None:
+        return None if self.config.retain_weight == 0 else self.config.retain_weight * retain_nll
 
 
 @register_loss("graddiff")
