@@ -98,6 +98,10 @@ class EraseConfig:
     extraction_probability_floor: float = field(default=1e-3, metadata={
         "help": "an extraction probability at or below this counts as not extractable whatever the controls' mean "
                 "(1e-16 and 1e-19 both mean never found)."})
+    control_quantile: float | None = field(default=0.9, metadata={
+        "help": "thresholds: controls: a sequence is forgotten when its MA and extraction probability are at most this "
+                "quantile of its group's never-trained controls on the current model (0.9: it scores no higher than 90% "
+                "of text of its format the model never saw, a 10%-level test); null = the controls' mean."})
     min_controls_ma_kept: float = field(default=0.75, metadata={
         "help": "collateral bound: the never-trained controls of every group must keep this share of their MA; "
                 "the report's verdict says FORMAT DAMAGED otherwise."})
@@ -178,6 +182,9 @@ class EraseConfig:
                                          self.max_extraction_likelihood, self.extraction_probability_floor)):
             raise EraseConfigError("max_memorization_accuracy, max_extraction_probability, max_extraction_likelihood "
                                    "and extraction_probability_floor must be in [0, 1].")
+        if self.control_quantile is not None and not (isinstance(self.control_quantile, (int, float))
+                                                      and 0 < self.control_quantile <= 1):
+            raise EraseConfigError(f"control_quantile must be in (0, 1] or null (the mean); got {self.control_quantile!r}.")
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if self.target_modules is not None and (not isinstance(self.target_modules, (list, tuple))

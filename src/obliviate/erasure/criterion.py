@@ -6,13 +6,17 @@
 decoding from the prefix does not reproduce the suffix), its memorization accuracy (MA) is at most
 the threshold, and its extraction probability is at most the threshold or below
 ``extraction_probability_floor`` (default 1e-3: found by fewer than one attacker in a thousand).
-"At most" and the floor matter at chance level: MA is a count over a few tokens and a handful of
-controls, so the controls' mean often sits exactly on a value the sequence can reach (0 correct
-digits of 6 is MA 0, and erasure can move the controls' mean to 0 too); and two probabilities of
-1e-16 and 1e-19 both mean "never extracted". The thresholds of a probe come from the
-never-trained controls **of its own group** (format), **scored on the current model** each time the
-criterion is checked: "no more memorized than text of its format the model never saw, as the model
-is now". Thresholds measured before erasure would let an erasure that wipes the whole format (the
+The thresholds of a probe come from the never-trained controls **of its own group** (format),
+**scored on the current model** each time the criterion is checked: "no more memorized than text of
+its format the model never saw, as the model is now". With ``control_quantile`` q (default 0.9) a
+threshold is the q-quantile of the controls' scores: the sequence is judged still memorized when it
+scores above 90% of never-trained text of its format, a one-sided test at the 10% level, which is
+what "indistinguishable from text it never saw" can mean with a few dozen controls. The mean
+(``control_quantile: null``, the rule before) calls half of the never-trained texts themselves
+"memorized". "At most" and the floor matter at chance level: MA is a count over a few tokens, so a
+threshold often sits exactly on a value the sequence can reach (0 correct digits of 6 is MA 0, and
+erasure can move the controls to 0 too); and two probabilities of 1e-16 and 1e-19 both mean "never
+extracted". Thresholds measured before erasure would let an erasure that wipes the whole format (the
 controls' MA falls too) count as forgetting. A group with fewer than ``min_group_controls``
 controls (or any group with ``thresholds: absolute``) is judged by the absolute
 ``max_memorization_accuracy`` / ``max_extraction_probability``; the report and the log say which.
@@ -61,6 +65,7 @@ class ForgettingCriterion:
         thresholds: ``auto`` | ``controls`` | ``absolute`` (EraseConfig.thresholds).
         absolute: ``{"memorization_accuracy", "extraction_probability", "extraction_likelihood"}`` fallbacks.
         min_group_controls: a group needs this many controls to be judged against them.
+        control_quantile: a threshold is this quantile of the controls' scores; None = their mean.
         el_n: the n of EL_n (``set_mean`` only).
         el_stride: stride over prefix lengths of EL_n.
         score_kwargs: ``batch_size`` and ``sampling`` passed to the scorer.
@@ -74,6 +79,7 @@ class ForgettingCriterion:
     el_n: int | None = None
     el_stride: int = 1
     extraction_probability_floor: float = 1e-3
+    control_quantile: float | None = 0.9
     score_kwargs: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     last: dict = field(default_factory=dict)
@@ -139,8 +145,8 @@ class ForgettingCriterion:
         for g, s in zip(wanted, control_sets):
             part = slice(offset, offset + len(s))
             offset += len(s)
-            thresholds[g] = GroupThresholds(g, "controls", float(joint["memorization_accuracy"][part].mean()),
-                                            float(joint["extraction_probability"][part].mean()), None, len(s))
+            thresholds[g] = GroupThresholds(g, "controls", self._summary(joint["memorization_accuracy"][part]),
+                                            self._summary(joint["extraction_probability"][part]), None, len(s))
         for g in set(groups) - set(wanted):
             thresholds[g] = self._absolute(g, self._note(g))
         ma = torch.tensor([thresholds[g].memorization_accuracy for g in groups])
@@ -150,6 +156,13 @@ class ForgettingCriterion:
                      & (scores["extraction_probability"] <= ep))
         self._record(thresholds)
         return forgotten, scores
+
+    def _summary(self, values: torch.Tensor) -> float:
+        """The controls' threshold: their ``control_quantile`` (linear interpolation, numpy's default), or mean."""
+        values = values.double()
+        if self.control_quantile is None:
+            return float(values.mean())
+        return float(torch.quantile(values, self.control_quantile))
 
     def _el(self, model, tokenizer, probes: ProbeSet) -> float:
         rows = extraction_likelihood(model, tokenizer, probes, n=self.el_n, stride=self.el_stride,
@@ -187,6 +200,7 @@ class ForgettingCriterion:
     def to_dict(self) -> dict:
         """For ``erasure_report.json``: the rule, the first and the last thresholds per group."""
         return {"criterion": self.kind, "thresholds": self.thresholds, "min_group_controls": self.min_group_controls,
+                "control_quantile": self.control_quantile,
                 "extraction_probability_floor": self.extraction_probability_floor,
                 "el_n": self.el_n, "absolute": dict(self.absolute),
                 "control_groups": {str(g): len(s) for g, s in self.by_group.items()},
@@ -210,6 +224,6 @@ def build_criterion(config, controls: ProbeSet | None) -> ForgettingCriterion:
                 "extraction_likelihood": config.max_extraction_likelihood}
     return ForgettingCriterion(config.criterion, controls if controls else None, config.thresholds, absolute,
                                config.min_group_controls, config.el_n, config.el_stride,
-                               config.extraction_probability_floor,
+                               config.extraction_probability_floor, config.control_quantile,
                                {"batch_size": config.score_batch_size,
                                 "sampling": SamplingConfig(n=config.extraction_samples)})
