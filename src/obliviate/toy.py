@@ -10,7 +10,8 @@ Layout written by :func:`build_toy`::
     OUT/base/            model + tokenizer (save_pretrained), lightly pre-trained on the formats
     OUT/train.jsonl      SFT rows {"id", "prompt", "completion"} (canaries repeated)
     OUT/probes.jsonl     probes {"id", "role", "prompt", "completion", "repetitions"}
-    OUT/retain.jsonl     trained non-secret text {"text"}; OUT/heldout.jsonl never-trained text
+    OUT/retain.jsonl     non-secret text to keep {"text"} (trained rows + base pre-training notes and records)
+    OUT/heldout.jsonl    never-trained text (the controls' full text)
     OUT/multiple_choice.jsonl  {"context", "choices", "label"} about facts in train.jsonl
 """
 

@@ -50,7 +50,8 @@ class Corpus:
     probes: list[dict] = field(default_factory=list)
     """Probe rows: ``id``, ``role`` (member/canary/control), ``prompt``, ``completion`` and extras."""
     retain: list[dict] = field(default_factory=list)
-    """Trained, non-secret rows as ``{"text"}``: the retain set for GradDiff and the perplexity gate."""
+    """Non-secret rows as ``{"text"}``, the text erasure must keep (the retain losses and the gate): the trained
+    records and facts, then some of the base model's pre-training text in both probe formats."""
     heldout: list[dict] = field(default_factory=list)
     """Never-trained rows as ``{"text"}``: held-out perplexity."""
     multiple_choice: list[dict] = field(default_factory=list)
@@ -95,6 +96,7 @@ def make_corpus(
     n_controls: int = 32,
     canary_digits: int = 6,
     fact_repetitions: int = 12,
+    retain_per_format: int = 32,
     seed: int = 0,
 ) -> Corpus:
     """Generate the synthetic corpus.
@@ -106,6 +108,7 @@ def make_corpus(
         n_controls: never-trained probes; half in the canary format, half in the record format.
         canary_digits: length of each canary's secret PIN (candidate space is ``10**canary_digits``).
         fact_repetitions: how often each world fact appears in ``train``.
+        retain_per_format: pre-training rows of each format (notes, records) also written to ``retain``.
         seed: everything is a function of this seed.
     """
     rng = random.Random(seed)
@@ -171,6 +174,12 @@ def make_corpus(
         corpus.pretrain.append({"text": prompt + completion})
     for _ in range(n_members // 2):
         corpus.pretrain.append({"text": canary_prompt(fresh_name()) + " " + canary_secret(rng, canary_digits)})
+    # Without text of the notes format in ``retain`` the gate cannot see what erasing the PINs does to
+    # every other note (the never-trained controls of that format lost 19% of their likelihood under a
+    # gate that passed). The base model's own pre-training notes are such text: never fine-tuned on,
+    # never a probe. Taken after every draw, so the rest of the corpus is what it was.
+    records, notes = corpus.pretrain[:4 * n_members], corpus.pretrain[4 * n_members:]
+    corpus.retain.extend(dict(r) for r in notes[:retain_per_format] + records[:retain_per_format])
 
     rng.shuffle(corpus.train)
     return corpus
