@@ -1,4 +1,10 @@
-"""Plain-text tables for the terminal and Markdown tables for reports."""
+"""Plain-text tables for the terminal, Markdown and HTML tables for reports: one number format everywhere.
+
+    python -c "from obliviate.tables import format_table; print(format_table([[1, 0.5]], ['a', 'b']))"
+
+A top-level module (it imports nothing of obliviate), so erasure, commands and report all use it
+without one layer importing another for it.
+"""
 
 from __future__ import annotations
 
