@@ -8,7 +8,12 @@ as it puts back the weights.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from obliviate.benchmarks.block import GateBlock
 
 
 class ChunkState:
@@ -39,3 +44,18 @@ class ChunkState:
     def load(self, saved: tuple[torch.Tensor, dict]) -> None:
         """Back to ``saved`` (after a gate rollback), keeping ``saved`` intact for another retry."""
         self.forgotten, self.first = saved[0].clone(), dict(saved[1])
+
+
+def attempt_records(block: GateBlock) -> list[dict]:
+    """Every step record of ``block``, in order: those of rejected attempts marked ``rolled_back``, the last
+    of each gated attempt carrying the gate's decision (``{"decision", "scores", "violations"}``)."""
+    out = []
+    for attempt in block.attempts:
+        decision = attempt.decision
+        if decision is not None:
+            attempt.records[-1]["gate"] = {"decision": decision.decision, "scores": decision.scores,
+                                           "violations": list(decision.violations)}
+        for record in attempt.records:
+            record["rolled_back"] = not attempt.accepted
+        out += attempt.records
+    return out

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from obliviate.benchmarks.block import GateBlock, ungated_block
 from obliviate.callbacks.distributed import padded_shard
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
-from obliviate.erasure.chunk import ChunkState
+from obliviate.erasure.chunk import ChunkState, attempt_records
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import (
@@ -330,13 +330,7 @@ class Eraser:
                 judge_every=self.config.score_every, after_restore=lambda: (update.write_back(), state.load(saved)),
                 position=lambda: self.log.global_step, chunk=index, lr_ceiling=self.config.learning_rate,
                 lr_recovery=self.config.lr_recovery)
-        for attempt in block.attempts:
-            if attempt.decision is not None:
-                attempt.records[-1]["gate"] = {"decision": attempt.decision.decision, "scores": attempt.decision.scores,
-                                               "violations": list(attempt.decision.violations)}
-            for step_record in attempt.records:
-                step_record["rolled_back"] = not attempt.accepted
-            self.log.steps.extend(attempt.records)
+        self.log.steps.extend(attempt_records(block))
         return block
 
     # ---------------------------------------------------------------- driver
@@ -360,21 +354,21 @@ class Eraser:
 
     def _measure(self, when: str, extra) -> None:
         """Score every probe set and the utility suites on the model as it is now (``when``: before/after)."""
-        log, scores = self.log, self.log.scores
-        setattr(scores, f"forget_{when}", self._score_rows(self.forget))
-        setattr(scores, f"controls_{when}", self._score_rows(self.controls) if self.controls is not None else None)
-        setattr(scores, f"collateral_{when}", self._score_rows(self.collateral) if self.collateral else None)
+        log = self.log
+        for name, probes in (("forget", self.forget), ("controls", self.controls), ("collateral", self.collateral)):
+            setattr(log.scores, f"{name}_{when}", self._score_rows(probes) if probes else None)
         utility = {}
         if self.gate is not None:
             utility = self.gate.measure_baseline(self.model) if when == "before" else self.gate.suite.run(self.model)
-            log.utility["directions"].update(self.gate.suite.directions(utility))
         log.heldout[when] = self.audit.run(self.model) if self.audit is not None else {}
-        if self.audit is not None:
-            log.utility["directions"].update(self.audit.directions(log.heldout[when]))
-        if extra is not None:
-            scores_extra = extra.run(self.model)
-            log.utility["directions"].update(extra.directions(scores_extra))
-            utility = {**utility, **scores_extra}
+        extra_scores = extra.run(self.model) if extra is not None else {}
+        utility = {**utility, **extra_scores}
+        # Each score's direction as its benchmark declares it: the report's units, never guessed from a name.
+        for suite, results in ((self.gate and self.gate.suite, utility), (self.audit, log.heldout[when]),
+                               (extra, extra_scores)):
+            if suite is not None:
+                own = {label: results[label] for label in suite.labels if label in results}
+                log.utility["directions"].update(suite.directions(own))
         log.utility[when] = utility
 
     def erase(self) -> ErasureResult:
