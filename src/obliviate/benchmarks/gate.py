@@ -303,7 +303,8 @@ class UtilityGate:
 
         Returns:
             GateBlock: every attempt (records, decision, lr), the lr to continue with, and ``exhausted`` when
-            all ``1 + max_retries`` attempts were rejected (the weights are then those before the block).
+            all ``1 + max_retries`` attempts were rejected (weights and optimizer, its lr included, are then
+            as they were before the block; ``lr`` is the last one tried).
         """
         self.snapshot(params, optimizer)
         attempts: list[BlockAttempt] = []
