@@ -122,3 +122,30 @@ def test_units_follow_the_recorded_direction_not_the_score_name():
     # Recorded lower-is-better instead: a relative change.
     flipped = utility_rows(report["utility"]["before"], report["utility"]["after"], {"odd/ppl_like": "lower"})
     assert flipped[0][3] == "-10.00% rel."
+
+
+def test_rejected_blocks_of_selected_entries_are_scattered_back_bitwise(memorized_gpt2):
+    """Element selection keeps trainable copies: the gate's restore puts them back and the eraser's after_restore
+    must scatter them into the weights again, or the rejected steps would stay in the model."""
+    import torch
+
+    from obliviate.benchmarks import UtilityGate
+
+    mem = memorized_gpt2
+    model = mem.fresh()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gate = UtilityGate.from_config({"every": 2, "max_retries": 1, "benchmarks": [
+        {"name": "perplexity", "data": corpus_tokenizer()[0].retain, "label": "retain",
+         "max_relative_increase": 0.0}]}, mem.tokenizer)
+    config = EraseConfig(method="ga", selector="contrastive", select_fraction=0.05, learning_rate=1e-2, max_steps=4,
+                         gate=None)
+    eraser = Eraser(model, mem.tokenizer, mem.probes.subset(["canary-x8-0"]), config, gate=gate)
+    report = eraser.erase().report
+    assert eraser.last_selection.indices and any(i is not None for i in eraser.last_selection.indices.values())
+    assert report["chunks"][0]["status"] == "gate_exhausted" and report["chunks"][0]["steps"] == 0
+    # Two attempts (the second backed off), every step of both rolled back.
+    assert [d["decision"] for d in report["gate_decisions"]] == ["rejected", "rejected"]
+    assert (report["steps"][0]["learning_rate"], report["steps"][-1]["learning_rate"]) == (1e-2, 5e-3)
+    assert all(s["rolled_back"] for s in report["steps"])
+    for name, p in eraser.model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
