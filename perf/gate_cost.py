@@ -40,8 +40,9 @@ def main() -> None:
 
     from obliviate.benchmarks import UtilityGate
     from obliviate.data import load_probes
+    from obliviate.erasure.losses import retain_nll
     from obliviate.modeling import load_model_and_tokenizer
-    from obliviate.report.tables import format_table
+    from obliviate.tables import format_table
     from obliviate.toy import ToyConfig, build_toy
 
     toy = Path(args.toy)
@@ -65,12 +66,12 @@ def main() -> None:
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-    labels = ids.masked_fill(mask == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
     def step():
+        # The token-mean NLL of the batch, computed as the erasure's retain term is (one LM loss, one place).
         model.train()
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        retain_nll(model, ids, mask).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

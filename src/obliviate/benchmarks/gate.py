@@ -1,103 +1,51 @@
-"""``UtilityGate``: accept an erasure step only while utility stays within tolerance; else roll back exactly.
+"""``UtilityGate``: accept a block of erasure steps only while utility stays within tolerance; else roll back.
 
-    python -c "from obliviate.benchmarks import UtilityGate; help(UtilityGate)"
+    python -c "from obliviate.benchmarks import UtilityGate; help(UtilityGate.run_block)"
 
-The erasure loop (DESIGN §5-6) uses it as::
+The erasure loop (DESIGN §5-6) hands the gate whole blocks::
 
-    gate.measure_baseline(model)                      # before any erasure
-    gate.snapshot(trainable_params, optimizer)        # exact copy of what the next steps can change
-    ... gate.every optimizer steps ...
-    decision = gate.check(model, step, chunk)
-    if not decision.accepted:
-        gate.restore()                                # bitwise: weights, optimizer state, param_groups
-        for group in optimizer.param_groups: group["lr"] *= gate.backoff   # after restore, which resets lr
-        ... retry, at most gate.max_retries times ...
+    gate.measure_baseline(model)                       # before any erasure; tolerances resolved here
+    block = gate.run_block(model, n, step, judge, lr, params, optimizer, after_restore=...)
+    # snapshot -> n steps (judge every judge_every) -> check -> accept, or restore bitwise (weights,
+    # optimizer state, param_groups) -> after_restore() -> lr *= backoff -> retry, at most max_retries times
+    block.accepted, block.kept, block.lr, block.exhausted
 
-A tolerance is relative to the baseline: ``max_relative_increase`` / ``max_absolute_increase`` for
-lower-is-better scores (perplexity), ``max_absolute_drop`` / ``max_relative_drop`` for
-higher-is-better ones (accuracy in [0, 1], so one point is 0.01). A gated benchmark with no
-tolerance gets perplexity-style +2% relative or accuracy-style -0.01 absolute on its primary score.
-
-Bounds can be two-sided: a model that moves far from where it was is not "still working" because
-one score improved (an erasure that lowers the gate's perplexity by 60% has changed the model as
-surely as one that raises it). ``max_relative_decrease`` / ``max_absolute_decrease`` bound how far
-a lower-is-better score may *fall*, ``max_relative_rise`` / ``max_absolute_rise`` how far a
-higher-is-better one may rise. An entry may give one bound per side.
+``snapshot`` / ``check`` / ``restore`` stay public for callers with their own loop. Tolerances
+(benchmarks/tolerances.py) are resolved into the gate's own copies: the caller's objects never change.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from obliviate.benchmarks.base import BenchmarkError, UtilityBenchmark
+from obliviate.benchmarks.block import BlockAttempt, GateBlock, run_steps, set_lr, ungated_block  # noqa: F401
 from obliviate.benchmarks.registry import get_benchmark
 from obliviate.benchmarks.suite import UtilitySuite, check_entries
+from obliviate.benchmarks.tolerances import (  # noqa: F401 - re-exported: the gate's public names
+    DEFAULT_KL_TOLERANCE,
+    DEFAULT_PERPLEXITY_DECREASE,
+    DEFAULT_PERPLEXITY_INCREASE,
+    DEFAULT_TOLERANCE,
+    TOLERANCE_KEYS,
+    UPPER_BOUNDS,
+    WORSENING,
+    GateError,
+    Tolerance,
+    check_schedule,
+    default_gate_entries,
+)
 from obliviate.config import check_keys, from_dict
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE_KEYS = {"max_relative_increase": "lower", "max_absolute_increase": "lower",
-                  "max_absolute_drop": "higher", "max_relative_drop": "higher",
-                  "max_relative_decrease": "lower", "max_absolute_decrease": "lower",
-                  "max_relative_rise": "higher", "max_absolute_rise": "higher"}
-"""Tolerance kind -> the direction of the score it applies to."""
-UPPER_BOUNDS = {"max_relative_increase", "max_absolute_increase", "max_relative_rise", "max_absolute_rise"}
-"""Kinds that bound a score from above (the rest bound it from below)."""
-WORSENING = {"max_relative_increase", "max_absolute_increase", "max_absolute_drop", "max_relative_drop"}
-"""Kinds that bound the bad direction (the others bound the improving direction: drift)."""
-DEFAULT_TOLERANCE = {"lower": ("max_relative_increase", 0.02), "higher": ("max_absolute_drop", 0.01)}
 DEFAULT_ENTRY = "default"
 """In a gate section's ``benchmarks:``, the default gate's entries (see :func:`default_gate_entries`)."""
-
-
-class GateError(BenchmarkError):
-    """A gate used out of order (check before baseline, restore before snapshot) or misconfigured."""
-
-
-@dataclass
-class Tolerance:
-    """How far one score of one benchmark may move from its baseline."""
-
-    benchmark: str
-    kind: str | None = None
-    value: float | None = None
-    score: str | None = None
-
-    def __post_init__(self):
-        if self.kind is not None and self.kind not in TOLERANCE_KEYS:
-            raise GateError(f"unknown tolerance {self.kind!r}; use one of {', '.join(TOLERANCE_KEYS)}.")
-        if (self.kind is None) != (self.value is None):
-            raise GateError(f"tolerance of {self.benchmark!r} needs both a kind and a value, e.g. "
-                            "Tolerance('retain', 'max_relative_increase', 0.02).")
-        if self.value is not None and not (isinstance(self.value, (int, float)) and self.value >= 0):
-            raise GateError(f"tolerance {self.kind} of {self.benchmark!r} must be a number >= 0, got {self.value!r}.")
-
-    def limit(self, baseline: float) -> float:
-        """The worst value still accepted."""
-        relative = self.kind.startswith("max_relative")
-        slack = abs(baseline) * self.value if relative else self.value
-        return baseline + (slack if self.kind in UPPER_BOUNDS else -slack)
-
-    def violation(self, baseline: float, value: float) -> str | None:
-        """None when ``value`` is within tolerance of ``baseline``, else a message saying by how much not."""
-        name = f"{self.benchmark}/{self.score}"
-        limit = self.limit(baseline)
-        if math.isnan(value):
-            return f"{name} is NaN (baseline {baseline:.6g})"
-        # A hair of slack so that an unchanged score is never rejected by rounding.
-        eps = 1e-9 * max(1.0, abs(baseline))
-        if self.kind in UPPER_BOUNDS and value > limit + eps:
-            return f"{name} {value:.6g} > {limit:.6g} (baseline {baseline:.6g}, {self.kind} {self.value})"
-        if self.kind not in UPPER_BOUNDS and value < limit - eps:
-            return f"{name} {value:.6g} < {limit:.6g} (baseline {baseline:.6g}, {self.kind} {self.value})"
-        return None
 
 
 @dataclass
@@ -144,15 +92,6 @@ class GateConfig:
         self.benchmarks = checked
 
 
-def check_schedule(every: int, backoff: float, max_retries: int) -> None:
-    if not isinstance(every, int) or every < 1:
-        raise GateError(f"gate.every must be an integer >= 1, got {every!r}")
-    if not 0 < backoff < 1:
-        raise GateError(f"gate.backoff must be in (0, 1), got {backoff!r}")
-    if not isinstance(max_retries, int) or max_retries < 0:
-        raise GateError(f"gate.max_retries must be an integer >= 0, got {max_retries!r}")
-
-
 def _clone_tree(value):
     """Deep copy of an optimizer state dict in which every tensor is cloned (detached, same device/dtype)."""
     if isinstance(value, torch.Tensor):
@@ -178,29 +117,30 @@ class UtilityGate:
     Args:
         suite: the benchmarks measured (non-gated ones, like ``memorization``, only in the baseline).
         tolerances: one :class:`Tolerance` (or dict of its fields) per gated score; gated benchmarks
-            without one get the default for their primary score's direction.
+            without one get the default for their primary score's direction. The gate keeps resolved
+            copies (``gate.tolerances``); the objects passed are never changed.
         every: optimizer steps between checks.
-        backoff: learning-rate factor applied by the caller after a rejection.
-        max_retries: retries of a rejected step before the caller gives up on the chunk.
+        backoff: learning-rate factor applied after a rejection.
+        max_retries: retries of a rejected block before the gate gives up on it.
     """
 
     def __init__(self, suite: UtilitySuite, tolerances: Iterable[Tolerance | dict] = (), every: int = 1,
                  backoff: float = 0.5, max_retries: int = 3):
         check_schedule(every, backoff, max_retries)
         self.suite, self.every, self.backoff, self.max_retries = suite, every, backoff, max_retries
-        self.tolerances = [t if isinstance(t, Tolerance) else Tolerance(**t) for t in tolerances]
-        for t in self.tolerances:
+        given = [t if isinstance(t, Tolerance) else Tolerance(**t) for t in tolerances]
+        for t in given:
             bench = suite[t.benchmark] if t.benchmark in suite.labels else None
             if bench is None:
                 raise GateError(f"tolerance for {t.benchmark!r}, which is not in the suite ({', '.join(suite.labels)}).")
             if not bench.gated:
                 raise GateError(f"{t.benchmark!r} ({bench.name}) is reported, not gated: remove its tolerance.")
-        named = {t.benchmark for t in self.tolerances}
-        self.tolerances += [Tolerance(b.label) for b in suite if b.gated and b.label not in named]
-        if not self.tolerances:
+        named = {t.benchmark for t in given}
+        given += [Tolerance(b.label) for b in suite if b.gated and b.label not in named]
+        if not given:
             raise GateError("the gate has no gated benchmark (memorization is reported only); add e.g. perplexity.")
-        for t in self.tolerances:
-            self._resolve(t, suite[t.benchmark], strict=False)
+        # Resolved as far as the benchmarks allow now; the rest (scores named only by a run) at the baseline.
+        self.tolerances = [t.resolved(suite[t.benchmark], strict=False) for t in given]
         self.baseline: dict[str, dict[str, float]] | None = None
         self.decisions: list[dict[str, Any]] = []
         self.total_seconds = 0.0
@@ -210,6 +150,8 @@ class UtilityGate:
     @classmethod
     def from_config(cls, section: dict | GateConfig | None, tokenizer) -> UtilityGate | None:
         """The gate of a recipe's ``gate:`` section, benchmarks tokenized with ``tokenizer``; None for ``gate: null``."""
+        from obliviate.benchmarks.base import UtilityBenchmark
+
         if section is None:
             return None
         config = section if isinstance(section, GateConfig) else from_dict(GateConfig, section, "the gate section")
@@ -237,34 +179,22 @@ class UtilityGate:
                 tolerances.append(Tolerance(bench.label, kind, entry[kind] if kind else None, entry.get("score")))
         return cls(UtilitySuite(benchmarks), tolerances, config.every, config.backoff, config.max_retries)
 
-    def _resolve(self, t: Tolerance, bench: UtilityBenchmark, strict: bool) -> None:
-        """Fill in the default score and kind; check the kind fits the score's direction (once known)."""
-        t.score = t.score or bench.primary_score
-        direction = bench.direction(t.score) if t.score else None
-        if t.score is None or direction is None:
-            if strict:
-                raise GateError(f"cannot tell which score of {t.benchmark!r} to gate or its direction; name it with "
-                                f"`score:` (its scores: {', '.join((self.baseline or {}).get(t.benchmark, {}))}).")
-            return
-        if t.kind is None:
-            t.kind, t.value = DEFAULT_TOLERANCE[direction]
-        if TOLERANCE_KEYS[t.kind] != direction:
-            fits = [k for k, d in TOLERANCE_KEYS.items() if d == direction]
-            raise GateError(f"{t.benchmark}/{t.score} is {direction}-is-better, so {t.kind} does not apply; use "
-                            f"{' or '.join(fits)}.")
-
     @property
     def gated_labels(self) -> list[str]:
         return list(dict.fromkeys(t.benchmark for t in self.tolerances))
 
     def measure_baseline(self, model) -> dict[str, dict[str, float]]:
-        """Run the whole suite on the model before erasure; stored as ``gate.baseline`` and returned."""
+        """Run the whole suite on the model before erasure; stored as ``gate.baseline`` and returned.
+
+        Every tolerance is resolved for good here (a score named only by the run, its direction).
+        """
         start = time.perf_counter()
         baseline = self.suite.run(model)
         self.total_seconds += time.perf_counter() - start
         self.baseline = baseline
+        self.tolerances = [t.resolved(self.suite[t.benchmark], strict=True, scores=baseline.get(t.benchmark, {}))
+                           for t in self.tolerances]
         for t in self.tolerances:
-            self._resolve(t, self.suite[t.benchmark], strict=True)
             if t.score not in baseline[t.benchmark]:
                 raise GateError(f"benchmark {t.benchmark!r} has no score {t.score!r}; its scores: "
                                 f"{', '.join(baseline[t.benchmark])}.")
@@ -346,36 +276,68 @@ class UtilityGate:
         """Number of elements held by the current snapshot's parameter copies."""
         return sum(t.numel() for _, t in self._snapshot.params) if self._snapshot else 0
 
+    def run_block(self, model, n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float,
+                  params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer | None = None, *,
+                  judge_every: int = 1, after_restore: Callable[[], None] | None = None,
+                  position: Callable[[], int] | None = None, chunk: int | None = None,
+                  lr_ceiling: float | None = None, lr_recovery: float = 1.0) -> GateBlock:
+        """Run one gated block: snapshot, steps, check; on rejection restore bitwise, back off the lr and retry.
+
+        Args:
+            model: the model the steps change and the check scores.
+            n_steps: optimizer steps in the block (usually ``gate.every``).
+            step: ``step(lr) -> record``: one optimizer step at learning rate ``lr``; its record is returned.
+            judge: ``judge(record) -> done``: called after every ``judge_every``-th step and the last; True
+                (e.g. the whole forget set is forgotten) ends the attempt early.
+            lr: the learning rate to start with (``optimizer``'s param_groups hold it).
+            params: what the steps may change (copied once by the snapshot).
+            optimizer: its whole state is snapshot and restored; the gate sets its lr after a backoff.
+            judge_every: steps between judgements.
+            after_restore: called after each bitwise restore, before the retry: the caller puts back what it
+                derives from the restored tensors (a scatter of selected copies into the weights, its flags).
+            position: the step number a decision records (default: the steps of this attempt).
+            chunk: recorded with each decision.
+            lr_ceiling: with ``lr_recovery``, an lr backed off below it recovers by that factor (capped at the
+                ceiling) when a block is accepted on its first attempt.
+            lr_recovery: the recovery factor (1.0: a backed-off lr stays where it is).
+
+        Returns:
+            GateBlock: every attempt (records, decision, lr), the lr to continue with, and ``exhausted`` when
+            all ``1 + max_retries`` attempts were rejected (weights and optimizer, its lr included, are then
+            as they were before the block; ``lr`` is the last one tried).
+        """
+        self.snapshot(params, optimizer)
+        attempts: list[BlockAttempt] = []
+        try:
+            for attempt in range(1 + self.max_retries):
+                records = run_steps(n_steps, step, judge, lr, judge_every)
+                decision = self.check(model, position() if position is not None else len(records), chunk)
+                attempts.append(BlockAttempt(records, decision, lr))
+                if decision.accepted:
+                    if attempt == 0 and lr_ceiling is not None and lr < lr_ceiling:
+                        lr = min(lr_ceiling, lr * lr_recovery)
+                        set_lr(optimizer, lr)
+                    return GateBlock(attempts, lr, exhausted=False)
+                self.restore()  # resets the optimizer's lr to the snapshot's: the backoff comes after
+                if after_restore is not None:
+                    after_restore()
+                if attempt < self.max_retries:
+                    lr *= self.backoff
+                    set_lr(optimizer, lr)
+            return GateBlock(attempts, lr, exhausted=True)
+        finally:
+            self.clear_snapshot()
+
     def summary(self) -> dict[str, Any]:
-        """JSON-ready record for reports: tolerances, baseline, decisions and time spent."""
+        """JSON-ready record for reports: schedule, resolved tolerances (with directions), the direction of every
+        baseline score, baseline, decisions and time spent."""
         return {"every": self.every, "backoff": self.backoff, "max_retries": self.max_retries,
-                "tolerances": [asdict(t) for t in self.tolerances], "baseline": self.baseline,
+                "tolerances": [t.to_dict() for t in self.tolerances], "baseline": self.baseline,
+                "directions": self.suite.directions(self.baseline) if self.baseline is not None else {},
                 "decisions": self.decisions, "total_seconds": self.total_seconds,
                 "rollback_seconds": self.rollback_seconds,
                 "accepted": sum(d["decision"] == "accepted" for d in self.decisions),
                 "rejected": sum(d["decision"] == "rejected" for d in self.decisions)}
-
-
-DEFAULT_PERPLEXITY_INCREASE = 0.02
-DEFAULT_PERPLEXITY_DECREASE = 0.10
-DEFAULT_KL_TOLERANCE = 0.05
-"""The default gate's bounds (chosen by measurement: docs/erasure.md, docs/perf/erasure.md)."""
-
-
-def default_gate_entries(data, label: str = "gate") -> list[dict]:
-    """The default gate's benchmark entries on ``data`` (text no loss optimizes):
-
-    - ``perplexity`` (label ``<label>_ppl``), two-sided: at most +2%, at most -10%;
-    - ``kl_to_original`` (label ``<label>_kl``): mean per-token KL(original || current) at most 0.05 nats/token.
-
-    Args:
-        data: ``{"text"}`` JSONL path or a list of ``{"text"}`` rows.
-        label: prefix of the entries' labels.
-    """
-    return [{"name": "perplexity", "data": data, "label": f"{label}_ppl",
-             "max_relative_increase": DEFAULT_PERPLEXITY_INCREASE, "max_relative_decrease": DEFAULT_PERPLEXITY_DECREASE},
-            {"name": "kl_to_original", "data": data, "label": f"{label}_kl",
-             "max_absolute_increase": DEFAULT_KL_TOLERANCE}]
 
 
 def default_retain_gate(retain_path: str, tokenizer, max_relative_increase: float = DEFAULT_PERPLEXITY_INCREASE,

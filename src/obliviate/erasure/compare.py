@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from obliviate.report.tables import format_table
+from obliviate.tables import format_table
 
 HEADERS = ["run", "method", "selector", "forgotten %", "steps", "rejected", "gate exhausted", "retain ppl Δ%",
            "other utility Δ", "time s", "gate %", "opt state B"]

@@ -4,24 +4,28 @@
         --config recipes/erase-emso.yaml --out runs/toy/erased
 
 Per chunk of ``chunk_size`` sequences: score them; select weights on the not-yet-forgotten ones;
-then blocks of ``gate.every`` optimizer steps, each snapshot -> steps -> gate check -> accept, or
-restore + lr *= backoff + retry (at most ``max_retries``; then the chunk is ``gate_exhausted``
-and its weights are those before that block). A sequence stops contributing to the loss once
-the forgetting criterion holds; the chunk stops when all do or after ``max_steps`` kept steps.
+then blocks of ``gate.every`` optimizer steps, each run by the gate (``UtilityGate.run_block``):
+snapshot -> steps -> gate check -> accept, or restore + lr *= backoff + retry (at most
+``max_retries``; then the chunk is ``gate_exhausted`` and its weights are those before that block).
+A sequence stops contributing to the loss once the forgetting criterion holds; the chunk stops when
+all do or after ``max_steps`` kept steps. Everything the run records goes into an ``ErasureLog``,
+from which the report is built.
+
 Dropout is off throughout (the model stays in eval mode): the loop is deterministic, which is
 what makes a resumed run end bitwise where an uninterrupted one does.
 """
 
 from __future__ import annotations
 
-import re
 import time
 
 import torch
 from tqdm.auto import tqdm
 
+from obliviate.benchmarks.block import GateBlock, ungated_block
 from obliviate.callbacks.distributed import padded_shard
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
+from obliviate.erasure.chunk import ChunkState, attempt_records
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import (
@@ -32,14 +36,17 @@ from obliviate.erasure.inputs import (
     read_retain,
     split_retain,
 )
+from obliviate.erasure.log import ErasureLog
 from obliviate.erasure.losses import forward_suffix, get_loss, retain_nll_terms
 from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.selectors import get_selector
-from obliviate.erasure.state import fingerprint, load_checkpoint, save_checkpoint
+from obliviate.erasure.state import fingerprint, resume, save_checkpoint
+from obliviate.erasure.target import prepare_target
 from obliviate.erasure.update import SelectedUpdate
 from obliviate.metrics import SamplingConfig, context_length, score_probes
+from obliviate.metrics.sets import set_statistics
 
 
 def _seeded(*parts: int) -> torch.Generator:
@@ -73,6 +80,10 @@ class Eraser:
         checkpoint_dir: where to keep the resume state after every chunk (resumed from when it holds one).
         progress: show progress bars.
         accelerator: an ``accelerate.Accelerator`` (default: a new one).
+
+    Attributes:
+        log: the :class:`~obliviate.erasure.log.ErasureLog` the run fills (steps, chunks, gate record, scores,
+            timings); ``erase()``'s report is ``build_report(eraser.log)``.
     """
 
     def __init__(self, model, tokenizer, forget: ProbeSet, config: EraseConfig | None = None, gate=None,
@@ -118,53 +129,34 @@ class Eraser:
         self.checkpoint_dir = checkpoint_dir
         self.accelerator = accelerator or Accelerator()
         self.sampling = SamplingConfig(n=config.extraction_samples)
-        self.timings = {"scoring_s": 0.0, "update_s": 0.0, "selection_s": 0.0}
-        self.steps: list[dict] = []
-        self.chunks: list[dict] = []
-        self.forgotten_steps: dict[str, int | None] = {}
-        self.global_step = 0
-        self.prior = {"total_s": 0.0, "gate_s": 0.0}  # time spent before a resume
+        self.log = ErasureLog(config=config.to_dict(), retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
+                              groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s
+                                      for p in s},
+                              retain_split=self.split.to_dict() if self.split is not None else None)
 
     # ---------------------------------------------------------------- setup
     def _prepare_model(self) -> None:
-        self.model.to(self.accelerator.device)
-        if self.config.target == "lora":
-            from peft import PeftModel, get_peft_model
+        self.model, self.candidates, self._requires_grad = prepare_target(self.model, self.config,
+                                                                          self.accelerator.device)
+        self.all_params = dict(self.model.named_parameters())
+        self.last_selection = None
 
-            if isinstance(self.model, PeftModel):
-                raise ValueError("target: lora needs a plain model, got a PEFT model; merge its adapter first "
-                                 "(model.merge_and_unload()) or erase with target: full.")
-            self.model = get_peft_model(self.model, self.config.lora_config())
-        self.model.eval()
-        named = dict(self.model.named_parameters())
-        self._requires_grad = {n: p.requires_grad for n, p in named.items()}
-        patterns = self.config.target_modules
-        self.candidates = {
-            n: p for n, p in named.items()
-            if p.is_floating_point()
-            and (self.config.target != "lora" or p.requires_grad)
-            and (patterns is None or any(re.search(pat, n) for pat in patterns))}
-        if not self.candidates:
-            raise ValueError(f"target_modules {patterns} matched no parameter; names look like "
-                             f"{', '.join(list(named)[:4])} …")
-        self.all_params = named
-        for p in named.values():
-            p.requires_grad_(False)
-        self.touched: set[str] = set()
-        self.last_selection, self.selections_made = None, 0
+    @property
+    def selections_made(self) -> int:
+        return self.log.selections
 
     def _judge(self, probes: ProbeSet) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forgotten flags of ``probes`` and their scores, against the controls scored on the model as it is now."""
         start = time.perf_counter()
         forgotten, scores = self.criterion.check(self.model, self.tokenizer, probes)
-        self.timings["scoring_s"] += time.perf_counter() - start
+        self.log.add_time("scoring_s", time.perf_counter() - start)
         return forgotten, scores
 
     def _score_rows(self, probes: ProbeSet) -> list[dict]:
         start = time.perf_counter()
         rows = score_probes(self.model, self.tokenizer, probes, batch_size=self.config.score_batch_size,
                             sampling=self.sampling)
-        self.timings["scoring_s"] += time.perf_counter() - start
+        self.log.add_time("scoring_s", time.perf_counter() - start)
         return rows
 
     # ---------------------------------------------------------------- loss and gradients
@@ -237,7 +229,7 @@ class Eraser:
     def _select(self, probes, active, reference, chunk: int, lr: float) -> SelectedUpdate:
         start = time.perf_counter()
         bound_heap_retention()  # once per process: freed gradients and activations leave the RSS (memory.py)
-        generator = _seeded(self.config.seed, chunk, self.global_step, 1)
+        generator = _seeded(self.config.seed, chunk, self.log.global_step, 1)
         streams = self.selector.streams
         grads = self._gradients(probes, active, reference, generator, streams) if streams else {}
         selection = self.selector.select(self.candidates, grads, generator)
@@ -245,15 +237,15 @@ class Eraser:
         release_freed_memory()  # the gradient streams are gone: hand their pages back before the steps
         update = SelectedUpdate(self.candidates, selection, self.config, lr, self.accelerator)
         update.enable_grads(self.all_params)
-        self.touched.update(selection.indices)
+        self.log.touched.update(selection.indices)
         self.last_selection = selection
-        self.selections_made += 1
-        self.timings["selection_s"] += time.perf_counter() - start
+        self.log.selections += 1
+        self.log.add_time("selection_s", time.perf_counter() - start)
         return update
 
     def _step(self, update: SelectedUpdate, probes, active, reference, chunk: int) -> tuple[float, float]:
         start = time.perf_counter()
-        generator = _seeded(self.config.seed, chunk, self.global_step, 2)
+        generator = _seeded(self.config.seed, chunk, self.log.global_step, 2)
         total = torch.zeros((), device=self.accelerator.device)
         for terms in self._losses(probes, active, reference, generator, ("loss",)):
             self.accelerator.backward(terms["loss"])
@@ -261,163 +253,155 @@ class Eraser:
         if self.accelerator.num_processes > 1:
             total = self.accelerator.reduce(total, reduction="sum")
         norm = update.step()
-        self.timings["update_s"] += time.perf_counter() - start
+        self.log.add_time("update_s", time.perf_counter() - start)
         return float(total), norm
 
     # ---------------------------------------------------------------- the chunk loop
     def _erase_chunk(self, index: int, ids: list[str], reference_all: dict[str, float] | None) -> dict:
-        config, gate = self.config, self.gate
+        config = self.config
         probes = self.forget.subset(ids)
         reference = torch.tensor([reference_all[i] for i in ids]) if reference_all is not None else None
-        forgotten, _ = self._judge(probes)
-        first = {i: (self.global_step if f else None) for i, f in zip(ids, forgotten.tolist())}
-        lr, kept, since_select, update = config.learning_rate, 0, 0, None
+        state = ChunkState(ids, self._judge(probes)[0], self.log.global_step)
         record = {"index": index, "ids": list(ids), "status": None, "steps": 0, "attempted_steps": 0,
                   "rejections": 0, "optimizer_state_bytes": 0, "selected": 0, "candidates": 0}
+        lr, since_select, update = config.learning_rate, 0, None
         bar = tqdm(total=config.max_steps, desc=f"chunk {index}", disable=not self.progress, leave=False)
         while record["status"] is None:
-            if bool(forgotten.all()):
-                record["status"] = "erased"
-                break
-            if kept >= config.max_steps:
-                record["status"] = "max_steps"
+            if state.all_forgotten or record["steps"] >= config.max_steps:
+                record["status"] = "erased" if state.all_forgotten else "max_steps"
                 break
             if update is None or (config.reselect_every and since_select >= config.reselect_every):
-                active = [i for i, f in enumerate(forgotten.tolist()) if not f]
-                update = self._select(probes, active, reference, index, lr)
-                since_select = 0
+                update, since_select = self._select(probes, state.active, reference, index, lr), 0
                 record["selected"] = max(record["selected"], update.selection.selected)
                 record["candidates"] = update.selection.candidates
-            block = config.max_steps - kept
-            if gate is not None:
-                block = min(block, gate.every)
-            if config.reselect_every:
-                block = min(block, config.reselect_every - since_select)
-            if gate is not None:
-                gate.snapshot(update.trainables, update.optimizer)
-            saved = (forgotten.clone(), dict(first))
-            for attempt in range(1 + (gate.max_retries if gate is not None else 0)):
-                block_records, done = [], 0
-                for k in range(block):
-                    active = [i for i, f in enumerate(forgotten.tolist()) if not f]
-                    loss, norm = self._step(update, probes, active, reference, index)
-                    self.global_step += 1
-                    done += 1
-                    step = {"step": self.global_step, "chunk": index, "loss": loss, "learning_rate": lr,
-                            "grad_norm": norm, "active": len(active), "selected": dict(update.selection.counts),
-                            "forget": None, "gate": None, "rolled_back": False}
-                    if (k + 1) % config.score_every == 0 or k == block - 1:
-                        forgotten, scores = self._judge(probes)
-                        for i, f in zip(ids, forgotten.tolist()):
-                            first[i] = (first[i] if first[i] is not None else self.global_step) if f else None
-                        step["forget"] = {"extraction_rate": float(scores["exact_extraction"].float().mean()),
-                                          "mean_memorization_accuracy":
-                                              float(scores["memorization_accuracy"].mean()),
-                                          "forgotten": int(forgotten.sum())}
-                    block_records.append(step)
-                    if bool(forgotten.all()):
-                        break
-                record["optimizer_state_bytes"] = max(record["optimizer_state_bytes"], update.state_bytes())
-                record["attempted_steps"] += done
-                self.steps.extend(block_records)
-                if gate is None:
-                    break
-                decision = gate.check(self.model, self.global_step, index)
-                block_records[-1]["gate"] = {"decision": decision.decision, "scores": decision.scores,
-                                             "violations": list(decision.violations)}
-                if decision.accepted:
-                    if attempt == 0 and lr < config.learning_rate:
-                        lr = min(config.learning_rate, lr * config.lr_recovery)
-                        update.set_lr(lr)
-                    break
-                record["rejections"] += 1
-                for step in block_records:
-                    step["rolled_back"] = True
-                gate.restore()
-                update.write_back()
-                forgotten, first = saved[0].clone(), dict(saved[1])
-                if attempt == gate.max_retries:
-                    record["status"] = "gate_exhausted"
-                    break
-                lr *= gate.backoff
-                update.set_lr(lr)
-            if record["status"] is None:
-                kept += done
-                since_select += done
-                bar.update(done)
+            block = self._block(update, probes, reference, index, state, lr, self._block_length(record, since_select))
+            record["attempted_steps"] += block.attempted_steps
+            record["rejections"] += block.rejections
+            record["optimizer_state_bytes"] = max(record["optimizer_state_bytes"], state.state_bytes)
+            lr = block.lr
+            if block.exhausted:
+                record["status"] = "gate_exhausted"
+            record["steps"] += len(block.kept)
+            since_select += len(block.kept)
+            bar.update(len(block.kept))
         bar.close()
-        if gate is not None:
-            gate.clear_snapshot()
-        record["steps"] = kept
         record["final_learning_rate"] = lr
-        self.forgotten_steps.update(first)
+        self.log.forgotten_steps.update(state.first)
         return record
+
+    def _block_length(self, record: dict, since_select: int) -> int:
+        """Steps in the next block: to the next gate check, reselection or ``max_steps``, whichever comes first."""
+        n = self.config.max_steps - record["steps"]
+        if self.gate is not None:
+            n = min(n, self.gate.every)
+        if self.config.reselect_every:
+            n = min(n, self.config.reselect_every - since_select)
+        return n
+
+    def _block(self, update: SelectedUpdate, probes, reference, index: int, state: ChunkState, lr: float,
+               n_steps: int) -> GateBlock:
+        """``n_steps`` optimizer steps, run by the gate (rolled back and retried at a lower lr when it rejects them).
+
+        Each step's record goes into the log, rolled-back ones marked; the last of each attempt carries the
+        gate's decision. A rollback restores the trainable copies bitwise, so they are scattered into the
+        weights again (``write_back``) and the chunk's forgotten flags go back to where the block began.
+        """
+        def step(lr: float) -> dict:
+            active = state.active
+            loss, norm = self._step(update, probes, active, reference, index)
+            self.log.global_step += 1
+            state.state_bytes = max(state.state_bytes, update.state_bytes())
+            return {"step": self.log.global_step, "chunk": index, "loss": loss, "learning_rate": lr,
+                    "grad_norm": norm, "active": len(active), "selected": dict(update.selection.counts),
+                    "forget": None, "gate": None, "rolled_back": False}
+
+        def judge(step_record: dict) -> bool:
+            forgotten, scores = self._judge(probes)
+            state.update(forgotten, self.log.global_step)
+            step_record["forget"] = {**set_statistics(scores), "forgotten": int(forgotten.sum())}
+            return state.all_forgotten
+
+        saved = state.save()
+        if self.gate is None:
+            block = ungated_block(n_steps, step, judge, lr, self.config.score_every)
+        else:
+            block = self.gate.run_block(
+                self.model, n_steps, step, judge, lr, update.trainables, update.optimizer,
+                judge_every=self.config.score_every, after_restore=lambda: (update.write_back(), state.load(saved)),
+                position=lambda: self.log.global_step, chunk=index, lr_ceiling=self.config.learning_rate,
+                lr_recovery=self.config.lr_recovery)
+        self.log.steps.extend(attempt_records(block))
+        return block
 
     # ---------------------------------------------------------------- driver
     def _elapsed(self, start: float) -> dict[str, float]:
         gate = (self.gate.total_seconds + self.gate.rollback_seconds) if self.gate is not None else 0.0
-        return {"total_s": self.prior["total_s"] + time.perf_counter() - start, "gate_s": self.prior["gate_s"] + gate}
+        prior = self.log.prior
+        return {"total_s": prior["total_s"] + time.perf_counter() - start, "gate_s": prior["gate_s"] + gate}
+
+    def _resume(self, key: str) -> int:
+        """The chunk to start at: past those whose state ``checkpoint_dir`` holds (weights and log loaded)."""
+        if self.checkpoint_dir is None:
+            return 0
+        return resume(self.checkpoint_dir, key, self.all_params, self.log, self.gate)
+
+    def _checkpoint(self, key: str, next_chunk: int, start: float) -> None:
+        log = self.log
+        save_checkpoint(self.checkpoint_dir, {n: self.all_params[n] for n in sorted(log.touched)},
+                        {"fingerprint": key, "next_chunk": next_chunk, **log.checkpoint(),
+                         "gate_decisions": self.gate.decisions if self.gate is not None else [],
+                         "timings": {**log.timings, **self._elapsed(start)}})
+
+    def _measure(self, when: str, extra) -> None:
+        """Score every probe set and the utility suites on the model as it is now (``when``: before/after)."""
+        log = self.log
+        for name, probes in (("forget", self.forget), ("controls", self.controls), ("collateral", self.collateral)):
+            setattr(log.scores, f"{name}_{when}", self._score_rows(probes) if probes else None)
+        utility = {}
+        if self.gate is not None:
+            utility = self.gate.measure_baseline(self.model) if when == "before" else self.gate.suite.run(self.model)
+        log.heldout[when] = self.audit.run(self.model) if self.audit is not None else {}
+        extra_scores = extra.run(self.model) if extra is not None else {}
+        utility = {**utility, **extra_scores}
+        # Each score's direction as its benchmark declares it: the report's units, never guessed from a name.
+        for suite, results in ((self.gate and self.gate.suite, utility), (self.audit, log.heldout[when]),
+                               (extra, extra_scores)):
+            if suite is not None:
+                own = {label: results[label] for label in suite.labels if label in results}
+                log.utility["directions"].update(suite.directions(own))
+        log.utility[when] = utility
 
     def erase(self) -> ErasureResult:
         """Run the erasure (resuming from ``checkpoint_dir`` when it holds a state) and return the result."""
         start = time.perf_counter()
-        config = self.config
+        config, log = self.config, self.log
         self._prepare_model()
-        before = self._score_rows(self.forget)
-        control_rows = self._score_rows(self.controls) if self.controls is not None else None
-        collateral_rows = self._score_rows(self.collateral) if self.collateral else None
-        self.criterion = build_criterion(config, self.controls)
-        reference = {r["id"]: r["suffix_log_prob"] for r in before} if self.loss.needs_reference else None
-        utility_before = self.gate.measure_baseline(self.model) if self.gate is not None else {}
-        audit_before = self.audit.run(self.model) if self.audit is not None else {}
         extra = None
         if config.utility:
             from obliviate.benchmarks import UtilitySuite
 
             extra = UtilitySuite.from_config(config.utility, self.tokenizer)
-            utility_before = {**utility_before, **extra.run(self.model)}
+        self._measure("before", extra)
+        self.criterion = build_criterion(config, self.controls)
+        reference = ({r["id"]: r["suffix_log_prob"] for r in log.scores.forget_before}
+                     if self.loss.needs_reference else None)
         chunks = [self.forget.ids[i:i + config.chunk_size] for i in range(0, len(self.forget), config.chunk_size)]
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
-        key = fingerprint(config.to_dict(), self.forget.ids, name, sum(p.numel() for p in self.all_params.values()))
-        first_chunk, resumed_from = 0, None
-        if self.checkpoint_dir is not None:
-            loaded = load_checkpoint(self.checkpoint_dir, key)
-            if loaded is not None:
-                payload, tensors = loaded
-                with torch.no_grad():
-                    for n, t in tensors.items():
-                        self.all_params[n].data.copy_(t.to(self.all_params[n].device))
-                self.touched = set(tensors)
-                self.steps, self.chunks = payload["steps"], payload["chunks"]
-                self.forgotten_steps, self.global_step = payload["forgotten_steps"], payload["global_step"]
-                for k, v in payload["timings"].items():
-                    (self.prior if k in self.prior else self.timings)[k] += v
-                if self.gate is not None:
-                    self.gate.decisions[:] = payload["gate_decisions"]
-                first_chunk = resumed_from = payload["next_chunk"]
+        key = fingerprint(log.config, self.forget.ids, name, sum(p.numel() for p in self.all_params.values()))
+        first_chunk = self._resume(key)
         for index in tqdm(range(first_chunk, len(chunks)), desc="erasing", disable=not self.progress,
                           initial=first_chunk, total=len(chunks)):
-            self.chunks.append(self._erase_chunk(index, chunks[index], reference))
+            log.chunks.append(self._erase_chunk(index, chunks[index], reference))
             if self.checkpoint_dir is not None and self.accelerator.is_main_process:
-                save_checkpoint(self.checkpoint_dir, {n: self.all_params[n] for n in sorted(self.touched)},
-                                {"fingerprint": key, "next_chunk": index + 1, "global_step": self.global_step,
-                                 "steps": self.steps, "chunks": self.chunks, "forgotten_steps": self.forgotten_steps,
-                                 "gate_decisions": self.gate.decisions if self.gate is not None else [],
-                                 "timings": {**self.timings, **self._elapsed(start)}})
+                self._checkpoint(key, index + 1, start)
             self.accelerator.wait_for_everyone()
-        after = self._score_rows(self.forget)
-        controls_after = self._score_rows(self.controls) if self.controls is not None else None
-        collateral_after = self._score_rows(self.collateral) if self.collateral else None
+        self._measure("after", extra)
         final, _ = self._judge(self.forget)  # the criterion on the erased model, controls re-scored
-        self.final_forgotten = dict(zip(self.forget.ids, final.tolist()))
-        utility_after = self.gate.suite.run(self.model) if self.gate is not None else {}
-        audit_after = self.audit.run(self.model) if self.audit is not None else {}
-        if extra is not None:
-            utility_after = {**utility_after, **extra.run(self.model)}
+        log.final_forgotten = dict(zip(self.forget.ids, final.tolist()))
+        log.thresholds = self.criterion.to_dict()
+        log.gate = self.gate.summary() if self.gate is not None else None
+        log.heldout_source = "--heldout" if self.heldout_texts is not None else "retain audit split"
         for n, p in self.all_params.items():
             p.requires_grad_(self._requires_grad[n])
-        self.timings.update(self._elapsed(start))
-        report = build_report(self, before, after, control_rows, controls_after, utility_before, utility_after,
-                              resumed_from, audit=(audit_before, audit_after),
-                              collateral=(collateral_rows, collateral_after))
-        return ErasureResult(self.model, self.tokenizer, report, config)
+        log.timings.update(self._elapsed(start))
+        return ErasureResult(self.model, self.tokenizer, build_report(log), config)

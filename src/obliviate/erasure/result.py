@@ -13,7 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
-from obliviate.report.tables import format_table
+from obliviate.erasure.log import ErasureLog
+from obliviate.metrics.sets import set_mean, set_statistics
+from obliviate.tables import format_table
 
 REPORT_NAME = "erasure_report.json"
 
@@ -22,16 +24,12 @@ def _metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("id", "role")}
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
-
-
 def control_summary(rows: list[dict] | None) -> dict | None:
     if not rows:
         return None
-    return {"count": len(rows), "mean_memorization_accuracy": _mean(rows, "memorization_accuracy"),
-            "mean_extraction_probability": _mean(rows, "extraction_probability"),
-            "extraction_rate": _mean(rows, "exact_extraction")}
+    return {"count": len(rows), "mean_memorization_accuracy": set_mean(rows, "memorization_accuracy"),
+            "mean_extraction_probability": set_mean(rows, "extraction_probability"),
+            "extraction_rate": set_statistics(rows)["extraction_rate"]}
 
 
 def group_change(before: list[dict] | None, after: list[dict] | None, groups: dict[str, str | None]) -> dict | None:
@@ -43,39 +41,39 @@ def group_change(before: list[dict] | None, after: list[dict] | None, groups: di
     for g in sorted({groups.get(r["id"]) for r in before}, key=str):
         b = [r for r in before if groups.get(r["id"]) == g]
         a = [after_by_id[r["id"]] for r in b]
-        ma_b, ma_a = _mean(b, "memorization_accuracy"), _mean(a, "memorization_accuracy")
+        sb, sa = set_statistics(b), set_statistics(a)
+        ma_b, ma_a = sb["mean_memorization_accuracy"], sa["mean_memorization_accuracy"]
         out[str(g)] = {"count": len(b), "memorization_accuracy_before": ma_b, "memorization_accuracy_after": ma_a,
                        "memorization_accuracy_kept": ma_a / ma_b if ma_b > 0 else None,
-                       "loss_before": _mean(b, "loss"), "loss_after": _mean(a, "loss"),
-                       "extraction_rate_before": _mean(b, "exact_extraction"),
-                       "extraction_rate_after": _mean(a, "exact_extraction")}
+                       "loss_before": set_mean(b, "loss"), "loss_after": set_mean(a, "loss"),
+                       "extraction_rate_before": sb["extraction_rate"], "extraction_rate_after": sa["extraction_rate"]}
     return out
 
 
-def build_report(eraser, before: list[dict], after: list[dict], controls_before, controls_after, utility_before: dict,
-                 utility_after: dict, resumed_from: int | None, audit: tuple[dict, dict] = ({}, {}),
-                 collateral: tuple[list | None, list | None] = (None, None)) -> dict:
-    """The ``erasure_report.json`` mapping of a finished :class:`~obliviate.erasure.Eraser` run.
+def _sequences(log: ErasureLog) -> list[dict]:
+    """One record per forget sequence: its chunk, metrics before/after, whether and from which step it is forgotten.
 
-    ``forgotten`` is the criterion on the erased model with the controls re-scored there (``eraser.final_forgotten``).
+    ``forgotten`` is the criterion on the erased model with the controls re-scored there (``log.final_forgotten``).
     """
-    chunk_of = {i: c["index"] for c in eraser.chunks for i in c["ids"]}
-    after_by_id = {r["id"]: r for r in after}
-    groups = {p.id: p.group for s in (eraser.forget, eraser.controls, eraser.collateral) if s for p in s}
-    sequences = []
-    for row in before:
-        final = after_by_id[row["id"]]
-        forgotten = bool(eraser.final_forgotten[row["id"]])
-        sequences.append({"id": row["id"], "role": row["role"], "group": groups.get(row["id"]),
-                          "chunk": chunk_of.get(row["id"]),
-                          "before": _metrics(row), "after": _metrics(final),
-                          "forgotten_step": eraser.forgotten_steps.get(row["id"]) if forgotten else None,
-                          "forgotten": forgotten})
-    chunks = eraser.chunks
-    n_forgotten = sum(s["forgotten"] for s in sequences)
-    summary = {
+    chunk_of = {i: c["index"] for c in log.chunks for i in c["ids"]}
+    after_by_id = {r["id"]: r for r in log.scores.forget_after}
+    out = []
+    for row in log.scores.forget_before:
+        forgotten = bool(log.final_forgotten[row["id"]])
+        out.append({"id": row["id"], "role": row["role"], "group": log.groups.get(row["id"]),
+                    "chunk": chunk_of.get(row["id"]), "before": _metrics(row), "after": _metrics(after_by_id[row["id"]]),
+                    "forgotten_step": log.forgotten_steps.get(row["id"]) if forgotten else None,
+                    "forgotten": forgotten})
+    return out
+
+
+def _summary(log: ErasureLog, sequences: list[dict], controls_change: dict | None) -> dict:
+    chunks, config, n_forgotten = log.chunks, log.config, sum(s["forgotten"] for s in sequences)
+    floor = config["min_controls_ma_kept"]
+    return {
         "sequences": len(sequences), "forgotten": n_forgotten, "forgotten_rate": n_forgotten / len(sequences),
-        "extraction_rate_before": _mean(before, "exact_extraction"), "extraction_rate_after": _mean(after, "exact_extraction"),
+        "extraction_rate_before": set_statistics(log.scores.forget_before)["extraction_rate"],
+        "extraction_rate_after": set_statistics(log.scores.forget_after)["extraction_rate"],
         "chunks": len(chunks), **{f"chunks_{s}": sum(c["status"] == s for c in chunks)
                                   for s in ("erased", "max_steps", "gate_exhausted")},
         "steps": sum(c["steps"] for c in chunks), "attempted_steps": sum(c["attempted_steps"] for c in chunks),
@@ -83,35 +81,40 @@ def build_report(eraser, before: list[dict], after: list[dict], controls_before,
         "optimizer_state_bytes": max((c["optimizer_state_bytes"] for c in chunks), default=0),
         "selected_weights": max((c["selected"] for c in chunks), default=0),
         "candidate_weights": max((c["candidates"] for c in chunks), default=0),
-        "touched_tensors": len(eraser.touched), "target": eraser.config.target,
-        "retain_contrast": getattr(eraser.selector, "retain_contrast", 0.0), "selector": eraser.config.selector,
+        "touched_tensors": len(log.touched), "target": config["target"],
+        "retain_contrast": log.retain_contrast, "selector": config["selector"],
         "not_erased": not_erased_reason(chunks),
+        "format_damage": [
+            f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
+            f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
+            f"{100 * floor:.0f}% required)"
+            for g, c in (controls_change or {}).items()
+            if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor],
     }
-    controls_change = group_change(controls_before, controls_after, groups)
-    floor = eraser.config.min_controls_ma_kept
-    summary["format_damage"] = [
-        f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
-        f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
-        f"{100 * floor:.0f}% required)"
-        for g, c in (controls_change or {}).items()
-        if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor]
+
+
+def build_report(log: ErasureLog) -> dict:
+    """The ``erasure_report.json`` mapping of a finished run, from its :class:`~obliviate.erasure.log.ErasureLog`."""
+    sequences = _sequences(log)
+    scores = log.scores
+    controls_change = group_change(scores.controls_before, scores.controls_after, log.groups)
+    gate = dict(log.gate) if log.gate is not None else None
     return {
-        "config": eraser.config.to_dict(), "summary": summary, "sequences": sequences, "steps": eraser.steps,
-        "chunks": chunks, "gate_decisions": list(eraser.gate.decisions) if eraser.gate is not None else [],
-        # The tolerances as resolved (kind, value, score and direction): what the gate really applied.
-        "gate": ({k: v for k, v in eraser.gate.summary().items() if k != "decisions"}
-                 if eraser.gate is not None else None),
-        "utility": {"before": utility_before, "after": utility_after},
-        "controls": {"before": control_summary(controls_before), "after": control_summary(controls_after)},
+        "config": log.config, "summary": _summary(log, sequences, controls_change), "sequences": sequences,
+        "steps": log.steps, "chunks": log.chunks, "gate_decisions": list(gate.pop("decisions")) if gate else [],
+        # The gate as it ran: schedule, tolerances as resolved (kind, value, score, direction), each baseline
+        # score's direction, time spent. Reports and plots read bounds and units from here, never from names.
+        "gate": gate,
+        "utility": log.utility,
+        "controls": {"before": control_summary(scores.controls_before), "after": control_summary(scores.controls_after)},
         # Collateral damage per group: never-trained controls, and trained probes that were not erased.
         "collateral": {"controls": controls_change,
-                       "not_erased": group_change(*collateral, groups)},
+                       "not_erased": group_change(scores.collateral_before, scores.collateral_after, log.groups)},
         # The gate's text scores on held-out text it never read (--heldout, else the audit split of --retain).
-        "heldout": {"before": audit[0], "after": audit[1],
-                    "source": ("--heldout" if eraser.heldout_texts is not None else "retain audit split")
-                    if audit[0] else None},
-        "retain_split": eraser.split.to_dict() if eraser.split is not None else None,
-        "thresholds": eraser.criterion.to_dict(), "timings": dict(eraser.timings), "resumed_from_chunk": resumed_from,
+        "heldout": {"before": log.heldout["before"], "after": log.heldout["after"],
+                    "source": log.heldout_source if log.heldout["before"] else None},
+        "retain_split": log.retain_split,
+        "thresholds": log.thresholds, "timings": dict(log.timings), "resumed_from_chunk": log.resumed_from,
     }
 
 

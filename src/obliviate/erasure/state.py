@@ -67,3 +67,34 @@ def load_checkpoint(directory: str | os.PathLike, expected_fingerprint: str) -> 
                           "set or model). Delete it to start over, or rerun with the same options to resume.")
     tensors = load_file(str(directory / payload["weights"]))
     return payload, tensors
+
+
+def resume(directory: str | os.PathLike, expected_fingerprint: str, params: dict[str, torch.nn.Parameter], log,
+           gate=None) -> int:
+    """Load a partial state into a run: weights into ``params``, records into ``log``, decisions into ``gate``.
+
+    Args:
+        directory: the run's checkpoint directory.
+        expected_fingerprint: :func:`fingerprint` of this run.
+        params: the model's parameters by name (the touched ones are overwritten).
+        log: the run's :class:`~obliviate.erasure.log.ErasureLog` (``resumed_from`` set).
+        gate: the run's gate, whose decisions so far are restored (None: ungated).
+
+    Returns:
+        The chunk to start at (0 when there is no state).
+
+    Raises:
+        ResumeError: the state belongs to another run.
+    """
+    loaded = load_checkpoint(directory, expected_fingerprint)
+    if loaded is None:
+        return 0
+    payload, tensors = loaded
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].data.copy_(t.to(params[n].device))
+    log.resume(payload, set(tensors))
+    if gate is not None:
+        gate.decisions[:] = payload["gate_decisions"]
+    log.resumed_from = payload["next_chunk"]
+    return payload["next_chunk"]

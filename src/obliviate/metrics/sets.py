@@ -1,4 +1,4 @@
-"""Set-level statistics over scored probes: extraction rate, membership ROC, tail statistics.
+"""Set-level statistics over scored probes: extraction rate and mean MA, membership ROC, tail statistics.
 
     python -c "from obliviate.metrics.sets import roc_auc; print(roc_auc([0.9, 0.8], [0.1, 0.85]))"
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -14,6 +15,33 @@ from obliviate.metrics.scorer import MIA_SCORES
 TAIL_METRICS = ("prefix_match_length", "extraction_probability")
 FPR_BUDGETS = {"10%": 0.1, "1%": 0.01, "0.1%": 0.001}
 """Operating points of ``summarize_scores``: 10% (Mireshghallah et al. 2022), 1% and 0.1% (Carlini et al. 2022)."""
+
+
+SET_STATISTICS = {"extraction_rate": "exact_extraction", "mean_memorization_accuracy": "memorization_accuracy"}
+"""Set-level statistic -> the per-sequence metric it averages."""
+
+
+def set_mean(scores: Sequence[Mapping] | Mapping[str, Sequence], metric: str) -> float:
+    """Mean of ``metric`` over a set: score rows (dicts) or columns (``{metric: list / array / tensor}``); NaN if empty.
+
+    The one place a set's share or mean is taken, in float64 whatever the input's dtype.
+    """
+    values = scores[metric] if isinstance(scores, Mapping) else [r[metric] for r in scores]
+    if hasattr(values, "detach"):  # a torch tensor (the eraser's criterion scores)
+        values = values.detach().cpu().double().numpy()
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def set_statistics(scores: Sequence[Mapping] | Mapping[str, Sequence]) -> dict[str, float]:
+    """``extraction_rate`` (share of the set greedy decoding reproduces exactly, Carlini et al. 2021) and
+    ``mean_memorization_accuracy`` (mean share of suffix tokens predicted, Tirumala et al. 2022) of a set.
+
+    Args:
+        scores: :func:`~obliviate.metrics.score_probes` rows, or columns of ``exact_extraction`` and
+            ``memorization_accuracy`` values.
+    """
+    return {name: set_mean(scores, metric) for name, metric in SET_STATISTICS.items()}
 
 
 def roc_curve(member_scores, control_scores) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +163,7 @@ def summarize_scores(rows: list[dict], member_roles: tuple[str, ...] = ("member"
     groups = {"": trained, **{f"{role}/": [r for r in rows if r["role"] == role] for role in sorted(counts)}}
     for prefix, group in groups.items():
         if group:
-            summary[f"{prefix}extraction_rate"] = float(np.mean([r["exact_extraction"] for r in group]))
-            summary[f"{prefix}mean_memorization_accuracy"] = float(np.mean([r["memorization_accuracy"] for r in group]))
+            summary.update({f"{prefix}{name}": value for name, value in set_statistics(group).items()})
     controls = [r for r in rows if r["role"] == "control"]
     for name in MIA_SCORES:
         pos = [s for r in trained if (s := mia_score(r, name)) is not None]

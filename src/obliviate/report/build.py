@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from obliviate import __version__
+from obliviate.metrics.sets import set_statistics
 from obliviate.report import plots
 from obliviate.report.collect import (
     RunDirError,
     RunFiles,
     collect_run,
-    gate_tolerances,
     group_of,
     group_order,
+    score_directions,
 )
-from obliviate.report.tables import format_html_table, format_table
+from obliviate.tables import format_html_table, format_table
 
 
 @dataclass
@@ -64,7 +65,7 @@ def group_table(before: list[dict], after: list[dict] | None, meta: dict[str, di
         rb, ra = b.get(g, []), a.get(g, [])
         n = len(rb) or len(ra)
         ext = [f"{sum(r['exact_extraction'] for r in rows)}/{len(rows)}" if rows else "–" for rows in (rb, ra)]
-        ma = [_num(float(np.mean([r["memorization_accuracy"] for r in rows]))) if rows else "–" for rows in (rb, ra)]
+        ma = [_num(set_statistics(rows)["mean_memorization_accuracy"]) if rows else "–" for rows in (rb, ra)]
         table.append([g, n, ext[0], ext[1], ma[0], ma[1]])
     return table
 
@@ -73,16 +74,24 @@ def _flat(scores: dict | None) -> dict[str, float]:
     return plots._flat(scores)
 
 
-def utility_rows(before: dict | None, after: dict | None) -> list[list]:
-    """``[benchmark/score, before, after, change]`` with the change in the gate's units."""
+def utility_rows(before: dict | None, after: dict | None, directions: dict[str, str] | None = None) -> list[list]:
+    """``[benchmark/score, before, after, change]`` with the change in the gate's units.
+
+    Args:
+        before, after: ``{label: {score: value}}``.
+        directions: ``{"label/score": "lower" | "higher"}`` as a run recorded them
+            (:func:`~obliviate.report.collect.score_directions`); scores missing there are looked up in what
+            the registered benchmarks declare (:func:`~obliviate.report.plots.lower_is_better`).
+    """
     b, a = _flat(before), _flat(after)
     rows = []
     for key in sorted(set(b) | set(a)):
         vb, va = b.get(key), a.get(key)
         change = "–"
         if vb is not None and va is not None:
-            delta = plots.utility_change(key, va, vb)
-            change = f"{delta:+.2f}% rel." if plots._lower_is_better(key) else f"{delta:+.2f} points"
+            lower = plots.lower_is_better(key, directions)
+            delta = plots.utility_change(va, vb, lower)
+            change = f"{delta:+.2f}% rel." if lower else f"{delta:+.2f} points"
         rows.append([key, _num(vb, 4), _num(va, 4), change])
     return rows
 
@@ -188,7 +197,7 @@ def build_sections(files: RunFiles, plots_dir: Path) -> list[Section]:
             "The utility suite on the model before and after erasure. Perplexity changes are relative (lower is "
             "better); accuracy changes are in points (higher is better).",
             tables=[("Utility", ["benchmark/score", "before", "after", "change"],
-                     utility_rows(files.utility_before, files.utility_after))]))
+                     utility_rows(files.utility_before, files.utility_after, score_directions(files.erasure)))]))
 
     timing_rows = [[k, _num(float(v))] for k, v in (files.timings or {}).items() if isinstance(v, (int, float))]
     track = files.track or {}
@@ -231,7 +240,7 @@ def _summary(files: RunFiles) -> list[str]:
                    f"{_num(summary.get('extraction_rate_after'))}; {summary.get('steps')} kept optimizer steps, "
                    f"{summary.get('gate_rejections')} gate rejections.")
         out += _erasure_warnings(files.erasure)
-    utility = utility_rows(files.utility_before, files.utility_after)
+    utility = utility_rows(files.utility_before, files.utility_after, score_directions(files.erasure))
     if utility and files.utility_after:
         out.append("Utility: " + "; ".join(f"{k} {b} → {a} ({c})" for k, b, a, c in utility
                                            if k.endswith(("/perplexity", "/acc"))) + ".")
@@ -244,7 +253,8 @@ def _summary(files: RunFiles) -> list[str]:
 def _erasure_warnings(report: dict) -> list[str]:
     """Say plainly when the erasure ran without a gate or without controls (a weaker result)."""
     out = []
-    if not gate_tolerances(report):
+    # The run records its gate (``gate``: null when ungated); a report without that record counts its decisions.
+    if not report.get("gate") and not report.get("gate_decisions"):
         out.append("**No utility gate**: no erasure step was checked or rolled back (the run had no retained "
                    "text and no `gate:` section, or `gate: null`); utility was not protected.")
     thresholds = report.get("thresholds") or {}

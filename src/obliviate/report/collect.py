@@ -205,45 +205,41 @@ def group_order(labels) -> list[str]:
 
 
 def gate_tolerances(report: dict) -> list[dict[str, Any]]:
-    """The tolerances the run's gate applied: ``[{"benchmark", "score", "kind", "value"}]``, [] when ungated.
+    """The tolerances the run's gate applied, ``[{"benchmark", "score", "kind", "value", "direction"}]``.
 
-    Read from the report's ``gate`` record (the resolved tolerances the run wrote) when present. Reports
-    without one hold only the recipe's ``config.gate``: a mapping of benchmark entries, ``"default"`` (the
-    retain-perplexity gate, when the run had retained text) or null; the tolerances are derived from it.
+    Read from the report's ``gate`` record (``UtilityGate.summary()``: the tolerances as the gate resolved
+    them), never re-derived from the recipe; [] for an ungated run or a report with no such record. A
+    tolerance's direction is its kind's (``TOLERANCE_KEYS``) when an older record lacks it.
     """
-    from obliviate.benchmarks.registry import BENCHMARKS
+    from obliviate.benchmarks.tolerances import TOLERANCE_KEYS
 
     gate = report.get("gate")
-    if "gate" in report and gate is None:  # the run recorded that it had no gate
+    if not isinstance(gate, dict) or not isinstance(gate.get("tolerances"), list):
         return []
-    if isinstance(gate, dict) and isinstance(gate.get("tolerances"), list):
-        entries = [t for t in gate["tolerances"] if isinstance(t, dict)]
-        return [{"benchmark": t.get("benchmark"), "score": t.get("score"), "kind": t.get("kind"),
-                 "value": t.get("value")} for t in entries if t.get("kind") and t.get("value") is not None]
-    section = (report.get("config") or {}).get("gate")
-    if section == "default":
-        had_retain = report.get("retain") or "retain" in ((report.get("utility") or {}).get("before") or {})
-        section = {"benchmarks": [_default_retain_entry()]} if had_retain else None
-    if not isinstance(section, dict):
-        return []
-    from obliviate.benchmarks.gate import TOLERANCE_KEYS
+    return [{"benchmark": t.get("benchmark"), "score": t.get("score"), "kind": t["kind"], "value": t["value"],
+             "direction": t.get("direction") or TOLERANCE_KEYS.get(t["kind"])}
+            for t in gate["tolerances"] if isinstance(t, dict) and t.get("kind") and t.get("value") is not None]
 
-    out = []
-    for entry in section.get("benchmarks") or []:
-        if not isinstance(entry, dict):
-            continue
-        label = entry.get("label") or entry.get("name")
-        score = entry.get("score") or getattr(BENCHMARKS.get(entry.get("name")), "primary", None)
-        out += [{"benchmark": label, "score": score, "kind": kind, "value": float(entry[kind])}
-                for kind in TOLERANCE_KEYS if isinstance(entry.get(kind), (int, float))]
+
+def score_directions(report: dict | None) -> dict[str, str]:
+    """``{"label/score": "lower" | "higher"}`` as the run recorded them: the utility scores' directions and
+    the gate's (its baseline scores, its tolerances' kinds)."""
+    report = report or {}
+    recorded: dict[str, dict] = {}
+    for source in ((report.get("gate") or {}).get("directions"), (report.get("utility") or {}).get("directions")):
+        for label, scores in (source or {}).items():
+            recorded.setdefault(label, {}).update({k: v for k, v in (scores or {}).items() if v})
+    out = {f"{label}/{score}": d for label, scores in recorded.items() for score, d in scores.items()}
+    for t in gate_tolerances(report):
+        out.setdefault(f"{t['benchmark']}/{t['score']}", t["direction"])
     return out
 
 
-def _default_retain_entry() -> dict[str, Any]:
-    """The default gate's entry, its tolerance read from ``default_retain_gate`` itself (one number, one place)."""
-    import inspect
+def declared_direction(key: str) -> str | None:
+    """The direction the registered benchmarks declare for the score name of ``label/score`` (None when none
+    does, or they disagree): for utility files that record no directions (``utility.json``)."""
+    from obliviate.benchmarks.registry import BENCHMARKS
 
-    from obliviate.benchmarks.gate import default_retain_gate
-
-    value = inspect.signature(default_retain_gate).parameters["max_relative_increase"].default
-    return {"name": "perplexity", "label": "retain", "max_relative_increase": value}
+    score = key.rsplit("/", 1)[-1]
+    found = {BENCHMARKS.get(name).directions.get(score) for name in BENCHMARKS.names()} - {None}
+    return found.pop() if len(found) == 1 else None

@@ -18,8 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from obliviate.metrics.scorer import MIA_SCORES
-from obliviate.metrics.sets import mia_score, roc_curve, tail_statistics
-from obliviate.report.collect import gate_tolerances, group_of, group_order
+from obliviate.metrics.sets import mia_score, roc_curve, set_statistics, tail_statistics
+from obliviate.report.collect import (
+    declared_direction,
+    gate_tolerances,
+    group_of,
+    group_order,
+    score_directions,
+)
 
 DPI = 110
 ACCEPT, REJECT = "#2ca02c", "#d62728"
@@ -57,18 +63,19 @@ def plot_memorization_over_training(history: list[dict], meta: dict[str, dict], 
     rows = [r for r in history if "step" in r and "memorization_accuracy" in r]
     if not rows:
         return None
-    series: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    series: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         series[group_of(str(r["id"]), r.get("role"), meta)][int(r["step"])].append(
-            (r["memorization_accuracy"], r.get("exact_extraction", 0)))
+            {"memorization_accuracy": r["memorization_accuracy"], "exact_extraction": r.get("exact_extraction", 0)})
     groups = group_order(series)
     colors = _colors(groups)
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
     for g in groups:
         steps = sorted(series[g])
-        ma = [np.mean([v[0] for v in series[g][s]]) for s in steps]
-        ex = [np.mean([v[1] for v in series[g][s]]) for s in steps]
+        stats = [set_statistics(series[g][s]) for s in steps]
+        ma = [st["mean_memorization_accuracy"] for st in stats]
+        ex = [st["extraction_rate"] for st in stats]
         style = {"color": colors[g], "marker": "o", "markersize": 3, "linewidth": 1.8,
                  "linestyle": "--" if g == "controls" else "-"}
         n = len(series[g][steps[-1]])
@@ -182,8 +189,11 @@ def _score(row: dict, name: str) -> float | None:
     return value
 
 
-def _lower_is_better(score_name: str) -> bool:
-    return any(k in score_name.lower() for k in ("perplexity", "ppl", "loss", "kl"))
+def lower_is_better(key: str, directions: dict[str, str] | None = None) -> bool:
+    """Whether ``label/score`` is lower-is-better: as the run recorded it (``directions``, see
+    :func:`~obliviate.report.collect.score_directions`), else as the registered benchmarks declare the score
+    name; a score neither knows is shown as higher-is-better (a change in points)."""
+    return ((directions or {}).get(key) or declared_direction(key)) == "lower"
 
 
 def _flat(scores: dict | None) -> dict[str, float]:
@@ -197,9 +207,10 @@ def _flat(scores: dict | None) -> dict[str, float]:
     return out
 
 
-def utility_change(key: str, value: float, baseline: float) -> float:
-    """Change vs baseline in the gate's units: % relative for perplexity/loss, points for accuracies."""
-    if _lower_is_better(key):
+def utility_change(value: float, baseline: float, lower: bool) -> float:
+    """Change vs baseline in the gate's units: % relative for lower-is-better scores (perplexity, loss, KL),
+    points (x100) for higher-is-better ones (accuracies)."""
+    if lower:
         return 100.0 * (value - baseline) / baseline if baseline else float("nan")
     return 100.0 * (value - baseline)
 
@@ -229,6 +240,7 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
     top.set_title("Forgetting: the flagged sequences' memorization per optimizer step")
 
     baseline = _flat((report.get("utility") or {}).get("before"))
+    directions = score_directions(report)
     gated = [(i, s["gate"]) for i, s in zip(x, steps) if s.get("gate")]
     keys = sorted({k for _, g in gated for k in _flat(g.get("scores"))})
     wanted = _gated_keys(report)
@@ -242,9 +254,9 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
             base = pts[0][1] if pts else None
         if not pts or base is None:
             continue
-        unit = "% rel." if _lower_is_better(key) else "points"
-        bottom.plot([i for i, _ in pts], [utility_change(key, v, base) for _, v in pts], linewidth=1.4,
-                    label=f"{key} ({unit})")
+        lower = lower_is_better(key, directions)
+        bottom.plot([i for i, _ in pts], [utility_change(v, base, lower) for _, v in pts], linewidth=1.4,
+                    label=f"{key} ({'% rel.' if lower else 'points'})")
     for i, g in gated:
         accepted = g.get("decision") == "accepted"
         bottom.scatter([i], [0], marker="$✓$" if accepted else "$✗$", s=110, color=ACCEPT if accepted else REJECT,
@@ -279,24 +291,25 @@ def _gated_keys(report: dict) -> set[str]:
 def _gate_tolerances(report: dict) -> list[tuple[float, str]]:
     """Each recorded tolerance as a dashed line in the bottom panel's units (% relative or points).
 
-    The limit is the gate's own (``Tolerance.limit``), so every kind, one- or two-sided, is drawn where the
-    gate drew it. Kinds whose line does not depend on the baseline (relative bounds on perplexity-like
-    scores, absolute bounds on accuracies) are drawn without one; the others need the score's baseline
-    in the report (KL's is 0, so it has no line in relative units).
+    The tolerances and their directions are those the run's gate recorded (``report["gate"]``), and the
+    limit is the gate's own (``Tolerance.limit``), so every kind, one- or two-sided, is drawn where the
+    gate drew it. Kinds whose line does not depend on the baseline (relative bounds on lower-is-better
+    scores, absolute bounds on higher-is-better ones) are drawn without one; the others need the score's
+    baseline in the report (KL's is 0, so it has no line in relative units).
     """
-    from obliviate.benchmarks.gate import Tolerance
+    from obliviate.benchmarks.tolerances import Tolerance
 
     baseline = _flat((report.get("utility") or {}).get("before"))
     out = []
     for t in gate_tolerances(report):
         key = f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"])
-        lower = _lower_is_better(key)
+        lower = t["direction"] == "lower"
         base_free = t["kind"].startswith("max_relative") == lower
         base = baseline.get(key) or (1.0 if base_free else None)
         if not base:
             continue
         limit = Tolerance(str(t["benchmark"]), t["kind"], float(t["value"]), t.get("score")).limit(base)
-        change = utility_change(key, limit, base)
+        change = utility_change(limit, base, lower)
         sign = "+" if change > 0 else "−"
         out.append((change, f"{t['benchmark']}: max {sign}{abs(change):.3g}{'%' if lower else ' points'}"))
     return out
