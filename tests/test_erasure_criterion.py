@@ -39,6 +39,13 @@ def _mean_ma(model, tok, probes) -> float:
     return sum(r["memorization_accuracy"] for r in rows) / len(rows)
 
 
+def _quantile_ma(model, tok, probes, q: float = 0.9) -> float:
+    """The controls' MA q-quantile, by numpy (linear interpolation) on the scorer's rows: the criterion's oracle."""
+    import numpy as np
+
+    return float(np.percentile([r["memorization_accuracy"] for r in score_probes(model, tok, probes)], 100 * q))
+
+
 def test_thresholds_come_from_the_controls_on_the_current_model(memorized_gpt2):
     """A format wiped wholesale is not forgetting: the same forget scores that beat the controls of the memorized
     model do not beat the controls of a model whose format is gone (a fresh init: controls' MA ~0)."""
@@ -48,7 +55,8 @@ def test_thresholds_come_from_the_controls_on_the_current_model(memorized_gpt2):
     config = EraseConfig(min_group_controls=10)
     criterion = build_criterion(config, controls)
     wiped = tiny_model("gpt2", mem.tokenizer, seed=7).eval()
-    ma_memorized, ma_wiped = _mean_ma(mem.model, mem.tokenizer, controls), _mean_ma(wiped, mem.tokenizer, controls)
+    ma_memorized = _quantile_ma(mem.model, mem.tokenizer, controls)
+    ma_wiped = _quantile_ma(wiped, mem.tokenizer, controls)
     assert ma_wiped < ma_memorized
     # Forget scores between the two control means: not extractable, improbable.
     scores = {"exact_extraction": torch.zeros(2, dtype=torch.long),
@@ -61,6 +69,24 @@ def test_thresholds_come_from_the_controls_on_the_current_model(memorized_gpt2):
     assert forgotten.tolist() == [False, False]
     assert criterion.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(ma_wiped, abs=1e-6)
     assert criterion.to_dict()["first"]["groups"]["all"]["source"] == "controls"
+    assert criterion.to_dict()["control_quantile"] == 0.9
+
+
+def test_control_quantile_null_is_the_controls_mean(memorized_gpt2):
+    """control_quantile: null keeps the mean rule; a quantile above the median is never stricter than the mean."""
+    mem = memorized_gpt2
+    controls = _regroup(mem.probes.by_role("control"), "all")
+    forget = _regroup(mem.probes.subset(FORGET), "all")
+    mean = build_criterion(EraseConfig(min_group_controls=10, control_quantile=None), controls)
+    mean.check(mem.model, mem.tokenizer, forget)
+    assert mean.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(
+        _mean_ma(mem.model, mem.tokenizer, controls), abs=1e-6)
+    q = build_criterion(EraseConfig(min_group_controls=10, control_quantile=0.5), controls)
+    q.check(mem.model, mem.tokenizer, forget)
+    assert q.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(
+        _quantile_ma(mem.model, mem.tokenizer, controls, 0.5), abs=1e-6)
+    with pytest.raises(EraseConfigError, match="control_quantile"):
+        EraseConfig(control_quantile=1.5)
 
 
 def test_wholesale_erasure_is_not_reported_as_success(memorized_gpt2):
@@ -69,8 +95,9 @@ def test_wholesale_erasure_is_not_reported_as_success(memorized_gpt2):
     mem = memorized_gpt2
     controls = _regroup(mem.probes.by_role("control"), "all")
     forget = _regroup(mem.probes.subset(FORGET), "all")
+    # control_quantile null: thresholds are the controls' means, which the collateral section also reports.
     config = EraseConfig(method="ga", selector="all", learning_rate=3e-2, max_steps=6, score_every=6, gate=None,
-                         min_group_controls=10)
+                         min_group_controls=10, control_quantile=None)
     report = Eraser(mem.fresh(), mem.tokenizer, forget, config, controls=controls).erase().report
     after = report["collateral"]["controls"]["all"]
     assert after["memorization_accuracy_after"] < 0.75 * after["memorization_accuracy_before"]  # format wiped
