@@ -213,7 +213,7 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, c
             trainer.remove_callback(ProgressCallback)
             trainer.remove_callback(PrinterCallback)
         trainer.add_callback(extra)
-    callback = MemorizationCallback.from_config(trainer, probes, cfg, reference_model=reference)
+    callback = MemorizationCallback(trainer, probes, config=cfg, reference_model=reference)
     trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
