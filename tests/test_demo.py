@@ -61,6 +61,9 @@ def test_demo_tiny_end_to_end(toy_dir, tmp_path, capsys):
     _check_run_files(out)
     printed = capsys.readouterr().out
     assert "before -> after erasure" in printed and "retain/perplexity" in printed and "total" in printed
+    # The trainer's logs as one digest line each (TrainerLogDigest in run_track), never its printed dicts.
+    assert "memorization: extraction rate" in printed and "training done in" in printed
+    assert "{'loss'" not in printed and "'memorization/" not in printed
 
 
 @pytest.mark.slow
