@@ -58,8 +58,8 @@ class TrackConfig:
         # MemorizationCallback(every_n_steps=...) both come through here.
         from obliviate.config import section
 
-        self.flag_rule = section(FlagRule, self.flag_rule, "tracking.flag_rule")
-        self.budget = section(MemorizationBudget, self.budget, "tracking.budget")
+        self.flag_rule = section(FlagRule, self.flag_rule, "flag_rule")
+        self.budget = section(MemorizationBudget, self.budget, "budget")
         if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int)
                                                or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
             raise TrackingError(f"every_n_steps must be a positive number of optimizer steps (or None/null to score "
