@@ -83,15 +83,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
 
-    import inspect
-
     import torch
 
-    from obliviate.callbacks import MemorizationCallback
+    from obliviate.callbacks import TrackConfig
     from obliviate.data import load_probes
     from obliviate.report.tables import format_table
 
-    default_every = inspect.signature(MemorizationCallback).parameters["every_n_steps"].default
+    default_every = TrackConfig().every_n_steps  # the callback's default is its config's
     args.every_n_steps = args.every_n_steps or [default_every]
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -112,6 +114,48 @@ def test_bad_inputs_fail_before_training(bare_trainer, tmp_path):
         MemorizationCallback(bare_trainer, ProbeSet([]))
     with pytest.raises(TrackingError, match="unknown metrics"):
         MemorizationCallback(bare_trainer, probes, metrics=["MA"])
+
+
+def test_config_object_tracks_exactly_as_the_keywords(bare_trainer, tmp_path):
+    """config=TrackConfig(...) (the way a TRL trainer takes args) scores, flags and logs what the same
+    settings given as keywords do; a recipe's tracking: section is that TrackConfig."""
+    from obliviate.callbacks import FlagRule
+    from obliviate.metrics import SamplingConfig
+
+    rule = FlagRule(control_ma_percentile=50, min_controls=5, min_ma_gain=None)
+    by_config = MemorizationCallback(bare_trainer, sft_probes(), output_dir=str(tmp_path / "a"), config=TrackConfig(
+        every_n_steps=7, batch_size=5, metrics=["loss", "memorization_accuracy"], flag_rule=rule, samples=13,
+        temperature=0.7, min_k=0.5))
+    by_keywords = MemorizationCallback(bare_trainer, sft_probes(), output_dir=str(tmp_path / "b"), every_n_steps=7,
+                                       batch_size=5, metrics=["loss", "memorization_accuracy"], flag_rule=rule,
+                                       sampling=SamplingConfig(n=13, temperature=0.7), min_k=0.5)
+    assert by_config.config == by_keywords.config
+    assert (by_config.every_n_steps, by_config.batch_size, by_config.sampling.n, by_config.min_k) == (7, 5, 13, 0.5)
+    logs = [c.evaluate(bare_trainer.state, bare_trainer.control) for c in (by_config, by_keywords)]
+    assert {k: v for k, v in logs[0].items() if k != "memorization/seconds"} == \
+        {k: v for k, v in logs[1].items() if k != "memorization/seconds"}
+    assert logs[0]["memorization/flagged"] > 0, "the loose rule must flag something for the comparison to mean much"
+    assert by_config.flagged == by_keywords.flagged
+    histories = [read_jsonl(tmp_path / d / "memorization" / "history.jsonl") for d in ("a", "b")]
+    assert histories[0] == histories[1] and "loss" in histories[0][0] and "min_k" not in histories[0][0]
+    # Not the defaults: the keywords reached the scorer (13 samples, T=0.7 are in the flag meta).
+    meta = json.loads((tmp_path / "a" / "memorization" / "flagged.meta.json").read_text())
+    assert meta["thresholds"]["sampling"] == {"n": 13, "temperature": 0.7, "top_k": None, "top_p": None}
+
+
+def test_a_keyword_and_a_config_together_is_an_error(bare_trainer):
+    with pytest.raises(TrackingError, match=r"every_n_steps, batch_size given both as keywords and in config="):
+        MemorizationCallback(bare_trainer, sft_probes(), config=TrackConfig(every_n_steps=5), every_n_steps=5,
+                             batch_size=4)
+    with pytest.raises(TrackingError, match="config must be a TrackConfig"):
+        MemorizationCallback(bare_trainer, sft_probes(), config={"every_n_steps": 5})
+    # The checks are TrackConfig's own, whichever way the settings come.
+    with pytest.raises(TrackingError, match="every_n_steps must be a positive number"):
+        MemorizationCallback(bare_trainer, sft_probes(), config=TrackConfig(every_n_steps=0))
+    with pytest.raises(TrackingError, match="batch_size must be a positive integer"):
+        MemorizationCallback(bare_trainer, sft_probes(), batch_size=0)
+    # None is a value (no step-based scoring), not "left out".
+    assert MemorizationCallback(bare_trainer, sft_probes(), every_n_steps=None).every_n_steps is None
 
 
 def test_evaluate_restores_modes_and_trainer_logging(bare_trainer, tmp_path):

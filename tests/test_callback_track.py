@@ -87,10 +87,10 @@ def test_recipe_checks_before_loading_anything(mini_toy, tmp_path):
     with pytest.raises(RecipeError, match="lora"):
         load_track_recipe({**base, "lora": {"rank": 4}})
     settings = load_track_recipe({**base, "training": {"report_to": "none", "max_steps": "7"}})
-    assert settings["training"].report_to == [] and settings["training"].max_steps == 7
+    assert settings.training.report_to == [] and settings.training.max_steps == 7
     if not torch.cuda.is_available():
-        assert settings["training"].use_cpu and not settings["training"].bf16
-        assert not settings["training"].activation_checkpointing
+        assert settings.training.use_cpu and not settings.training.bf16
+        assert not settings.training.activation_checkpointing
 
 
 def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path):
@@ -101,7 +101,7 @@ def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path):
     probes = build_probes(settings, rows, tokenizer)
     assert probes["canary-x8-0"].meta["repetitions"] == 8 and probes["canary-x1-0"].meta["repetitions"] == 1
     assert len(probes.by_role("control")) == 16 and len(probes.by_role("member")) == 48
-    settings["tracking"].max_probes = 30
+    settings.tracking.max_probes = 30
     capped = build_probes(settings, rows, tokenizer)
     assert len(capped) == 30 and len(capped.by_role("control")) == 16
 

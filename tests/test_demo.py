@@ -61,6 +61,9 @@ def test_demo_tiny_end_to_end(toy_dir, tmp_path, capsys):
     _check_run_files(out)
     printed = capsys.readouterr().out
     assert "before -> after erasure" in printed and "retain/perplexity" in printed and "total" in printed
+    # The trainer's logs as one digest line each (TrainerLogDigest in run_track), never its printed dicts.
+    assert "memorization: extraction rate" in printed and "training done in" in printed
+    assert "{'loss'" not in printed and "'memorization/" not in printed
 
 
 @pytest.mark.slow
@@ -130,6 +133,10 @@ def _recipe(tmp_path, text: str) -> Path:
     ("toy: {pretrain_step: 3}\n", "Did you mean 'pretrain_steps'"),
     ("utility: [{name: perplexty, data: retain.jsonl}]\n", "unknown benchmark 'perplexty'.*Did you mean 'perplexity'"),
     ("quick: {epochs: 2}\n", "must be a dotted key"),
+    ("tracking: {every_n_steps: 0}\n", "section 'tracking': every_n_steps must be a positive number"),
+    ("erase: {gate: {benchmarks: [default, {name: perplexity, data: x, max_relative_increse: 0.1}]}}\n",
+     r"unknown key 'max_relative_increse' in erase\.gate\.benchmarks\[1\].*Did you mean 'max_relative_increase'"),
+    ("utility: [{name: perplexity, dat: retain.jsonl}]\n", r"unknown key 'dat' in section 'utility'\[0\].*Did you mean 'data'"),
 ])
 def test_bad_recipe_keys_fail_with_the_fix(tmp_path, capsys, body, expected):
     import re

@@ -2,8 +2,10 @@
 
     python -c "from obliviate.config import load_recipe; help(load_recipe)"
 
-Unknown keys are errors that name the key, the section and the nearest valid key, raised before
-any model is loaded, so a typo fails in the first second rather than after an hour of training.
+``load_recipe(path, RecipeClass, overrides)`` is the one loader: read the YAML, apply the dotted
+overrides once, fill the dataclass; every check is the dataclass's ``__post_init__``. Unknown keys
+are errors that name the key, the section, the file and the nearest valid key, raised before any
+model is loaded, so a typo fails in the first second rather than after an hour of training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,8 @@ def _check_type(value: Any, annotation: Any) -> Any:
     kind = _scalar_type(annotation)
     if kind is None or value is None:
         return value
+    if kind is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
@@ -123,40 +128,81 @@ def from_dict(cls, data: dict[str, Any] | None, where: str | None = None):
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``gate.every``) from CLI flags over a recipe; ``None`` values are left out."""
+    """Set dotted keys (``gate.every``) over a recipe; the CLI's flags win over the file.
+
+    A ``None`` value sets the key to null (``--set gate=null``): callers leave unset flags out.
+    """
     data = dict(data)
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         *parents, leaf = dotted.split(".")
         node = data
-        for part in parents:
-            node[part] = dict(node.get(part) or {})
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is not None and not isinstance(child, dict):
+                raise RecipeError(f"cannot set {dotted!r}: {'.'.join(parents[:i + 1])} is {child!r}, not a section "
+                                  "of keys; set the whole key instead.")
+            node[part] = dict(child or {})
             node = node[part]
         node[leaf] = value
     return data
 
 
-def load_recipe(path: str | os.PathLike | None, sections: dict[str, Any], overrides: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-    """Read a recipe and check its top-level keys against ``sections``.
+def section(cls, value: Any, name: str):
+    """A recipe section as dataclass ``cls``: ``value`` itself when already one, else built from its mapping.
+
+    For the ``__post_init__`` of a config that holds sections (``tracking:``, ``flag_rule:``): errors name
+    the section, and :func:`from_dict` one level up adds the file.
+    """
+    return value if isinstance(value, cls) else from_dict(cls, value, f"section {name!r}")
+
+
+def _where(source: Any) -> str:
+    if source is None:
+        return "the options"
+    return "the recipe" if isinstance(source, Mapping) else f"recipe {source}"
+
+
+def read_recipe(source: str | os.PathLike | Mapping | None, overrides: dict[str, Any] | None = None,
+                valid=None, where: str | None = None) -> dict[str, Any]:
+    """A recipe's mapping with the dotted ``overrides`` applied over it, once.
 
     Args:
-        path: the YAML file, or None for defaults only.
-        sections: allowed top-level keys; a value that is a dataclass type means "this key is a section
-            of that dataclass's fields", anything else means "a plain value".
-        overrides: dotted keys to set over the file (CLI flags win over the recipe).
+        source: a YAML file, a mapping already read, or None (defaults and overrides only).
+        overrides: dotted keys set over the recipe (``{"training.max_steps": 10}``).
+        valid: the allowed top-level keys, checked in the file and again after the overrides.
+        where: names the recipe in errors (default: ``recipe PATH``).
+    """
+    where = where or _where(source)
+    data = {} if source is None else dict(source) if isinstance(source, Mapping) else read_yaml(source)
+    if valid is not None:
+        check_keys(data, valid, where)
+    data = apply_overrides(data, overrides or {})
+    if valid is not None and overrides:
+        check_keys(data, valid, f"{where} (with the command-line overrides)")
+    return data
+
+
+def load_recipe(source: str | os.PathLike | Mapping | None, recipe_class, overrides: dict[str, Any] | None = None,
+                where: str | None = None):
+    """Read a recipe into ``recipe_class``, the one loader every command and the demo use.
+
+    The recipe's top-level keys are the fields of ``recipe_class``; every check is the dataclass's own
+    (``__post_init__``, which builds its sections with :func:`section`), so a recipe and the Python API
+    fail the same way.
+
+    Args:
+        source: a YAML file, a mapping, or None for defaults only.
+        recipe_class: the dataclass the recipe fills (``TrackRecipe``, ``DemoSettings``, ``BenchConfig``, ...).
+        overrides: dotted keys to set over the file, applied once (CLI flags win over the recipe).
+        where: names the recipe in errors (default: ``recipe PATH``).
 
     Returns:
-        The merged mapping, every dataclass section instantiated.
+        The ``recipe_class`` instance.
+
+    Raises:
+        RecipeError: a missing or invalid file, an unknown key (naming the nearest valid one and where it
+            is), or a value the dataclass rejects.
     """
-    data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides or {})
-    check_keys(data, sections, f"recipe {path}" if path else "the options")
-    out = {}
-    for key, kind in sections.items():
-        if dataclasses.is_dataclass(kind):
-            out[key] = from_dict(kind, data.get(key), f"section {key!r} of {path or 'the options'}")
-        else:
-            out[key] = data.get(key, kind)
-    return out
+    where = where or _where(source)
+    valid = {f.name for f in dataclasses.fields(recipe_class) if f.init}
+    return from_dict(recipe_class, read_recipe(source, overrides, valid, where), where)

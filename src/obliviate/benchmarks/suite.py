@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from obliviate.benchmarks.base import BenchmarkError, UtilityBenchmark
-from obliviate.config import from_dict, read_yaml
+from obliviate.config import check_keys, load_recipe
 
 
 def check_entries(entries: Any, where: str) -> list[dict]:
@@ -32,6 +32,15 @@ def check_entries(entries: Any, where: str) -> list[dict]:
     return [dict(e) for e in entries]
 
 
+def check_entry_keys(entry: dict, where: str, extra: Iterable[str] = ()) -> None:
+    """Unknown keys of one entry (its benchmark's config fields, ``name``, and ``extra``) fail now, naming
+    the nearest valid key, before any model or data is loaded."""
+    from obliviate.benchmarks.registry import get_benchmark
+
+    klass = get_benchmark(entry["name"])
+    check_keys(entry, {*klass.config_class.__dataclass_fields__, "name", *extra}, where)
+
+
 @dataclass
 class BenchConfig:
     """The ``bench`` recipe: which benchmarks to run (``obliviate bench --config``)."""
@@ -41,6 +50,8 @@ class BenchConfig:
 
     def __post_init__(self):
         self.benchmarks = check_entries(self.benchmarks, "the bench recipe")
+        for i, entry in enumerate(self.benchmarks):
+            check_entry_keys(entry, f"benchmark {entry['name']!r} (benchmarks[{i}])")
 
 
 class UtilitySuite:
@@ -75,8 +86,7 @@ class UtilitySuite:
     @classmethod
     def from_recipe(cls, path: str | os.PathLike, tokenizer=None) -> UtilitySuite:
         """Build from a ``bench`` recipe YAML (top-level keys: the fields of :class:`BenchConfig`)."""
-        config = from_dict(BenchConfig, read_yaml(path), f"recipe {path}")
-        return cls.from_config(config, tokenizer)
+        return cls.from_config(load_recipe(path, BenchConfig), tokenizer)
 
     def __iter__(self) -> Iterator[UtilityBenchmark]:
         return iter(self.benchmarks)

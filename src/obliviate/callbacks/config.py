@@ -15,6 +15,10 @@ from obliviate.metrics import METRIC_NAMES, SamplingConfig
 HISTORY_METRICS = (*METRIC_NAMES, "suffix_log_prob", "suffix_length")
 
 
+class TrackingError(ValueError):
+    """The callback cannot track this run as configured; the message says what to change."""
+
+
 @dataclass
 class TrackConfig:
     """How :class:`~obliviate.callbacks.MemorizationCallback` scores, flags and budgets during SFT."""
@@ -50,26 +54,28 @@ class TrackConfig:
                         metadata={"help": "MemorizationBudget fields (a mapping); empty: no limits."})
 
     def __post_init__(self):
-        from obliviate.config import from_dict
+        # The one place these settings are checked: a recipe's tracking: section and
+        # MemorizationCallback(every_n_steps=...) both come through here.
+        from obliviate.config import section
 
-        if isinstance(self.flag_rule, dict) or self.flag_rule is None:
-            self.flag_rule = from_dict(FlagRule, self.flag_rule, "tracking.flag_rule")
-        if isinstance(self.budget, dict) or self.budget is None:
-            self.budget = from_dict(MemorizationBudget, self.budget, "tracking.budget")
-        if self.every_n_steps is not None and (isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
-            raise ValueError(f"every_n_steps must be a positive number of steps or null, got {self.every_n_steps!r}")
+        self.flag_rule = section(FlagRule, self.flag_rule, "flag_rule")
+        self.budget = section(MemorizationBudget, self.budget, "budget")
+        if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int)
+                                               or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
+            raise TrackingError(f"every_n_steps must be a positive number of optimizer steps (or None/null to score "
+                                f"only per epoch and at the end), got {self.every_n_steps!r}.")
         if self.max_probes is not None and self.max_probes < 1:
-            raise ValueError(f"max_probes must be >= 1 or null, got {self.max_probes}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise TrackingError(f"max_probes must be >= 1 or null, got {self.max_probes}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise TrackingError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
         if self.metrics is not None:
             unknown = [m for m in self.metrics if m not in HISTORY_METRICS]
             if unknown:
-                raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
+                raise TrackingError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
         if not 0 < self.min_k <= 1:
-            raise ValueError(f"min_k must be in (0, 1], got {self.min_k}")
+            raise TrackingError(f"min_k must be in (0, 1], got {self.min_k}")
         if self.prefix_tokens < 1 or self.suffix_tokens < 1:
-            raise ValueError("prefix_tokens and suffix_tokens must be >= 1")
+            raise TrackingError("prefix_tokens and suffix_tokens must be >= 1")
         self.sampling  # noqa: B018 -- validates the sampling fields now, not at the first scoring
 
     @property
@@ -78,3 +84,23 @@ class TrackConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+UNSET = object()
+"""A keyword of :class:`MemorizationCallback` left out (None is a value: ``every_n_steps=None``)."""
+
+
+def track_config(config: TrackConfig | None, **keywords) -> TrackConfig:
+    """``config``, or a :class:`TrackConfig` of the keywords given; both at once is an error, not a merge."""
+    given = {k: v for k, v in keywords.items() if v is not UNSET}
+    if config is not None:
+        if given:
+            raise TrackingError(f"{', '.join(given)} given both as keywords and in config=TrackConfig(...): set each "
+                                "setting in one place (dataclasses.replace(config, ...) changes a config).")
+        if not isinstance(config, TrackConfig):
+            raise TrackingError(f"config must be a TrackConfig, got {type(config).__name__}.")
+        return config
+    sampling = given.pop("sampling", None)
+    if sampling is not None:  # TrackConfig keeps the attacker's sampling as four recipe keys
+        given.update(samples=sampling.n, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+    return TrackConfig(**given)

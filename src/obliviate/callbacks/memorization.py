@@ -2,6 +2,8 @@
 
     trainer = SFTTrainer(model=model, args=SFTConfig(...), train_dataset=ds, processing_class=tokenizer)
     trainer.add_callback(MemorizationCallback(trainer, probes, every_n_steps=100))
+    # or with the settings as one object, the way the trainer takes args=SFTConfig(...):
+    #   MemorizationCallback(trainer, probes, config=TrackConfig(every_n_steps=100, batch_size=64))
     trainer.train()   # -> OUTPUT_DIR/memorization/{history.jsonl, flagged.jsonl, flagged.meta.json}
 
 or end to end: ``obliviate track --config recipes/track-sft.yaml``.
@@ -24,20 +26,15 @@ from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 
-from obliviate.callbacks.budget import MemorizationBudget
-from obliviate.callbacks.config import HISTORY_METRICS
+from obliviate.callbacks.config import HISTORY_METRICS, UNSET, TrackConfig, TrackingError, track_config
 from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
-from obliviate.callbacks.flagging import BASELINE_FIELDS, RULE_FIELDS, FlagResult, FlagRule, group_key
+from obliviate.callbacks.flagging import BASELINE_FIELDS, RULE_FIELDS, FlagResult, group_key
 from obliviate.data.flagged import append_flagged, flagged_row, write_meta
 from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
-from obliviate.metrics import SamplingConfig, context_length, score_probes
+from obliviate.metrics import context_length, score_probes
 from obliviate.metrics.sets import summarize_scores
 
 logger = logging.getLogger(__name__)
-
-
-class TrackingError(ValueError):
-    """The callback cannot track this run as configured; the message says what to change."""
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
@@ -72,6 +69,8 @@ class MemorizationCallback(TrainerCallback):
         trainer: the ``transformers.Trainer`` (or TRL ``SFTTrainer``) this callback is added to.
         probes: a :class:`~obliviate.data.ProbeSet`, or anything :func:`~obliviate.data.load_probes` reads.
             Build them with :func:`obliviate.data.sft.probes_from_sft_rows` to score exactly the trained ids.
+        config: a :class:`~obliviate.callbacks.TrackConfig` (the ``tracking:`` recipe section), the way a TRL
+            trainer takes ``args``. Without it the keywords below build one; giving both is an error.
         every_n_steps: score every this many optimizer steps; None for none (then only ``every_epoch``
             and the end of training). The default keeps scoring ~200 probes under 5% of the toy model's SFT
             time (``perf/callback_overhead.py``); the cost scales with probes x probe length / step cost.
@@ -83,42 +82,36 @@ class MemorizationCallback(TrainerCallback):
             without ``score_on_start`` (rows at step 0 in ``history.jsonl``; a resumed run reads them back).
         budget: a :class:`MemorizationBudget` whose limits stop training.
         batch_size: probes per forward pass.
+        sampling: the attacker's sampling for ``extraction_probability`` (default n=100, plain sampling).
+        min_k: fraction of tokens for Min-K% and Min-K%++.
+        score_on_start: also score before the first step.
         output_dir: where ``memorization/`` goes (default: ``trainer.args.output_dir``).
         reference_model: optional model on the same device for ``reference_ratio`` (doubles the cost); it
             is also the flag rule's baseline (scored once at train begin) instead of the step-0 scores.
         tokenizer: the probes' tokenizer (default: ``trainer.processing_class``, else the tokenizer the
             ``ProbeSet`` was built with, else ``trainer.data_collator.tokenizer``).
-        sampling: the attacker's sampling for ``extraction_probability`` (default n=100, plain sampling).
-        min_k: fraction of tokens for Min-K% and Min-K%++.
-        score_on_start: also score before the first step.
         progress: show a progress bar while scoring (main process).
 
     Raises:
-        TrackingError: bad settings or an unwritable output directory; ProbeError for probes with ids
-            outside the vocabulary or longer than the model's context or the trainer's ``max_length``.
+        TrackingError: bad settings, a keyword given with ``config``, or an unwritable output directory;
+            ProbeError for probes with ids outside the vocabulary or longer than the model's context or the
+            trainer's ``max_length``.
     """
 
-    def __init__(self, trainer, probes, every_n_steps: int | None = 100, every_epoch: bool = False,
-                 metrics: list[str] | None = None, flag_rule: FlagRule | None = None,
-                 budget: MemorizationBudget | None = None, batch_size: int = 32, output_dir: str | None = None,
-                 reference_model=None, tokenizer=None, sampling: SamplingConfig | None = None, min_k: float = 0.2,
-                 score_on_start: bool = False, progress: bool = False):
-        if every_n_steps is not None and (not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool)
-                                          or every_n_steps < 1):
-            raise TrackingError(f"every_n_steps must be a positive number of optimizer steps (or None to score only "
-                                f"per epoch and at the end), got {every_n_steps!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise TrackingError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        unknown = [m for m in metrics or () if m not in HISTORY_METRICS]
-        if unknown:
-            raise TrackingError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
+    def __init__(self, trainer, probes, config: TrackConfig | None = None, *, every_n_steps=UNSET,
+                 every_epoch=UNSET, metrics=UNSET, flag_rule=UNSET, budget=UNSET, batch_size=UNSET, sampling=UNSET,
+                 min_k=UNSET, score_on_start=UNSET, output_dir: str | None = None, reference_model=None,
+                 tokenizer=None, progress: bool = False):
+        self.config = track_config(config, every_n_steps=every_n_steps, every_epoch=every_epoch, metrics=metrics,
+                                   flag_rule=flag_rule, budget=budget, batch_size=batch_size, sampling=sampling,
+                                   min_k=min_k, score_on_start=score_on_start)
+        cfg = self.config
         self.trainer = trainer
-        self.every_n_steps, self.every_epoch, self.score_on_start = every_n_steps, every_epoch, score_on_start
-        self.metrics = tuple(metrics) if metrics else HISTORY_METRICS
-        self.flag_rule = flag_rule or FlagRule()
-        self.budget = budget or MemorizationBudget()
-        self.batch_size, self.min_k, self.progress = batch_size, min_k, progress
-        self.sampling = sampling or SamplingConfig()
+        self.every_n_steps, self.every_epoch, self.score_on_start = cfg.every_n_steps, cfg.every_epoch, \
+            cfg.score_on_start
+        self.metrics = tuple(cfg.metrics) if cfg.metrics else HISTORY_METRICS
+        self.flag_rule, self.budget, self.sampling = cfg.flag_rule, cfg.budget, cfg.sampling
+        self.batch_size, self.min_k, self.progress = cfg.batch_size, cfg.min_k, progress
         self.reference_model = reference_model
         self.tokenizer = _find_tokenizer(trainer, probes, tokenizer)
         ensure_pad_token(self.tokenizer)
@@ -140,16 +133,6 @@ class MemorizationCallback(TrainerCallback):
         self.baselines: dict[str, dict] = {}
         self.baseline_source = "reference model" if reference_model is not None else "step 0"
         self.groups = self.flag_rule.plan((p.group, p.role) for p in self.probes)
-
-    @classmethod
-    def from_config(cls, trainer, probes, config, output_dir: str | None = None, reference_model=None,
-                    tokenizer=None) -> MemorizationCallback:
-        """Build from a :class:`~obliviate.callbacks.TrackConfig` (the ``tracking:`` recipe section)."""
-        return cls(trainer, probes, every_n_steps=config.every_n_steps, every_epoch=config.every_epoch,
-                   metrics=config.metrics, flag_rule=config.flag_rule, budget=config.budget,
-                   batch_size=config.batch_size, output_dir=output_dir, reference_model=reference_model,
-                   tokenizer=tokenizer, sampling=config.sampling, min_k=config.min_k,
-                   score_on_start=config.score_on_start)
 
     # -- paths and checks -------------------------------------------------------------------------
     @property

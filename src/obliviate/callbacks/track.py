@@ -21,17 +21,13 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from obliviate.callbacks.config import TrackConfig
-from obliviate.config import RecipeError, apply_overrides, check_keys, from_dict, read_yaml
+from obliviate.config import RecipeError, from_dict, load_recipe, section
 
-SECTIONS: dict[str, Any] = {
-    "model": None, "tokenizer": None, "dtype": "float32", "train_file": None, "dataset_name": None,
-    "dataset_config": None, "dataset_split": "train", "probes": None, "controls": None, "output_dir": "runs/track",
-    "lora": None, "trainable": None, "training": None, "tracking": TrackConfig,
-}
 SFT_ROW_KEYS = ("prompt", "messages")
 
 
@@ -41,33 +37,61 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def load_track_recipe(recipe: dict | str | os.PathLike, overrides: dict | None = None) -> dict[str, Any]:
-    """Read and check a track recipe; returns the merged mapping with ``tracking`` a TrackConfig,
-    ``training`` an ``SFTConfig`` and ``lora`` a ``LoraConfig`` (or None). No model is loaded."""
-    where = "the track recipe" if isinstance(recipe, dict) else f"recipe {recipe}"
-    data = dict(recipe) if isinstance(recipe, dict) else read_yaml(recipe)
-    data = apply_overrides(data, overrides or {})
-    check_keys(data, SECTIONS, where)
-    out = {k: data.get(k, v) for k, v in SECTIONS.items() if not isinstance(v, type)}
-    out["tracking"] = from_dict(TrackConfig, data.get("tracking"), f"section 'tracking' of {where}")
-    if not out["model"]:
-        raise RecipeError(f"{where} has no 'model': give a model directory (e.g. runs/toy/base) or a hub name.")
-    if bool(out["train_file"]) == bool(out["dataset_name"]):
-        raise RecipeError(f"{where} needs exactly one of 'train_file' (a JSONL file) and 'dataset_name'.")
-    out["training"] = _training_args(dict(data.get("training") or {}), str(out["output_dir"]), where)
-    out["lora"] = _lora_config(data.get("lora"), where)
-    for key in ("train_file", "probes", "controls"):
-        if out[key] and not Path(out[key]).is_file():
-            raise FileNotFoundError(f"{key} {out[key]} does not exist (relative paths start at {Path.cwd()}). "
-                                    "For the toy files run `obliviate toy --out runs/toy` first.")
-    return out
+@dataclass
+class TrackRecipe:
+    """A checked track recipe: the keys of this module's docstring, ``training`` an ``SFTConfig``,
+    ``lora`` a ``LoraConfig`` (or None), ``tracking`` a :class:`TrackConfig`. No model is loaded."""
+
+    model: str | None = field(default=None, metadata={"help": "Model directory or hub name."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype."})
+    train_file: str | None = field(default=None, metadata={"help": "Training JSONL (or dataset_name)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name (or train_file)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    dataset_split: str = field(default="train", metadata={"help": "The dataset's split."})
+    probes: str | None = field(default=None, metadata={"help": "Probes JSONL (default: the training rows)."})
+    controls: str | None = field(default=None, metadata={"help": "Never-trained rows, added as controls."})
+    output_dir: str = field(default="runs/track", metadata={"help": "The run directory."})
+    lora: Any = field(default=None, metadata={"help": "peft.LoraConfig fields (a mapping); null: full weights."})
+    trainable: Any = field(default=None, metadata={"help": "Top N blocks or parameter-name regexes to train."})
+    training: Any = field(default=None, metadata={"help": "SFTConfig fields (a mapping)."})
+    tracking: Any = field(default=None, metadata={"help": "TrackConfig fields (a mapping)."})
+
+    def __post_init__(self):
+        self.tracking = section(TrackConfig, self.tracking, "tracking")
+        if not self.model:
+            raise RecipeError("no 'model': give a model directory (e.g. runs/toy/base) or a hub name.")
+        if bool(self.train_file) == bool(self.dataset_name):
+            raise RecipeError("give exactly one of 'train_file' (a JSONL file) and 'dataset_name'.")
+        from trl import SFTConfig
+
+        if not isinstance(self.training, SFTConfig):
+            self.training = _training_args(dict(self.training or {}), str(self.output_dir))
+        if isinstance(self.lora, dict) or not self.lora:
+            self.lora = _lora_config(self.lora) if self.lora else None
+        for key in ("train_file", "probes", "controls"):
+            if getattr(self, key) and not Path(getattr(self, key)).is_file():
+                raise FileNotFoundError(f"{key} {getattr(self, key)} does not exist (relative paths start at "
+                                        f"{Path.cwd()}). For the toy files run `obliviate toy --out runs/toy` first.")
+
+    def record(self) -> dict[str, Any]:
+        """The resolved recipe as ``track.json`` keeps it (every section as plain values)."""
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("training", "lora", "tracking")}
+        return {**top, "training": self.training.to_dict(), "tracking": self.tracking.to_dict(),
+                "lora": self.lora.to_dict() if self.lora is not None else None}
 
 
-def _training_args(training: dict, output_dir: str, where: str):
+def load_track_recipe(recipe: dict | str | os.PathLike, overrides: dict | None = None) -> TrackRecipe:
+    """Read and check a track recipe (a YAML path or a mapping) with dotted ``overrides``; no model is loaded."""
+    where = "the track recipe" if isinstance(recipe, dict) else None
+    return load_recipe(recipe, TrackRecipe, overrides, where)
+
+
+def _training_args(training: dict, output_dir: str):
     from trl import SFTConfig
 
     if "output_dir" in training:
-        raise RecipeError(f"set output_dir at the top level of {where}, not under 'training'.")
+        raise RecipeError("set output_dir at the top level, not under 'training'.")
     defaults: dict[str, Any] = {"output_dir": output_dir, "report_to": ["none"], "save_strategy": "no",
                                 "packing": False, "logging_steps": 10}
     if not _cuda():
@@ -77,26 +101,24 @@ def _training_args(training: dict, output_dir: str, where: str):
             defaults["activation_checkpointing"] = False
     if isinstance(training.get("report_to"), str):
         training["report_to"] = [training["report_to"]]  # a bare "none" would be read as null
-    return from_dict(SFTConfig, {**defaults, **training}, f"section 'training' of {where}")
+    return from_dict(SFTConfig, {**defaults, **training}, "section 'training'")
 
 
-def _lora_config(lora: dict | None, where: str):
-    if not lora:
-        return None
+def _lora_config(lora: dict):
     from peft import LoraConfig
 
-    return from_dict(LoraConfig, {"task_type": "CAUSAL_LM", **lora}, f"section 'lora' of {where}")
+    return from_dict(LoraConfig, {"task_type": "CAUSAL_LM", **lora}, "section 'lora'")
 
 
-def _load_rows(settings: dict) -> list[dict]:
+def _load_rows(settings: TrackRecipe) -> list[dict]:
     from datasets import load_dataset
 
-    if settings["train_file"]:
-        return [dict(r) for r in load_dataset("json", data_files=str(settings["train_file"]), split="train")]
+    if settings.train_file:
+        return [dict(r) for r in load_dataset("json", data_files=str(settings.train_file), split="train")]
     try:
-        ds = load_dataset(settings["dataset_name"], settings["dataset_config"], split=settings["dataset_split"])
+        ds = load_dataset(settings.dataset_name, settings.dataset_config, split=settings.dataset_split)
     except Exception as e:  # datasets raises many types for a missing name; say what to do instead
-        raise RecipeError(f"cannot load dataset {settings['dataset_name']!r}: {e}. Offline, give a local "
+        raise RecipeError(f"cannot load dataset {settings.dataset_name!r}: {e}. Offline, give a local "
                           "train_file (JSONL) instead.") from None
     return [dict(r) for r in ds]
 
@@ -124,14 +146,14 @@ def _cap_members(probes, max_probes: int | None, seed: int = 0):
     return ProbeSet(p for p in probes if p.role != "member" or p.id in chosen)
 
 
-def build_probes(settings: dict, rows: list[dict], tokenizer):
+def build_probes(settings: TrackRecipe, rows: list[dict], tokenizer):
     """The probes of a track run: the ``probes`` file, or the training rows plus ``controls``."""
     from obliviate.data import ProbeSet, load_probes, read_jsonl
     from obliviate.data.sft import probes_from_sft_rows
 
-    cfg: TrackConfig = settings["tracking"]
+    cfg: TrackConfig = settings.tracking
     kwargs = dict(include_eos=cfg.include_eos, prefix_tokens=cfg.prefix_tokens, suffix_tokens=cfg.suffix_tokens,
-                  text_field=settings["training"].dataset_text_field)
+                  text_field=settings.training.dataset_text_field)
     text_field = kwargs["text_field"]
 
     def from_rows(source: list[dict], **extra):
@@ -139,39 +161,41 @@ def build_probes(settings: dict, rows: list[dict], tokenizer):
             return probes_from_sft_rows(source, tokenizer, **extra, **kwargs)
         return load_probes(source, tokenizer, cfg.prefix_tokens, cfg.suffix_tokens)
 
-    if settings["probes"]:
-        probes = from_rows(read_jsonl(settings["probes"]))
+    if settings.probes:
+        probes = from_rows(read_jsonl(settings.probes))
     else:
         probes = from_rows(rows, id_prefix="train")
-        if settings["controls"]:
-            controls = from_rows(read_jsonl(settings["controls"]), role="control", id_prefix="control")
+        if settings.controls:
+            controls = from_rows(read_jsonl(settings.controls), role="control", id_prefix="control")
             probes = ProbeSet([*probes, *controls])
     return _cap_members(probes, cfg.max_probes)
 
 
-def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None) -> Path:
+def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, callbacks=()) -> Path:
     """Fine-tune with ``SFTTrainer`` and a :class:`~obliviate.callbacks.MemorizationCallback`.
 
     Args:
         recipe: a YAML path or a mapping with the keys of this module's docstring.
         overrides: dotted keys set over the recipe (``{"output_dir": ..., "training.max_steps": 10}``).
+        callbacks: more ``TrainerCallback``s for the trainer. A ``ProgressCallback`` or ``PrinterCallback``
+            among them replaces the trainer's own printer of logs (the demo prints one line per log).
 
     Returns:
         The run directory (``output_dir``).
     """
     from datasets import Dataset
+    from transformers import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     from obliviate.callbacks.memorization import MemorizationCallback
     from obliviate.modeling import freeze_except, load_model, load_model_and_tokenizer
 
     settings = load_track_recipe(recipe, overrides)
-    cfg: TrackConfig = settings["tracking"]
-    args = settings["training"]
-    out = Path(settings["output_dir"]).resolve()
-    model, tokenizer = load_model_and_tokenizer(settings["model"], settings["dtype"], None, settings["tokenizer"])
-    if settings["trainable"] is not None:  # full fine-tuning of part of the model (modeling.freeze_except)
-        freeze_except(model, settings["trainable"])
+    cfg, args = settings.tracking, settings.training
+    out = Path(settings.output_dir).resolve()
+    model, tokenizer = load_model_and_tokenizer(settings.model, settings.dtype, None, settings.tokenizer)
+    if settings.trainable is not None:  # full fine-tuning of part of the model (modeling.freeze_except)
+        freeze_except(model, settings.trainable)
     rows = _load_rows(settings)
     if not rows:
         raise RecipeError("the training data has no rows.")
@@ -180,11 +204,16 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None) -
     probes = build_probes(settings, rows, tokenizer)
     reference = None
     if cfg.reference_model:
-        source = settings["model"] if cfg.reference_model == "base" else cfg.reference_model
-        reference = load_model(source, settings["dtype"], args.device.type)
+        source = settings.model if cfg.reference_model == "base" else cfg.reference_model
+        reference = load_model(source, settings.dtype, args.device.type)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=settings["lora"])
-    callback = MemorizationCallback.from_config(trainer, probes, cfg, reference_model=reference)
+                         peft_config=settings.lora)
+    for extra in callbacks:
+        if isinstance(extra, (ProgressCallback, PrinterCallback)):
+            trainer.remove_callback(ProgressCallback)
+            trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(extra)
+    callback = MemorizationCallback(trainer, probes, config=cfg, reference_model=reference)
     trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -193,9 +222,7 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None) -
         trainer.save_model(str(out / "model"))
         tokenizer.save_pretrained(str(out / "model"))
         record = {
-            "recipe": {**{k: v for k, v in settings.items() if k not in ("training", "lora", "tracking")},
-                       "training": args.to_dict(), "tracking": cfg.to_dict(),
-                       "lora": settings["lora"].to_dict() if settings["lora"] is not None else None},
+            "recipe": settings.record(),
             "global_step": trainer.state.global_step, "train_seconds": train_seconds,
             "scoring_seconds": callback.scoring_seconds, "stop_reason": callback.stop_reason,
             "flagged": len(callback.flagged), "probes": len(probes), "final_summary": callback.last_summary,

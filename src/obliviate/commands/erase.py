@@ -52,30 +52,21 @@ def add_arguments(parser) -> None:
 
 
 def _recipe(args) -> dict:
+    """The recipe's mapping with the flags and --set applied once (a `runs:` recipe is split later)."""
     import yaml
 
-    from obliviate.config import RecipeError, apply_overrides, read_yaml
+    from obliviate.config import RecipeError, read_recipe
 
-    data = read_yaml(args.config) if args.config else {}
-    overrides = {name: getattr(args, name) for name in FLAGS}
-    overrides.update({key: getattr(args, key) for key in PATH_KEYS})
-    nulls = []
+    # An unset flag keeps the recipe's value; --set KEY=null and --no-gate set null.
+    overrides = {key: getattr(args, key) for key in (*FLAGS, *PATH_KEYS) if getattr(args, key) is not None}
     for item in args.set:
         if "=" not in item:
             raise RecipeError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
-        if overrides[key.strip()] is None:
-            nulls.append(key.strip())
-    data = apply_overrides(data, overrides)
-    for dotted in nulls:  # apply_overrides skips None (unset flags); an explicit KEY=null sets it
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = None
     if args.no_gate:
-        data["gate"] = None
+        overrides["gate"] = None
+    data = read_recipe(args.config, overrides)
     for key in ("ids", "roles"):
         if isinstance(data.get(key), str):
             data[key] = [i.strip() for i in data[key].split(",") if i.strip()]

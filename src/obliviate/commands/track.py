@@ -34,10 +34,10 @@ def add_arguments(parser) -> None:
 def overrides_from_args(args) -> dict:
     import yaml
 
-    overrides = {"output_dir": args.output_dir, "model": args.model, "train_file": args.train_file,
-                 "probes": args.probes, "tracking.every_n_steps": args.every_n_steps,
-                 "training.max_steps": args.max_steps,
-                 "training.resume_from_checkpoint": args.resume_from_checkpoint}
+    flags = {"output_dir": args.output_dir, "model": args.model, "train_file": args.train_file,
+             "probes": args.probes, "tracking.every_n_steps": args.every_n_steps,
+             "training.max_steps": args.max_steps, "training.resume_from_checkpoint": args.resume_from_checkpoint}
+    overrides = {k: v for k, v in flags.items() if v is not None}  # an unset flag keeps the recipe's value
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -70,15 +70,15 @@ def preflight(args, overrides: dict) -> list:
     from obliviate.commands._paths import check_output_dir, claim_outputs
 
     settings = load_track_recipe(args.config, overrides)  # checks every key before the model loads
-    if settings["probes"]:
+    if settings.probes:
         from obliviate.data.probes import check_unique_ids, read_jsonl
 
         # The recipe's probes are merged by content when built from SFT rows: refuse a repeated id first,
         # as `obliviate score` does, instead of silently keeping one.
-        check_unique_ids(read_jsonl(settings["probes"]), str(settings["probes"]))
-    out = check_output_dir(settings["output_dir"], "output_dir")
+        check_unique_ids(read_jsonl(settings.probes), str(settings.probes))
+    out = check_output_dir(settings.output_dir, "output_dir")
     names = [*OUTPUTS, *(p.name for p in sorted(Path(out).glob("checkpoint-*")))]
-    if settings["training"].resume_from_checkpoint:
+    if settings.training.resume_from_checkpoint:
         return []  # the same run, continued from its checkpoint: its outputs are rewritten
     return claim_outputs(out, names, args.overwrite, "track", remove=args.overwrite and _is_main_process())
 
