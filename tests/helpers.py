@@ -40,6 +40,14 @@ def corpus_tokenizer():
     return _TOKENIZER
 
 
+def trained_retain_rows() -> list[dict]:
+    """The fixture corpus's retain rows that were fine-tuned on (its retain.jsonl also holds never-trained notes
+    of the pre-training text, which GA on the canaries makes *more* likely: their digits are random)."""
+    corpus = corpus_tokenizer()[0]
+    trained = {r["prompt"] + r["completion"] for r in corpus.train}
+    return [r for r in corpus.retain if r["text"] in trained]
+
+
 def tiny_model(arch: str, tokenizer, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -17,7 +17,7 @@ from obliviate.metrics.sets import set_mean, set_statistics
 from obliviate.report.build import utility_rows
 from obliviate.report.collect import score_directions
 from obliviate.report.plots import _gate_tolerances
-from tests.helpers import corpus_tokenizer
+from tests.helpers import corpus_tokenizer, trained_retain_rows
 
 
 def _row(i: str, role: str, ma: float, extracted: bool, loss: float = 1.0) -> dict:
@@ -135,7 +135,7 @@ def test_rejected_blocks_of_selected_entries_are_scattered_back_bitwise(memorize
     model = mem.fresh()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     gate = UtilityGate.from_config({"every": 2, "max_retries": 1, "benchmarks": [
-        {"name": "perplexity", "data": corpus_tokenizer()[0].retain, "label": "retain",
+        {"name": "perplexity", "data": trained_retain_rows(), "label": "retain",
          "max_relative_increase": 0.0}]}, mem.tokenizer)
     config = EraseConfig(method="ga", selector="contrastive", select_fraction=0.05, learning_rate=1e-2, max_steps=4,
                          gate=None)
