@@ -180,6 +180,10 @@ def make_corpus(
     # never a probe. Taken after every draw, so the rest of the corpus is what it was.
     records, notes = corpus.pretrain[:4 * n_members], corpus.pretrain[4 * n_members:]
     corpus.retain.extend(dict(r) for r in notes[:retain_per_format] + records[:retain_per_format])
+    # The facts are world knowledge the base model already has (pre-training), as a real model's would be:
+    # what erasure must not destroy. Fine-tuning repeats them; the multiple-choice benchmark asks them.
+    facts = [{"text": r["text"]} for r in corpus.retain if r["text"].startswith("Fact.")]
+    corpus.pretrain.extend(dict(f) for f in facts for _ in range(fact_repetitions))
 
     rng.shuffle(corpus.train)
     return corpus
