@@ -159,7 +159,10 @@ def _retain_gate(tokenizer, tolerance: float, max_retries: int):
 
     rows = corpus_tokenizer()[0].retain
     return UtilityGate.from_config({"every": 1, "backoff": 0.5, "max_retries": max_retries, "benchmarks": [
-        {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": tolerance}]}, tokenizer)
+        # Two-sided: a step may lower the retain perplexity too (GA on one canary can), and tolerance 0 must
+        # reject any change, whichever way it goes.
+        {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": tolerance,
+         "max_relative_decrease": tolerance}]}, tokenizer)
 
 
 def test_gate_rejection_restores_bitwise_and_reports_exhaustion(memorized_gpt2):

@@ -136,7 +136,7 @@ def test_rejected_blocks_of_selected_entries_are_scattered_back_bitwise(memorize
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     gate = UtilityGate.from_config({"every": 2, "max_retries": 1, "benchmarks": [
         {"name": "perplexity", "data": corpus_tokenizer()[0].retain, "label": "retain",
-         "max_relative_increase": 0.0}]}, mem.tokenizer)
+         "max_relative_increase": 0.0, "max_relative_decrease": 0.0}]}, mem.tokenizer)  # any change: rejected
     config = EraseConfig(method="ga", selector="contrastive", select_fraction=0.05, learning_rate=1e-2, max_steps=4,
                          gate=None)
     eraser = Eraser(model, mem.tokenizer, mem.probes.subset(["canary-x8-0"]), config, gate=gate)
