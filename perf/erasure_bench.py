@@ -129,7 +129,7 @@ def still_extracted(model, tokenizer, forget: ProbeSet, before: dict[str, bool] 
 def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, config: EraseConfig,
             others: tuple[ProbeSet, list[dict]] | None = None) -> dict:
     retain, info = filter_retain(toy / "retain.jsonl", forget, tokenizer)
-    rows = [{"text": t} for t in retain] if isinstance(retain, list) else str(retain)
+    rows = [{"text": t} for t in retain]
     config.utility = [{"name": "perplexity", "data": rows, "label": "retain_ppl"},
                       {"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout_ppl"},
                       {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "mc"}]

@@ -275,3 +275,21 @@ def test_two_processes_erase_like_one(workdir, tmp_path):
     assert outs[1][0] == pytest.approx(outs[2][0], rel=1e-4)
     for name, weight in outs[1][1].items():
         assert torch.allclose(weight, outs[2][1][name], atol=1e-5), name
+
+
+def test_filter_retain_returns_the_kept_texts_as_one_type(tmp_path):
+    """A list whether or not a row is dropped, so no caller branches on a path-or-list."""
+    from obliviate.data import load_probes
+    from obliviate.erasure.run import filter_retain
+
+    corpus, tok = corpus_tokenizer()
+    forget = load_probes(corpus.probes[:2], tok)
+    probe_texts = {(r["prompt"] + r["completion"]).strip() for r in corpus.probes}
+    texts = [r["text"] for r in corpus.retain if r["text"].strip() not in probe_texts][:3]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert filter_retain(clean, forget, tok) == (texts, {"path": str(clean), "rows": 3, "dropped": 0})
+    erased = corpus.probes[1]["prompt"] + corpus.probes[1]["completion"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps({"text": t}) + "\n" for t in [texts[0], erased, texts[1]]))
+    assert filter_retain(mixed, forget, tok) == ([texts[0], texts[1]], {"path": str(mixed), "rows": 3, "dropped": 1})

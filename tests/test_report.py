@@ -19,7 +19,7 @@ STEPS = (0, 10, 20, 30, 40)
 
 
 def _probes() -> list[dict]:
-    rows = [{"id": f"canary-x{r}-{j}", "role": "canary", "repetitions": r} for r in REPS for j in range(3)]
+    rows = [{"id": f"canary-x{r}-{j}", "role": "canary", "repetitions": r} for r in REPS for j in range(2)]
     rows += [{"id": f"member-{i:03d}", "role": "member", "repetitions": 1} for i in range(24)]
     rows += [{"id": f"control-{i:03d}", "role": "control", "repetitions": 0} for i in range(12)]
     return rows
@@ -39,8 +39,8 @@ def _ma(probe: dict, step: int, i: int) -> float:
     return min(1.0, 0.1 + step * probe["repetitions"] / 160 + 0.005 * (i % 3))
 
 
-def make_run_dir(root, erasure: bool = True, history: bool = True):
-    """A run directory shaped like `obliviate demo`'s: track/memorization, erase/, scores."""
+def make_run_dir(root, erasure: dict | None = None, history: bool = True):
+    """A run directory shaped like `obliviate demo`'s: track/memorization, erase/ (``erasure``, a real report), scores."""
     probes = _probes()
     mem = root / "track" / "memorization"
     mem.mkdir(parents=True)
@@ -67,46 +67,49 @@ def make_run_dir(root, erasure: bool = True, history: bool = True):
     with open(root / "scores.jsonl", "w") as f:
         for i, p in enumerate(probes):
             f.write(json.dumps({"id": p["id"], "role": p["role"], **_metrics(_ma(p, STEPS[-1], i), i)}) + "\n")
-    if erasure:
+    if erasure is not None:
         (root / "erase").mkdir()
-        (root / "erase" / "erasure_report.json").write_text(json.dumps(_erasure_report(flagged)))
+        (root / "erase" / "erasure_report.json").write_text(json.dumps(erasure))
     (root / "timings.json").write_text(json.dumps({"toy": 0.1, "track": 30.5, "erase": 12.25, "report": 1.0}))
     return root
 
 
-def _erasure_report(flagged: list[dict]) -> dict:
-    gate = {"every": 2, "backoff": 0.5, "max_retries": 2,
-            "benchmarks": [{"name": "perplexity", "data": "retain.jsonl", "max_relative_increase": 0.02},
-                           {"name": "multiple_choice", "data": "mc.jsonl", "max_absolute_drop": 0.01}]}
-    steps, decisions = [], []
-    for k in range(1, 9):
-        g = None
-        if k % 2 == 0:
-            rejected = k == 4
-            g = {"decision": "rejected" if rejected else "accepted",
-                 "scores": {"perplexity": {"perplexity": 10.0 * (1.03 if rejected else 1 + 0.002 * k)},
-                            "multiple_choice": {"accuracy": 0.875}},
-                 "violations": ["perplexity/perplexity +3.0% > +2%"] if rejected else []}
-            decisions.append({**g, "step": k, "chunk": 0, "wall_s": 0.2})
-        steps.append({"step": k, "chunk": 0, "loss": -5.0 + 0.1 * k, "learning_rate": 1e-3, "selected": {"h.0.mlp": 40},
-                      "forget": {"extraction_rate": max(0.0, 1 - k / 6), "mean_memorization_accuracy": max(0.2, 1 - k / 8)},
-                      "gate": g})
-    seqs = [{"id": p["id"], "role": "canary", "chunk": 0, "before": _metrics(1.0, i), "after": _metrics(0.1 + 0.02 * i, i),
-             "forgotten_step": 6, "forgotten": i != 0} for i, p in enumerate(flagged)]
-    return {"config": {"method": "emso", "selector": "contrastive", "gate": gate}, "sequences": seqs, "steps": steps,
-            "chunks": [{"index": 0, "ids": [p["id"] for p in flagged], "status": "erased", "steps": 8}],
-            "gate_decisions": decisions,
-            "utility": {"before": {"perplexity": {"perplexity": 10.0}, "multiple_choice": {"accuracy": 0.875}},
-                        "after": {"perplexity": {"perplexity": 10.1}, "multiple_choice": {"accuracy": 0.875}}},
-            "thresholds": {"memorization_accuracy": 0.12, "extraction_probability": 0.01, "source": "controls"}, "timings": {"total_s": 12.0, "gate_s": 3.0}}
+@pytest.fixture(scope="module")
+def erasure_report(memorized_gpt2) -> dict:
+    """The report of a real short erasure of the flagged canaries (x4 and x8), built by ``build_report`` from the
+    run's log: two chunks, a gate on retain perplexity and multiple choice that rejects the first steps (lr 1 is
+    destructive; each retry backs off 100x) and accepts the backed-off ones."""
+    from obliviate.benchmarks import UtilityGate
+    from obliviate.erasure import EraseConfig, Eraser
+    from obliviate.erasure.result import build_report
+    from tests.helpers import corpus_tokenizer
+
+    mem, corpus = memorized_gpt2, corpus_tokenizer()[0]
+    gate = UtilityGate.from_config({"every": 1, "backoff": 0.01, "max_retries": 3, "benchmarks": [
+        {"name": "perplexity", "data": [{"text": r["text"]} for r in corpus.retain[:16]], "label": "retain",
+         "max_relative_increase": 0.3},
+        {"name": "multiple_choice", "data": corpus.multiple_choice, "label": "mc", "max_absolute_drop": 0.5}]},
+        mem.tokenizer)
+    config = EraseConfig(method="ga", selector="all", learning_rate=1.0, max_steps=4, chunk_size=2, gate=None,
+                         min_group_controls=8)
+    ids = [p["id"] for p in _probes() if p["role"] == "canary" and p["repetitions"] >= 4]
+    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(ids), config, gate=gate,
+                    controls=mem.probes.by_role("control"))
+    eraser.erase()
+    report = build_report(eraser.log)
+    decisions = [d["decision"] for d in report["gate_decisions"]]
+    # What the report tests below need to see: both gate outcomes and a sequence left unforgotten.
+    assert "rejected" in decisions and "accepted" in decisions, decisions
+    assert not all(s["forgotten"] for s in report["sequences"]), report["sequences"]
+    return report
 
 
 def _pngs(html: str) -> list[str]:
     return re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
 
 
-def test_full_report_has_every_section_and_embedded_plots(tmp_path):
-    run = make_run_dir(tmp_path / "run")
+def test_full_report_has_every_section_and_embedded_plots(tmp_path, erasure_report):
+    run = make_run_dir(tmp_path / "run", erasure_report)
     html_path = write_report(run)
     assert html_path == run / "report.html"
     md, html = (run / "report.md").read_text(), html_path.read_text()
@@ -122,11 +125,22 @@ def test_full_report_has_every_section_and_embedded_plots(tmp_path):
         assert f"(plots/{name})" in md
     assert len(_pngs(html)) == 5
     assert "src='plots/" not in html  # self-contained: nothing to fetch besides the file itself
-    # flagged table joined with the probes' repetition counts; one gate rejection logged
+    # flagged table joined with the probes' repetition counts
     assert re.search(r"\| canary-x8-0 +\| canary +\| 8 ", md)
-    assert md.count("| rejected ") == 1 and md.count("| accepted ") == 3
-    assert "+1.00% rel." in md  # perplexity 10.0 -> 10.1
-    assert "canary-x4-0" in md and "| NO " in md  # the one sequence not forgotten is visible
+    # every gate decision of the run, one row each
+    decisions = [d["decision"] for d in erasure_report["gate_decisions"]]
+    assert md.count("| rejected ") == decisions.count("rejected") > 0
+    assert md.count("| accepted ") == decisions.count("accepted") > 0
+    # the utility change in the gate's units, by hand: relative for perplexity, points for accuracy
+    before, after = erasure_report["utility"]["before"], erasure_report["utility"]["after"]
+    ppl = 100 * (after["retain"]["perplexity"] / before["retain"]["perplexity"] - 1)
+    assert re.search(rf"\| retain/perplexity +\|[^\n]*\| {re.escape(f'{ppl:+.2f}% rel.')} +\|", md)
+    acc = 100 * (after["mc"]["acc"] - before["mc"]["acc"])
+    assert re.search(rf"\| mc/acc +\|[^\n]*\| {re.escape(f'{acc:+.2f} points')} +\|", md)
+    # each sequence's row says whether it was forgotten (a NO among them: the not-forgotten one is visible)
+    for seq in erasure_report["sequences"]:
+        assert re.search(rf"\| {seq['id']} +\| canary +\|[^\n]*\| {'yes' if seq['forgotten'] else 'NO'} +\|", md), \
+            seq["id"]
 
 
 def test_probe_meta_joins_from_probes_file_or_flagged_meta(tmp_path):
@@ -140,8 +154,8 @@ def test_probe_meta_joins_from_probes_file_or_flagged_meta(tmp_path):
     assert "canary-x2-1" not in files.probe_meta
 
 
-def test_missing_inputs_are_skipped(tmp_path):
-    run = make_run_dir(tmp_path / "run", erasure=False, history=False)
+def test_missing_inputs_are_skipped(tmp_path, erasure_report):
+    run = make_run_dir(tmp_path / "run", history=False)
     (run / "scores.jsonl").unlink()
     md = write_report(run).with_name("report.md").read_text()
     assert "## Flagged sequences" in md and "## Timings" in md
@@ -152,7 +166,7 @@ def test_missing_inputs_are_skipped(tmp_path):
     only_erase = tmp_path / "erase-only"
     only_erase.mkdir()
     shutil.copy(tmp_path / "run" / "timings.json", only_erase)  # not needed, but harmless
-    (only_erase / "erasure_report.json").write_text(json.dumps(_erasure_report(_probes()[8:12])))
+    (only_erase / "erasure_report.json").write_text(json.dumps(erasure_report))
     html = write_report(only_erase).read_text()
     assert len(_pngs(html)) == 2 and "Memorization during training" not in html
 
@@ -169,7 +183,7 @@ def test_missing_or_empty_run_dir_is_a_clear_error(tmp_path, capsys):
 
 
 def test_report_cli_writes_to_out(tmp_path, capsys):
-    run = make_run_dir(tmp_path / "run", erasure=False)
+    run = make_run_dir(tmp_path / "run")
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--title", "my run"]) == 0
     assert "<title>my run</title>" in (tmp_path / "rep" / "report.html").read_text()
     assert (tmp_path / "rep" / "plots" / "memorization.png").exists()

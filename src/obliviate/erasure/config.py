@@ -29,6 +29,61 @@ def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise EraseConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}.")
 
 
+METHOD_ALIASES = ("entropy_variant", "retain_weight", "npo_beta", "clip_probability")
+"""Flat recipe keys that are aliases of a loss's ``method_args`` (the recipes written before method_args)."""
+SELECTOR_ALIASES = ("retain_contrast",)
+"""Flat recipe keys that are aliases of a selector's ``selector_args``."""
+
+
+def component_args(config_class: type | None, args: dict | None):
+    """An instance of ``config_class`` (a loss's or selector's settings) from ``args``; None without a class.
+
+    Keys ``config_class`` does not have are left out, so a config resolved for another component still builds
+    this one's defaults; :class:`EraseConfig` has already refused unknown keys by then.
+    """
+    if config_class is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in (args or {}).items() if k in fields})
+
+
+def resolve_args(config: EraseConfig, component: type, key: str, aliases: tuple[str, ...], what: str) -> dict:
+    """``config.<key>`` checked against ``component.config_class`` with the flat aliases folded in, as a full dict.
+
+    A flat alias the component has is moved into the args (and set to None on ``config``, so ``to_dict()``
+    round-trips); one it does not have is ignored, as before method_args existed (a shared recipe may set
+    ``entropy_variant`` for runs of several methods). The same field given both ways is an error.
+    """
+    from obliviate.config import RecipeError, from_dict
+
+    given = getattr(config, key)
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise EraseConfigError(f"{key} must be a mapping of {what}'s settings; got {given!r}.")
+    config_class = component.config_class
+    fields = {f.name for f in dataclasses.fields(config_class)} if config_class is not None else set()
+    merged = dict(given)
+    for name in aliases:
+        value = getattr(config, name)
+        if value is None or name not in fields:
+            continue
+        if name in given:
+            raise EraseConfigError(f"{name} is given twice, as the flat key `{name}: {value}` and as "
+                                   f"`{key}: {{{name}: {given[name]}}}`; keep one of them.")
+        merged[name] = value
+        setattr(config, name, None)
+    if config_class is None:
+        if merged:
+            raise EraseConfigError(f"{what} has no settings of its own, so {key} must be empty; got "
+                                   f"{', '.join(merged)}.")
+        return {}
+    try:
+        return dataclasses.asdict(from_dict(config_class, merged, f"{key} of {what}"))
+    except RecipeError as e:
+        raise EraseConfigError(str(e)) from None
+
+
 @dataclass
 class EraseConfig:
     """Configuration of :class:`~obliviate.erasure.Eraser` (the ``erase`` recipe's keys)."""
@@ -36,10 +91,12 @@ class EraseConfig:
     method: str = field(default="emso", metadata={
         "help": "loss: emso (entropy maximization), ga (gradient ascent), graddiff (GA + retain NLL), npo, clipped_ga "
                 "(GA only on the tokens still predicted: obliviate's extension)."})
-    entropy_variant: str = field(default="uniform_ce", metadata={
-        "help": "emso loss: uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer "
-                "Look at Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
-                "docs/perf/erasure.md has both under the default gate."})
+    method_args: dict = field(default_factory=dict, metadata={
+        "help": "the method's own settings, checked against its loss class's config_class (emso: entropy_variant; "
+                "graddiff: retain_weight; npo: npo_beta; npo_rt: both; clipped_ga: clip_probability; ga: none). "
+                "After validation: every field of that class, defaults filled in."})
+    entropy_variant: str | None = field(default=None, metadata={
+        "help": "alias of method_args.entropy_variant (emso: uniform_ce or entropy); null = the method's default."})
     selector: str = field(default="contrastive", metadata={
         "help": "weight selection: contrastive (s = -g_loss*g_nll on the forget set only: EMSO as its abstract states "
                 "it), contrastive_retain (obliviate's extension: minus retain_contrast x the retain-NLL gradient, "
@@ -48,10 +105,11 @@ class EraseConfig:
         "help": "fraction of candidate weights updated (by element count, whatever the granularity)."})
     granularity: str = field(default="element", metadata={
         "help": "unit of selection: element, row (dim 0 of the stored tensor; score summed) or tensor."})
-    retain_contrast: float = field(default=1.0, metadata={
-        "help": "selector contrastive_retain only: s_i = -g_loss,i * (g_nll_forget,i - retain_contrast * "
-                "g_nll_retain,i), the first-order forgetting gain minus the retain-loss increase (lambda > 0). The "
-                "paper-faithful `contrastive` selector is lambda = 0 and ignores this field."})
+    selector_args: dict = field(default_factory=dict, metadata={
+        "help": "the selector's own settings, checked against its class's config_class (contrastive_retain: "
+                "retain_contrast; the others: none). The paper-faithful `contrastive` selector is lambda = 0."})
+    retain_contrast: float | None = field(default=None, metadata={
+        "help": "alias of selector_args.retain_contrast (contrastive_retain's lambda, default 1.0)."})
     select_scope: str = field(default="global", metadata={
         "help": "global (rank all candidate weights together) or per_tensor (select_fraction of each tensor)."})
     target_modules: Any = field(default=None, metadata={
@@ -71,15 +129,19 @@ class EraseConfig:
     max_steps: int = field(default=200, metadata={"help": "most kept optimizer steps per chunk."})
     chunk_size: int = field(default=32, metadata={"help": "forget sequences erased together (each chunk gated)."})
     batch_size: int = field(default=32, metadata={"help": "sequences per forward/backward micro-batch."})
-    retain_weight: float = field(default=1.0, metadata={"help": "graddiff: weight of the retain NLL term."})
-    retain_batch_size: int = field(default=16, metadata={"help": "graddiff: retain texts per step."})
-    npo_beta: float = field(default=0.1, metadata={"help": "npo: inverse temperature beta."})
+    retain_weight: float | None = field(default=None, metadata={
+        "help": "alias of method_args.retain_weight (graddiff, npo_rt; default 1.0)."})
+    retain_batch_size: int = field(default=16, metadata={
+        "help": "retain texts drawn per step for whatever reads them: graddiff's and npo_rt's retain term, the "
+                "contrastive_retain selector (so it is not one method's setting)."})
+    npo_beta: float | None = field(default=None, metadata={
+        "help": "alias of method_args.npo_beta (npo, npo_rt; default 0.1)."})
     forget_reduction: str | None = field(default=None, metadata={
         "help": "token (mean over all suffix tokens of the batch) or sequence (mean over sequences of each suffix's "
                 "mean); null = the loss's own: token for ga/graddiff (Jang et al., open-unlearning), sequence for "
                 "npo/npo_rt (Zhang et al.) and emso (measured; docs/erasure.md, Losses)."})
-    clip_probability: float = field(default=0.1, metadata={
-        "help": "clipped_ga: a forget token stops pulling once it is not the argmax and p(y_t) <= this."})
+    clip_probability: float | None = field(default=None, metadata={
+        "help": "alias of method_args.clip_probability (clipped_ga; default 0.1)."})
     target: str = field(default="full", metadata={"help": "where to write: full (the weights) or lora (a new adapter)."})
     lora: dict = field(default_factory=lambda: {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}, metadata={
         "help": "target lora: peft.LoraConfig fields (task_type is CAUSAL_LM); target_modules null = PEFT's default."})
@@ -135,8 +197,12 @@ class EraseConfig:
         from obliviate.erasure.selectors import SELECTORS
 
         _one_of("method", self.method, tuple(LOSSES.names()))
-        _one_of("entropy_variant", self.entropy_variant, ENTROPY_VARIANTS)
         _one_of("selector", self.selector, tuple(SELECTORS.names()))
+        # Each loss and selector owns its settings (config_class); the flat keys are aliases of them.
+        self.method_args = resolve_args(self, LOSSES.get(self.method), "method_args", METHOD_ALIASES,
+                                        f"method {self.method}")
+        self.selector_args = resolve_args(self, SELECTORS.get(self.selector), "selector_args", SELECTOR_ALIASES,
+                                          f"selector {self.selector}")
         _one_of("granularity", self.granularity, GRANULARITIES)
         _one_of("select_scope", self.select_scope, ("global", "per_tensor"))
         _one_of("target", self.target, TARGETS)
@@ -163,19 +229,14 @@ class EraseConfig:
                 raise EraseConfigError(f"{name} must be an integer >= 1; got {value!r}.")
         if self.reselect_every is not None and (not isinstance(self.reselect_every, int) or self.reselect_every < 1):
             raise EraseConfigError(f"reselect_every must be an integer >= 1 or null; got {self.reselect_every!r}.")
-        if not 0 < self.clip_probability < 1:
-            raise EraseConfigError(f"clip_probability must be in (0, 1); got {self.clip_probability}.")
-        for name in ("learning_rate", "npo_beta"):
-            if not getattr(self, name) > 0:
-                raise EraseConfigError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if not self.learning_rate > 0:
+            raise EraseConfigError(f"learning_rate must be > 0; got {self.learning_rate}.")
         if not self.lr_recovery >= 1:
             raise EraseConfigError(f"lr_recovery must be >= 1 (1 = keep a backed-off lr); got {self.lr_recovery}.")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise EraseConfigError(f"max_grad_norm must be > 0 or null; got {self.max_grad_norm}.")
-        if self.retain_contrast < 0:
-            raise EraseConfigError(f"retain_contrast must be >= 0; got {self.retain_contrast}.")
-        if self.weight_decay < 0 or self.retain_weight < 0:
-            raise EraseConfigError("weight_decay and retain_weight must be >= 0.")
+        if self.weight_decay < 0:
+            raise EraseConfigError(f"weight_decay must be >= 0; got {self.weight_decay}.")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise EraseConfigError("adam_beta1 and adam_beta2 must be in [0, 1).")
         if not all(0 <= v <= 1 for v in (self.max_memorization_accuracy, self.max_extraction_probability,

@@ -58,11 +58,12 @@ def load_forget(path, tokenizer, controls_path=None, ids: Iterable[str] | None =
     return forget, controls
 
 
-def filter_retain(retain_path, forget: ProbeSet, tokenizer) -> tuple[str | list[str], dict]:
+def filter_retain(retain_path, forget: ProbeSet, tokenizer) -> tuple[list[str], dict]:
     """Drop retain rows whose text is a forget sequence: one cannot both keep and forget it.
 
-    Returns the path itself when nothing is dropped (so the default gate is the stock
-    ``default_retain_gate``), else the kept texts; and ``{"path", "rows", "dropped"}`` for the report.
+    Returns:
+        The kept texts (always a list, whether or not a row was dropped), and ``{"path", "rows", "dropped"}``
+        for the report.
     """
     from obliviate.data.probes import read_jsonl
 
@@ -75,8 +76,7 @@ def filter_retain(retain_path, forget: ProbeSet, tokenizer) -> tuple[str | list[
     kept = [r["text"] for r in rows if r["text"].strip() not in erased]
     if not kept:
         raise ProbeError(f"every row of {retain_path} is a sequence being erased: give retain text to keep.")
-    info = {"path": str(retain_path), "rows": len(rows), "dropped": len(rows) - len(kept)}
-    return (str(retain_path) if len(kept) == len(rows) else kept), info
+    return kept, {"path": str(retain_path), "rows": len(rows), "dropped": len(rows) - len(kept)}
 
 
 def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out_dir: str | os.PathLike,

@@ -90,10 +90,6 @@ class SelectedUpdate:
             if idx is not None:
                 p.data.view(-1).index_copy_(0, idx, t.data)
 
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
     def state_bytes(self) -> int:
         """Bytes held by the optimizer state (moments, step counters)."""
         total = 0

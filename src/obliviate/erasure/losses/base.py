@@ -22,9 +22,11 @@ from typing import ClassVar
 
 import torch
 
+from obliviate.erasure.config import component_args
 from obliviate.metrics.teacher_forced import collate, suffix_logits
 
 FORGET_REDUCTIONS = ("token", "sequence")
+
 
 
 @dataclass
@@ -133,6 +135,8 @@ class EraseLoss:
     """
 
     name: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = None
+    """The dataclass of this loss's own settings (the recipe's ``method_args``); None: it has none."""
     needs_retain: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     default_reduction: ClassVar[str] = "sequence"
@@ -140,6 +144,8 @@ class EraseLoss:
 
     def __init__(self, config):
         self.config = config
+        # EraseConfig resolved method_args (flat aliases included) against config_class already.
+        self.args = component_args(self.config_class, getattr(config, "method_args", None))
         self.reduction = getattr(config, "forget_reduction", None) or self.default_reduction
         if self.reduction not in FORGET_REDUCTIONS:
             raise ValueError(f"forget_reduction must be one of {', '.join(FORGET_REDUCTIONS)}, got {self.reduction!r}")

@@ -11,19 +11,39 @@ toward "confused" on these tokens, not toward arbitrarily low likelihood as grad
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from obliviate.erasure.config import ENTROPY_VARIANTS, EraseConfigError
 from obliviate.erasure.losses import register_loss
 from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
+
+
+@dataclass
+class EMSOConfig:
+    """``method_args`` of ``method: emso``."""
+
+    entropy_variant: str = field(default="uniform_ce", metadata={
+        "help": "uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer Look at "
+                "Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
+                "docs/perf/erasure.md has both under the default gate."})
+
+    def __post_init__(self):
+        if self.entropy_variant not in ENTROPY_VARIANTS:
+            raise EraseConfigError(f"entropy_variant must be one of {', '.join(ENTROPY_VARIANTS)}; "
+                                   f"got {self.entropy_variant!r}.")
 
 
 @register_loss("emso")
 class EntropyLoss(EraseLoss):
     """-H(p_t) (or CE(Uniform, p_t) for ``uniform_ce``) per suffix token, reduced by ``forget_reduction``."""
 
+    config_class = EMSOConfig
+
     def sequence_losses(self, out: SuffixOutput, reference_log_prob: torch.Tensor | None = None) -> torch.Tensor:
         log_probs = out.log_probs()
-        if self.config.entropy_variant == "uniform_ce":
+        if self.args.entropy_variant == "uniform_ce":
             per_token = -log_probs.mean(-1)
         else:
             per_token = (log_probs.exp() * log_probs).sum(-1)  # = -H(p_t)

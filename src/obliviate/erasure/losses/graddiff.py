@@ -10,10 +10,24 @@ the batch, computed padding-independently by :func:`~obliviate.erasure.losses.ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from obliviate.erasure.config import EraseConfigError
 from obliviate.erasure.losses import register_loss
 from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
+
+
+@dataclass
+class RetainTermConfig:
+    """``method_args`` of the losses with a retain term (graddiff; npo_rt adds npo_beta)."""
+
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain NLL term (alpha), >= 0."})
+
+    def __post_init__(self):
+        if not self.retain_weight >= 0:
+            raise EraseConfigError(f"retain_weight must be >= 0; got {self.retain_weight}.")
 
 
 class RetainNLL:
@@ -22,12 +36,15 @@ class RetainNLL:
     needs_retain = True
 
     def retain_loss(self, retain_nll: torch.Tensor) -> torch.Tensor | None:
-        return None if self.config.retain_weight == 0 else self.config.retain_weight * retain_nll
+        weight = self.args.retain_weight
+        return None if weight == 0 else weight * retain_nll
 
 
 @register_loss("graddiff")
 class GradDiff(RetainNLL, EraseLoss):
     """Forget term as :class:`~obliviate.erasure.losses.ga.GradientAscent`; retain term the LM loss."""
+
+    config_class = RetainTermConfig
 
     default_reduction = "token"  # Jang et al.'s and open-unlearning's token mean over the batch
 

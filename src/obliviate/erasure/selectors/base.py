@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 
+from obliviate.erasure.config import component_args
 from obliviate.erasure.selection import ShardGroup, order_keys_, top_units
 
 
@@ -113,9 +114,12 @@ class Selector:
     """
 
     name: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = None
+    """The dataclass of this selector's own settings (the recipe's ``selector_args``); None: it has none."""
 
     def __init__(self, config):
         self.config = config
+        self.args = component_args(self.config_class, getattr(config, "selector_args", None))
         self.streams: dict[str, dict[str, float]] = {}
 
     @property

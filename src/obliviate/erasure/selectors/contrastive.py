@@ -21,8 +21,24 @@ the streams are g_NLL and (with lambda > 0) g_R, and s = g_NLL * (g_NLL - lambda
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from obliviate.erasure.config import EraseConfigError
 from obliviate.erasure.selectors import register_selector
 from obliviate.erasure.selectors.base import Selector
+
+
+@dataclass
+class ContrastiveRetainConfig:
+    """``selector_args`` of ``selector: contrastive_retain``."""
+
+    retain_contrast: float = field(default=1.0, metadata={
+        "help": "lambda in s_i = -g_loss,i * (g_nll_forget,i - lambda * g_nll_retain,i): the first-order forgetting "
+                "gain minus the retain-loss increase, >= 0."})
+
+    def __post_init__(self):
+        if not self.retain_contrast >= 0:
+            raise EraseConfigError(f"retain_contrast must be >= 0; got {self.retain_contrast}.")
 
 
 @register_selector("contrastive")
@@ -59,5 +75,7 @@ class ContrastiveRetain(Contrastive):
     """obliviate's extension: s_i = -g_L,i * (g_NLL,i - lambda * g_R,i), lambda = ``retain_contrast``, with g_R
     the gradient of the LM loss on the loss split of the retained text. Not in the EMSO paper."""
 
+    config_class = ContrastiveRetainConfig
+
     def retain_weight(self, config) -> float:
-        return config.retain_contrast
+        return self.args.retain_contrast
