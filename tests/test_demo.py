@@ -198,12 +198,16 @@ def _greedy_extracted(model, tokenizer, rows: list[dict]) -> set[str]:
     return {r["id"] for r, g in zip(rows, out) if g == r["suffix_ids"]}
 
 
+# Known gaps, measured (docs/perf/erasure.md): seed 1 removes every extraction but the PIN controls keep 60% of
+# their MA (0.156 -> 0.094; the base model's is 0.063); seed 2 leaves one x8 canary extractable. Strict, so the day
+# a seed passes its mark must go.
+_SEED_GAPS = {1: "PIN controls keep 60% of their MA (75% required)", 2: "one x8 canary stays greedy-extractable"}
+
+
 @pytest.mark.slow
-# Known gap, measured (docs/perf/erasure.md): under the default gate no method erases the demo's flagged set; the
-# verdict line says NOT ERASED. Strict, so the day it passes this mark must go.
-@pytest.mark.xfail(strict=True, reason="issue 9 target not met: every demo chunk ends gate_exhausted (seeds 0-2)")
-@pytest.mark.parametrize("seed", [1, 2])
-def test_demo_erases_every_extracted_sequence_on_other_seeds(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SEED_GAPS[s]))
+                                  if s in _SEED_GAPS else s for s in (0, 1, 2)])
+def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     """The demo's promise, judged independently of the eraser's own report: every flagged sequence greedy
     generate() extracts from the tracked model is not extracted from the erased model, held-out perplexity
     rises at most 5%, at most one of the 16 facts is lost, and the never-trained controls keep 75% of their MA."""

@@ -95,7 +95,7 @@ def make_corpus(
     canaries_per_repetition: int = 4,
     n_controls: int = 32,
     canary_digits: int = 6,
-    fact_repetitions: int = 12,
+    fact_repetitions: int = 24,
     retain_per_format: int = 32,
     seed: int = 0,
 ) -> Corpus:
@@ -107,7 +107,8 @@ def make_corpus(
         canaries_per_repetition: canaries per repetition count.
         n_controls: never-trained probes; half in the canary format, half in the record format.
         canary_digits: length of each canary's secret PIN (candidate space is ``10**canary_digits``).
-        fact_repetitions: how often each world fact appears in ``train``.
+        fact_repetitions: how often each world fact appears in ``train`` and in the base's pre-training text
+            (24: the base knows 12 of the 16, the fine-tuned model all; at 12 the base knew none).
         retain_per_format: pre-training rows of each format (notes, records) also written to ``retain``.
         seed: everything is a function of this seed.
     """
