@@ -145,7 +145,8 @@ def _quiet():
 
 
 def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: list[dict], config: StudyConfig,
-              seed: int, training: dict | None = None, tracking: dict | None = None, **recipe: Any) -> TrackedRun:
+              seed: int, training: dict | None = None, tracking: dict | None = None, callbacks: tuple = (),
+              **recipe: Any) -> TrackedRun:
     """Fine-tune the toy base on ``train_rows`` with the memorization callback scoring ``probe_rows``.
 
     Args:
@@ -154,6 +155,7 @@ def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: lis
         train_rows / probe_rows: SFT rows and probes (``id``, ``role``, ``prompt``, ``completion``, ...).
         config: the study's config; its ``training`` and ``tracking`` sections, then ``training`` /
             ``tracking`` given here, then ``training.seed = seed``.
+        callbacks: more ``TrainerCallback``s for the trainer.
         recipe: more top-level track-recipe keys (``lora``, ``trainable``).
     """
     from obliviate.callbacks import run_track
@@ -174,7 +176,7 @@ def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: lis
 
     start = time.perf_counter()
     with _quiet():
-        out = run_track(settings, callbacks=[Silent()])
+        out = run_track(settings, callbacks=[Silent(), *callbacks])
     seconds = time.perf_counter() - start
     memo = out / "memorization"
     return TrackedRun(out, read_jsonl(memo / "history.jsonl"), read_jsonl(memo / "summaries.jsonl"),
