@@ -32,8 +32,11 @@ def run(args) -> int:
 
     configure_threads(args.threads)  # the toy's matrices are too small for threads to pay
 
+    from obliviate.recipes import resolve_recipe
+
+    recipe = resolve_recipe(args.recipe)  # recipes/studies/NAME.yaml also names the shipped copy, installed
     out = Path(args.out or Path("runs/studies") / Path(args.recipe).stem)
-    run_recipe(args.recipe, out, args.minimal, parse_overrides(args.overrides))
+    run_recipe(recipe, out, args.minimal, parse_overrides(args.overrides))
     for name in sorted(out.glob("*.md")):
         print(name.read_text())
     print(f"wrote {out}")
