@@ -28,7 +28,7 @@ class StudyError(ValueError):
     """A study recipe or run that cannot go ahead; the message says what to change."""
 
 
-def _positive_int(value: Any, name: str) -> None:
+def positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise StudyError(f"{name} must be an integer >= 1, got {value!r}.")
 
@@ -44,6 +44,7 @@ class StudyConfig:
     training: Any = field(default=None, metadata={"help": "SFTConfig fields shared by every run of the study."})
     tracking: Any = field(default=None, metadata={"help": "TrackConfig fields shared by every run of the study."})
     minimal: Any = field(default=None, metadata={"help": "Dotted overrides --minimal applies (seconds, one seed)."})
+    is_minimal: bool = field(default=False, init=False, metadata={"help": "Whether the minimal overrides were applied."})
 
     def __post_init__(self):
         from obliviate.config import section
@@ -215,8 +216,9 @@ def write_outputs(out: Path, name: str, config: StudyConfig, results: dict, tabl
                   seconds: float) -> Path:
     """``OUT/<name>.json`` (config, results, wall time) and ``OUT/<name>.md`` (titled tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {"study": name, "minimal": getattr(config, "is_minimal", False), "wall_seconds": seconds,
-              "config": {k: v for k, v in asdict(config).items() if k != "minimal"}, "results": results}
+    record = {"study": name, "minimal": config.is_minimal, "wall_seconds": seconds,
+              "config": {k: v for k, v in asdict(config).items() if k not in ("minimal", "is_minimal")},
+              "results": results}
     (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     body = [f"# Study: {name}", "", f"Wall time: {seconds:.0f} s; seeds: {config.seeds}.", ""]
     for title, table in tables:

@@ -26,9 +26,9 @@ from obliviate.studies.common import (
     TRAINED_ROLES,
     StudyConfig,
     StudyError,
-    _positive_int,
     markdown_table,
     mean_std,
+    positive_int,
     prepare_base,
     pyplot,
     read_jsonl,
@@ -66,7 +66,7 @@ class DensityStudyConfig(StudyConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("epochs", "targets", "bootstrap"):
-            _positive_int(getattr(self, name), name)
+            positive_int(getattr(self, name), name)
         if not self.levels or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in self.levels):
             raise StudyError(f"levels must be a non-empty list of integers >= 0, got {self.levels!r}.")
         if max(self.levels) > 4:

@@ -31,9 +31,9 @@ from obliviate.studies.common import (
     TRAINED_ROLES,
     StudyConfig,
     StudyError,
-    _positive_int,
     markdown_table,
     mean_std,
+    positive_int,
     prepare_base,
     pyplot,
     save_figure,
@@ -63,7 +63,7 @@ class FinetuneMethodConfig(StudyConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive_int(self.epochs, "epochs")
+        positive_int(self.epochs, "epochs")
         if not self.methods:
             raise StudyError("methods is empty: give at least one {name, learning_rate, ...} entry.")
         names = set()
@@ -90,11 +90,10 @@ def trainable_parameters(model_dir: str | Path, method: dict) -> int:
 
     model = load_model(model_dir)
     if method.get("lora"):
-        from peft import get_peft_model
+        from peft import LoraConfig, get_peft_model
 
-        from obliviate.callbacks.track import _lora_config
-
-        model = get_peft_model(model, _lora_config(dict(method["lora"])))
+        # The adapter run_track builds from the same fields (its lora: section, task CAUSAL_LM).
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **method["lora"]))
     elif method.get("trainable") is not None:
         freeze_except(model, method["trainable"])
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,9 +25,9 @@ from obliviate.studies.common import (
     TRAINED_ROLES,
     StudyConfig,
     StudyError,
-    _positive_int,
     markdown_table,
     mean_std,
+    positive_int,
     prepare_base,
     pyplot,
     save_figure,
@@ -58,11 +58,11 @@ class SkewConfig(StudyConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("epochs", "base_members", "near_duplicate_targets", "near_duplicates"):
-            _positive_int(getattr(self, name), name)
+            positive_int(getattr(self, name), name)
         if not self.n_members or self.base_members not in self.n_members:
             raise StudyError(f"base_members ({self.base_members}) must be one of n_members ({self.n_members}).")
         for n in self.n_members:
-            _positive_int(n, "n_members entries")
+            positive_int(n, "n_members entries")
         if self.near_duplicate_targets > self.base_members:
             raise StudyError(f"near_duplicate_targets ({self.near_duplicate_targets}) exceeds base_members "
                              f"({self.base_members}).")
