@@ -157,3 +157,16 @@ def test_bad_recipes_say_what_to_change(tmp_path):
     bad.write_text("study: skewed\n")
     with pytest.raises(StudyError, match="give one of skew"):
         run_recipe(bad, tmp_path / "out")
+
+
+def test_matched_utility_takes_the_last_epoch_within_the_perplexity():
+    from obliviate.studies.finetune_method import matched_row
+
+    def seed(ppls, recalls):
+        return {"curve": [{"epoch": float(i), "val_ppl": p, "recall/reference_ratio": r, "auc/reference_ratio": r}
+                          for i, (p, r) in enumerate(zip(ppls, recalls))]}
+
+    seeds = [seed([9.0, 11.0, 13.0, 12.0], [0.0, 0.2, 0.6, 0.4]), seed([9.0, 12.0, 14.0, 14.0], [0.0, 0.4, 0.8, 0.6])]
+    # Seed-mean perplexities 9, 11.5, 13.5, 13: the last epoch <= 12 is epoch 1, recall (0.2 + 0.4) / 2.
+    assert matched_row("m", seeds, "reference_ratio", 12.0) == ["m", "1", "11.50", "0.300 ± 0.100", "0.300 ± 0.100"]
+    assert matched_row("m", seeds, "reference_ratio", 8.0)[1] == "-"

@@ -60,6 +60,9 @@ class FinetuneMethodConfig(StudyConfig):
     exposure_samples: int = field(default=5000, metadata={"help": "Sampled candidates of the exposure fit."})
     exposure_seeds: int = field(default=1, metadata={
         "help": "Exposure for the first this many seeds only (each canary scores exposure_samples candidates)."})
+    match_ppl: float | None = field(default=None, metadata={
+        "help": "Also compare methods at matched utility: each at its last epoch whose mean validation "
+                "perplexity is <= this (Mireshghallah et al. compare at similar perplexity). null: off."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +83,8 @@ class FinetuneMethodConfig(StudyConfig):
             names.add(method["name"])
         if isinstance(self.exposure_seeds, bool) or not isinstance(self.exposure_seeds, int) or self.exposure_seeds < 0:
             raise StudyError(f"exposure_seeds must be an integer >= 0, got {self.exposure_seeds!r}.")
+        if self.match_ppl is not None and not self.match_ppl > 1:
+            raise StudyError(f"match_ppl must be a perplexity > 1 (or null), got {self.match_ppl}.")
         if not 0 < self.max_fpr < 1:
             raise StudyError(f"max_fpr must be in (0, 1), got {self.max_fpr}.")
 
@@ -197,11 +202,29 @@ def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tu
         for i, row in enumerate(epochs):
             row.append(f"{mean_std([s['curve'][i][f'recall/{score}'] for s in seeds])} "
                        f"(ppl {np.mean([s['curve'][i]['val_ppl'] for s in seeds]):.2f})")
-    return [
+    out = [
         (f"After {config.epochs} epochs (mean ± std over seeds {config.seeds})", markdown_table(headers, final)),
         (f"recall@{pct}FPR of {score} over epochs (validation perplexity)",
          markdown_table(["epoch", *results], epochs)),
     ]
+    if config.match_ppl is not None:
+        out.append((f"At matched utility: each method's last epoch with mean validation perplexity <= "
+                    f"{config.match_ppl:g}", markdown_table(
+                        ["method", "epoch", "val ppl", f"recall@{pct}FPR {score}", f"AUC {score}"],
+                        [matched_row(name, seeds, score, config.match_ppl) for name, seeds in results.items()])))
+    return out
+
+
+def matched_row(name: str, seeds: list[dict], score: str, match_ppl: float) -> list:
+    """The method's row at its last epoch whose seed-mean validation perplexity is <= ``match_ppl``."""
+    ppl = [np.mean([s["curve"][i]["val_ppl"] for s in seeds]) for i in range(len(seeds[0]["curve"]))]
+    within = [i for i, p in enumerate(ppl) if p <= match_ppl]
+    if not within:
+        return [name, "-", f"{min(ppl):.2f} (never <= {match_ppl:g})", "-", "-"]
+    i = within[-1]
+    return [name, f"{seeds[0]['curve'][i]['epoch']:.0f}", f"{ppl[i]:.2f}",
+            mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
+            mean_std([s["curve"][i][f"auc/{score}"] for s in seeds])]
 
 
 def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
