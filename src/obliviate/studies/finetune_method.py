@@ -1,0 +1,255 @@
+"""Study 2, fine-tuning method vs memorization (Mireshghallah et al. 2022, arXiv 2205.12506).
+
+    obliviate study recipes/studies/finetune_method.yaml --out runs/studies/finetune_method
+
+Mireshghallah et al. fine-tune GPT-2 on Penn Treebank (and others) with full fine-tuning, the head
+only, and adapters, and attack each with a reference-model membership-inference test (the
+likelihood ratio to the pre-trained model, threshold set on held-out data at 10% FPR). Their anchor:
+with full fine-tuning recall at 10% FPR rose from 28% to 94.5% over 20 epochs while validation
+perplexity plateaued near 19.6; fine-tuning the head was the most vulnerable, small adapters the least.
+
+Here every method trains the same toy corpus from the same base; each epoch the callback scores the
+members, canaries and never-trained controls with the base as reference model. Reported per epoch:
+recall at ``max_fpr`` (:func:`obliviate.metrics.sets.recall_at_fpr`, threshold from the controls) and
+AUC of ``reference_ratio`` (and of the loss attack), validation perplexity (the controls' token-weighted
+suffix loss: never-trained text of the training formats), extraction rate; after training, the exposure
+(Carlini et al. 2019) of the canaries repeated ``exposure_repetitions`` times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from obliviate.metrics.sets import recall_at_fpr, roc_auc
+from obliviate.studies.common import (
+    TRAINED_ROLES,
+    StudyConfig,
+    StudyError,
+    markdown_table,
+    mean_std,
+    positive_int,
+    prepare_base,
+    pyplot,
+    save_figure,
+    track_run,
+    write_outputs,
+)
+
+METHOD_KEYS = ("name", "learning_rate", "lora", "trainable")
+
+
+@dataclass
+class FinetuneMethodConfig(StudyConfig):
+    """Study 2: MIA recall, AUC, exposure and extraction for full, head-only and LoRA fine-tuning."""
+
+    epochs: int = field(default=10, metadata={"help": "SFT epochs; every epoch is scored."})
+    methods: list = field(default_factory=list, metadata={
+        "help": "Each {name, learning_rate, lora (peft.LoraConfig fields) or trainable (regexes)}; "
+                "neither lora nor trainable: full fine-tuning."})
+    mia_scores: list[str] = field(default_factory=lambda: ["reference_ratio", "neg_loss"],
+                                  metadata={"help": "Membership scores (higher = member) from the history rows."})
+    max_fpr: float = field(default=0.1, metadata={"help": "FPR budget of the control-calibrated threshold."})
+    exposure_repetitions: list[int] = field(default_factory=lambda: [4, 8], metadata={
+        "help": "Canaries of these repetition counts get an exposure after training; [] for none."})
+    exposure_samples: int = field(default=5000, metadata={"help": "Sampled candidates of the exposure fit."})
+    exposure_seeds: int = field(default=1, metadata={
+        "help": "Exposure for the first this many seeds only (each canary scores exposure_samples candidates)."})
+    match_ppl: float | None = field(default=None, metadata={
+        "help": "Also compare methods at matched utility: each at its last epoch whose mean validation "
+                "perplexity is <= this (Mireshghallah et al. compare at similar perplexity). null: off."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive_int(self.epochs, "epochs")
+        if not self.methods:
+            raise StudyError("methods is empty: give at least one {name, learning_rate, ...} entry.")
+        names = set()
+        for method in self.methods:
+            if not isinstance(method, dict) or "name" not in method:
+                raise StudyError(f"each method needs a name (and learning_rate, lora or trainable), got {method!r}.")
+            unknown = set(method) - set(METHOD_KEYS)
+            if unknown:
+                raise StudyError(f"method {method['name']!r}: unknown keys {sorted(unknown)}; use {METHOD_KEYS}.")
+            if method.get("lora") and method.get("trainable"):
+                raise StudyError(f"method {method['name']!r}: give lora or trainable, not both.")
+            if method["name"] in names:
+                raise StudyError(f"method name {method['name']!r} appears twice.")
+            names.add(method["name"])
+        if isinstance(self.exposure_seeds, bool) or not isinstance(self.exposure_seeds, int) or self.exposure_seeds < 0:
+            raise StudyError(f"exposure_seeds must be an integer >= 0, got {self.exposure_seeds!r}.")
+        if self.match_ppl is not None and not self.match_ppl > 1:
+            raise StudyError(f"match_ppl must be a perplexity > 1 (or null), got {self.match_ppl}.")
+        if not 0 < self.max_fpr < 1:
+            raise StudyError(f"max_fpr must be in (0, 1), got {self.max_fpr}.")
+
+
+def trainable_parameters(model_dir: str | Path, method: dict) -> int:
+    """How many weights ``method`` trains on the model at ``model_dir`` (the count the trainer updates)."""
+    from obliviate.modeling import freeze_except, load_model
+
+    model = load_model(model_dir)
+    if method.get("lora"):
+        from peft import LoraConfig, get_peft_model
+
+        # The adapter run_track builds from the same fields (its lora: section, task CAUSAL_LM).
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **method["lora"]))
+    elif method.get("trainable") is not None:
+        freeze_except(model, method["trainable"])
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def validation_perplexity(controls: list[dict]) -> float:
+    """exp of the controls' token-weighted mean suffix NLL (``loss`` is the per-token mean of each)."""
+    tokens = sum(r["suffix_length"] for r in controls)
+    return math.exp(sum(r["loss"] * r["suffix_length"] for r in controls) / tokens)
+
+
+def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float) -> dict:
+    """Recall at ``max_fpr`` (threshold on the controls) and AUC of each score; members+canaries vs controls."""
+    from obliviate.metrics.sets import mia_score
+
+    trained = [r for r in rows if r["role"] in TRAINED_ROLES]
+    controls = [r for r in rows if r["role"] == "control"]
+    out: dict[str, Any] = {"epoch": rows[0]["epoch"], "val_ppl": validation_perplexity(controls),
+                           "extraction_rate": float(np.mean([r["exact_extraction"] for r in trained]))}
+    for name in scores:
+        pos = [mia_score(r, name) for r in trained]
+        neg = [mia_score(r, name) for r in controls]
+        if None in pos or None in neg:
+            raise StudyError(f"history rows have no {name!r}; reference_ratio needs tracking.reference_model.")
+        out[f"recall/{name}"] = recall_at_fpr(pos, neg, max_fpr)
+        out[f"auc/{name}"] = roc_auc(pos, neg)
+    return out
+
+
+def keep_model_callback():
+    """A ``TrainerCallback`` that keeps the trained model (LoRA-wrapped or not) for the exposure after training."""
+    from transformers import TrainerCallback
+
+    class KeepModel(TrainerCallback):
+        model = tokenizer = None
+
+        def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+            self.model, self.tokenizer = model, processing_class
+
+    return KeepModel()
+
+
+def canary_exposures(keep, probe_rows: list[dict], config: FinetuneMethodConfig) -> dict[int, list[float]]:
+    """Exposure (bits) of each canary of ``exposure_repetitions``, by repetition count (estimated fit)."""
+    from obliviate.data.probes import load_probes
+    from obliviate.metrics.exposure import ExposureConfig, exposures
+
+    chosen = [r for r in probe_rows if r["role"] == "canary" and r["repetitions"] in config.exposure_repetitions]
+    if not chosen:
+        return {}
+    probes = load_probes(chosen, keep.tokenizer)
+    reps = {r["id"]: r["repetitions"] for r in chosen}
+    # |R| = 10^6: estimated from a skew-normal fit to sampled candidates (exact enumeration costs minutes).
+    found = exposures(keep.model, keep.tokenizer, probes, ExposureConfig(exact_limit=0, samples=config.exposure_samples))
+    out: dict[int, list[float]] = {}
+    for row in found:
+        out.setdefault(reps[row["id"]], []).append(row["exposure"])
+    return out
+
+
+def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed: int) -> dict:
+    from obliviate.data.synthetic import make_corpus
+
+    corpus = make_corpus(seed=seed)
+    keep = keep_model_callback()
+    extra = {k: method[k] for k in ("lora", "trainable") if method.get(k) is not None}
+    training = {"num_train_epochs": config.epochs}
+    if "learning_rate" in method:
+        training["learning_rate"] = method["learning_rate"]
+    run = track_run(out / "runs" / f"{method['name']}-seed{seed}", base, corpus.train, corpus.probes, config, seed,
+                    training=training, callbacks=(keep,),
+                    tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True,
+                              "reference_model": "base"}, **extra)
+    curve = [mia_at_step(rows, config.mia_scores, config.max_fpr) for _, rows in sorted(run.by_step().items())]
+    wanted = config.exposure_repetitions and config.seeds.index(seed) < config.exposure_seeds
+    exposure = canary_exposures(keep, corpus.probes, config) if wanted else {}
+    print(f"  {method['name']} seed {seed}: {run.seconds:.0f}s, val ppl {curve[-1]['val_ppl']:.2f}", flush=True)
+    return {"curve": curve, "exposure": exposure, "seconds": run.seconds}
+
+
+def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tuple[str, str]]:
+    score = config.mia_scores[0]
+    pct = f"{config.max_fpr:.0%}"
+    final = []
+    for name, seeds in results.items():
+        last = [s["curve"][-1] for s in seeds]
+        row = [name, params[name], mean_std([x["val_ppl"] for x in last])]
+        for m in config.mia_scores:
+            row += [mean_std([x[f"recall/{m}"] for x in last]), mean_std([x[f"auc/{m}"] for x in last])]
+        row.append(mean_std([x["extraction_rate"] for x in last]))
+        for k in config.exposure_repetitions if config.exposure_seeds else ():
+            row.append(mean_std([float(np.mean(s["exposure"][k])) for s in seeds if k in s["exposure"]]))
+        final.append(row)
+    headers = ["method", "trainable params", "val ppl"]
+    for m in config.mia_scores:
+        headers += [f"recall@{pct}FPR {m}", f"AUC {m}"]
+    exposed = config.exposure_repetitions if config.exposure_seeds else []
+    headers += ["extraction rate", *(f"exposure x{k} (bits of 19.9)" for k in exposed)]
+    epochs = [[f"{e['epoch']:.0f}"] for e in next(iter(results.values()))[0]["curve"]]
+    for seeds in results.values():
+        for i, row in enumerate(epochs):
+            row.append(f"{mean_std([s['curve'][i][f'recall/{score}'] for s in seeds])} "
+                       f"(ppl {np.mean([s['curve'][i]['val_ppl'] for s in seeds]):.2f})")
+    out = [
+        (f"After {config.epochs} epochs (mean ± std over seeds {config.seeds})", markdown_table(headers, final)),
+        (f"recall@{pct}FPR of {score} over epochs (validation perplexity)",
+         markdown_table(["epoch", *results], epochs)),
+    ]
+    if config.match_ppl is not None:
+        out.append((f"At matched utility: each method's last epoch with mean validation perplexity <= "
+                    f"{config.match_ppl:g}", markdown_table(
+                        ["method", "epoch", "val ppl", f"recall@{pct}FPR {score}", f"AUC {score}"],
+                        [matched_row(name, seeds, score, config.match_ppl) for name, seeds in results.items()])))
+    return out
+
+
+def matched_row(name: str, seeds: list[dict], score: str, match_ppl: float) -> list:
+    """The method's row at its last epoch whose seed-mean validation perplexity is <= ``match_ppl``."""
+    ppl = [np.mean([s["curve"][i]["val_ppl"] for s in seeds]) for i in range(len(seeds[0]["curve"]))]
+    within = [i for i, p in enumerate(ppl) if p <= match_ppl]
+    if not within:
+        return [name, "-", f"{min(ppl):.2f} (never <= {match_ppl:g})", "-", "-"]
+    i = within[-1]
+    return [name, f"{seeds[0]['curve'][i]['epoch']:.0f}", f"{ppl[i]:.2f}",
+            mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
+            mean_std([s["curve"][i][f"auc/{score}"] for s in seeds])]
+
+
+def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
+    plt = pyplot()
+    score = config.mia_scores[0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for i, (name, seeds) in enumerate(results.items()):
+        for j, s in enumerate(seeds):
+            epochs = [e["epoch"] for e in s["curve"]]
+            axes[0].plot(epochs, [e[f"recall/{score}"] for e in s["curve"]], color=f"C{i}", alpha=0.7,
+                         label=name if j == 0 else None)
+            axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=f"C{i}", alpha=0.7,
+                         label=name if j == 0 else None)
+    axes[0].set(xlabel="epoch", ylabel=f"recall @ {config.max_fpr:.0%} FPR", title=f"MIA ({score})")
+    axes[1].set(xlabel="epoch", ylabel="validation perplexity (controls)", title="utility")
+    axes[0].legend()
+    return [save_figure(fig, out / "finetune_method_mia.png")]
+
+
+def run_study(config: FinetuneMethodConfig, out: Path) -> dict:
+    start = time.perf_counter()
+    base = prepare_base(out, config)
+    params = {m["name"]: trainable_parameters(base / "base", m) for m in config.methods}
+    results = {m["name"]: [_run(config, base, out, m, seed) for seed in config.seeds] for m in config.methods}
+    record = {"trainable_parameters": params, "per_method": results, "plots": plots(out, config, results)}
+    write_outputs(out, "finetune_method", config, record, tables(config, results, params),
+                  time.perf_counter() - start)
+    return record
