@@ -39,10 +39,10 @@ def test_configure_sets_torch(monkeypatch):
 
 @pytest.mark.parametrize("command", THREADED)
 def test_every_torch_command_takes_threads(command):
-    assert set(THREADED) == {"toy", "track", "score", "erase", "demo", "bench"}
+    assert set(THREADED) == {"toy", "track", "score", "erase", "demo", "bench", "study"}
     required = {"toy": ["--out", "x"], "track": ["--config", "r.yaml"], "erase": ["--out", "x"],
                 "score": ["--model", "m", "--probes", "p", "--out", "x"], "demo": [],
-                "bench": ["--model", "m", "--config", "c", "--out", "x"]}
+                "bench": ["--model", "m", "--config", "c", "--out", "x"], "study": ["recipes/studies/skew.yaml"]}
     args = build_parser().parse_args([command, *required[command], "--threads", "2"])
     assert args.threads == 2
 

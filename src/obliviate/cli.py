@@ -24,7 +24,7 @@ COMMANDS = {
 }
 
 
-THREADED = ("demo", "toy", "score", "track", "erase", "bench")
+THREADED = ("demo", "toy", "score", "track", "erase", "bench", "study")
 """Commands that run torch: they take ``--threads`` (see :mod:`obliviate.threads`)."""
 
 

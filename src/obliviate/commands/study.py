@@ -19,20 +19,14 @@ def add_arguments(parser) -> None:
                         help="apply the recipe's `minimal:` overrides: a few steps, one seed (what the tests run)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                         help="override a recipe key, dotted, repeatable: --set epochs=4 --set seeds=[0]")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch intra-op threads on CPU (default: OMP_NUM_THREADS, else 1; 0: torch's default)")
 
 
 def run(args) -> int:
     from pathlib import Path
 
     from obliviate.commands.demo import parse_overrides
-    from obliviate.studies import run_recipe
-    from obliviate.threads import configure_threads
-
-    configure_threads(args.threads)  # the toy's matrices are too small for threads to pay
-
     from obliviate.recipes import resolve_recipe
+    from obliviate.studies import run_recipe
 
     recipe = resolve_recipe(args.recipe)  # recipes/studies/NAME.yaml also names the shipped copy, installed
     out = Path(args.out or Path("runs/studies") / Path(args.recipe).stem)
