@@ -45,7 +45,8 @@ test-real: real-model
 test-all: test test-slow
 
 lint: setup
-	$(BIN)/ruff check src tests perf
+	$(BIN)/ruff check src tests perf docs/examples
+	$(BIN)/ruff format --check src tests perf docs/examples
 
 clean:
 	rm -rf runs .pytest_cache build src/*.egg-info

@@ -44,15 +44,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from obliviate.data import ProbeSet, load_probes  # noqa: E402
-from obliviate.data.flagged import read_flagged  # noqa: E402
-from obliviate.erasure import LOSSES, SELECTORS, EraseConfig, Eraser  # noqa: E402
-from obliviate.erasure.run import filter_retain  # noqa: E402
-from obliviate.metrics import score_probes  # noqa: E402
-from obliviate.modeling import load_model_and_tokenizer  # noqa: E402
-from obliviate.report.tables import format_table  # noqa: E402
+from obliviate.data import ProbeSet, load_probes
+from obliviate.data.flagged import read_flagged
+from obliviate.erasure import LOSSES, SELECTORS, EraseConfig, Eraser
+from obliviate.erasure.run import filter_retain
+from obliviate.metrics import score_probes
+from obliviate.modeling import load_model_and_tokenizer
+from obliviate.report.tables import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,25 +121,36 @@ def still_extracted(model, tokenizer, forget: ProbeSet, before: dict[str, bool] 
     from obliviate.metrics.generation import greedy_continuations
 
     probes = [p for p in forget if before is None or before[p.id]]
-    out = greedy_continuations(model, [p.prefix_ids for p in probes], [len(p.suffix_ids) for p in probes],
-                               tokenizer.pad_token_id, batch_size=1)
+    out = greedy_continuations(
+        model, [p.prefix_ids for p in probes], [len(p.suffix_ids) for p in probes], tokenizer.pad_token_id, batch_size=1
+    )
     return {p.id: g == p.suffix_ids for p, g in zip(probes, out)}
 
 
-def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, config: EraseConfig,
-            others: tuple[ProbeSet, list[dict]] | None = None) -> dict:
+def run_one(
+    model,
+    tokenizer,
+    forget: ProbeSet,
+    controls: ProbeSet,
+    toy: Path,
+    config: EraseConfig,
+    others: tuple[ProbeSet, list[dict]] | None = None,
+) -> dict:
     retain, info = filter_retain(toy / "retain.jsonl", forget, tokenizer)
     rows = [{"text": t} for t in retain]
-    config.utility = [{"name": "perplexity", "data": rows, "label": "retain_ppl"},
-                      {"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout_ppl"},
-                      {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "mc"}]
+    config.utility = [
+        {"name": "perplexity", "data": rows, "label": "retain_ppl"},
+        {"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout_ppl"},
+        {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "mc"},
+    ]
     work = copy.deepcopy(model)
     device = next(work.parameters()).device
     extracted = still_extracted(work, tokenizer, forget)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        result = Eraser(work, tokenizer, forget, config, controls=controls, retain=retain,
-                        heldout=str(toy / "heldout.jsonl")).erase()
+        result = Eraser(
+            work, tokenizer, forget, config, controls=controls, retain=retain, heldout=str(toy / "heldout.jsonl")
+        ).erase()
         wall = time.perf_counter() - start
     after_greedy = still_extracted(result.model, tokenizer, forget, extracted)
     r = result.report
@@ -151,25 +162,37 @@ def run_one(model, tokenizer, forget: ProbeSet, controls: ProbeSet, toy: Path, c
         loss_before = sum(x["loss"] for x in rows_before) / len(rows_before)
         collateral = {
             "others_loss_pct": 100 * (sum(x["loss"] for x in rows_after) / len(rows_after) / loss_before - 1),
-            "others_lost": sum(b["exact_extraction"] and not a["exact_extraction"]
-                               for b, a in zip(rows_before, rows_after)),
-            "others_extractable": sum(b["exact_extraction"] for b in rows_before)}
+            "others_lost": sum(
+                b["exact_extraction"] and not a["exact_extraction"] for b, a in zip(rows_before, rows_after)
+            ),
+            "others_extractable": sum(b["exact_extraction"] for b in rows_before),
+        }
     held = r["heldout"]["after"] or {}
     kl = next((v["kl"] for k, v in held.items() if "kl" in v), float("nan"))
-    kept = [c["memorization_accuracy_kept"] for c in (r["collateral"]["controls"] or {}).values()
-            if c["memorization_accuracy_kept"] is not None]
-    return {**collateral,
+    kept = [
+        c["memorization_accuracy_kept"]
+        for c in (r["collateral"]["controls"] or {}).values()
+        if c["memorization_accuracy_kept"] is not None
+    ]
+    return {
+        **collateral,
         "forgotten_pct": 100 * r["summary"]["forgotten_rate"],
-        "greedy_still": sum(after_greedy.values()), "greedy_before": sum(extracted.values()),
-        "heldout_kl": kl, "controls_ma_kept_min": min(kept) if kept else float("nan"),
+        "greedy_still": sum(after_greedy.values()),
+        "greedy_before": sum(extracted.values()),
+        "heldout_kl": kl,
+        "controls_ma_kept_min": min(kept) if kept else float("nan"),
         "ppl_pct": 100 * (after["retain_ppl"]["perplexity"] / before["retain_ppl"]["perplexity"] - 1),
         "heldout_pct": 100 * (after["heldout_ppl"]["perplexity"] / before["heldout_ppl"]["perplexity"] - 1),
         "mc_points": 100 * (after["mc"]["acc"] - before["mc"]["acc"]),
-        "steps": r["summary"]["steps"], "attempted": r["summary"]["attempted_steps"],
-        "exhausted": r["summary"]["chunks_gate_exhausted"], "wall_s": wall,
+        "steps": r["summary"]["steps"],
+        "attempted": r["summary"]["attempted_steps"],
+        "exhausted": r["summary"]["chunks_gate_exhausted"],
+        "wall_s": wall,
         "gate_pct": 100 * r["timings"]["gate_s"] / max(r["timings"]["total_s"], 1e-9),
-        "peak_mb": memory.peak / 2**20, "opt_bytes": r["summary"]["optimizer_state_bytes"],
-        "selected": r["summary"]["selected_weights"], "retain_dropped": info["dropped"],
+        "peak_mb": memory.peak / 2**20,
+        "opt_bytes": r["summary"]["optimizer_state_bytes"],
+        "selected": r["summary"]["selected_weights"],
+        "retain_dropped": info["dropped"],
     }
 
 
@@ -181,7 +204,9 @@ def gate_section(toy: Path, forget: ProbeSet, tokenizer, every: int) -> dict:
 
 def most_memorized(model, tokenizer, probes: ProbeSet, n: int) -> tuple[ProbeSet, int]:
     rows = score_probes(model, tokenizer, probes.by_role("member", "canary"))
-    rows.sort(key=lambda r: (-r["exact_extraction"], -r["memorization_accuracy"], -r["extraction_probability"], r["id"]))
+    rows.sort(
+        key=lambda r: (-r["exact_extraction"], -r["memorization_accuracy"], -r["extraction_probability"], r["id"])
+    )
     if len(rows) < n:
         raise SystemExit(f"only {len(rows)} members/canaries; lower --sizes")
     return probes.subset([r["id"] for r in rows[:n]]), sum(r["exact_extraction"] for r in rows[:n])
@@ -194,10 +219,12 @@ def demo_check(paths: dict) -> dict:
     controls = load_probes(paths["toy"] / "probes.jsonl", tokenizer, roles=("control",))
     row = run_one(model, tokenizer, canaries, controls, paths["toy"], EraseConfig())
     row["flagged_canaries"] = len(canaries)
-    print(f"\ndemo setting: default EMSO on {len(canaries)} flagged canaries "
-          f"({', '.join(canaries.ids)}): forgotten {row['forgotten_pct']:.0f}%, retain perplexity "
-          f"{row['ppl_pct']:+.2f}%, held-out perplexity {row['heldout_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
-          f"{row['wall_s']:.1f}s ({row['gate_pct']:.0f}% in the gate)")
+    print(
+        f"\ndemo setting: default EMSO on {len(canaries)} flagged canaries "
+        f"({', '.join(canaries.ids)}): forgotten {row['forgotten_pct']:.0f}%, retain perplexity "
+        f"{row['ppl_pct']:+.2f}%, held-out perplexity {row['heldout_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
+        f"{row['wall_s']:.1f}s ({row['gate_pct']:.0f}% in the gate)"
+    )
     return row
 
 
@@ -208,8 +235,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--methods", nargs="+", default=sorted(LOSSES), choices=sorted(LOSSES))
     parser.add_argument("--selectors", nargs="+", default=sorted(SELECTORS), choices=sorted(SELECTORS))
-    parser.add_argument("--gate", choices=["on", "off", "both"], default="both",
-                        help="on: the default gate (retain perplexity +2%%); off: run to the forgetting criterion")
+    parser.add_argument(
+        "--gate",
+        choices=["on", "off", "both"],
+        default="both",
+        help="on: the default gate (retain perplexity +2%%); off: run to the forgetting criterion",
+    )
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate (every selector but `all`)")
     parser.add_argument("--lr-all", type=float, default=1e-4, help="learning rate with selector `all`")
     parser.add_argument("--max-steps", type=int, default=200)
@@ -222,9 +253,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
     paths = setup(work, args.epochs)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"torch {torch.__version__} {'CUDA' if torch.cuda.is_available() else 'CPU'}",
-               "demo": demo_check(paths), "runs": []}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} {'CUDA' if torch.cuda.is_available() else 'CPU'}",
+        "demo": demo_check(paths),
+        "runs": [],
+    }
     if args.demo_only:
         return
     model, tokenizer = load_model_and_tokenizer(paths["long"] / "model")
@@ -241,36 +275,85 @@ def main() -> None:
             group = []
             for method in args.methods:
                 for selector in args.selectors:
-                    config = EraseConfig(method=method, selector=selector, max_steps=args.max_steps,
-                                         learning_rate=args.lr_all if selector == "all" else args.lr,
-                                         gate=gate_section(paths["toy"], forget, tokenizer, args.gate_every)
-                                         if gate == "on" else None)
-                    row = {"size": size, "extractable": extractable, "gate": gate, "method": method,
-                           "selector": selector, **run_one(model, tokenizer, forget, controls, paths["toy"], config, others)}
+                    config = EraseConfig(
+                        method=method,
+                        selector=selector,
+                        max_steps=args.max_steps,
+                        learning_rate=args.lr_all if selector == "all" else args.lr,
+                        gate=gate_section(paths["toy"], forget, tokenizer, args.gate_every) if gate == "on" else None,
+                    )
+                    row = {
+                        "size": size,
+                        "extractable": extractable,
+                        "gate": gate,
+                        "method": method,
+                        "selector": selector,
+                        **run_one(model, tokenizer, forget, controls, paths["toy"], config, others),
+                    }
                     group.append(row)
                     results["runs"].append(row)
                     (work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
-                    print(f"  {size:4d} gate {gate:3s} {method:8s} {selector:11s} forgotten {row['forgotten_pct']:5.1f}% "
-                          f"greedy still {row['greedy_still']}/{row['greedy_before']} KL {row['heldout_kl']:.3f} "
-                          f"controls MA kept {row['controls_ma_kept_min']:.2f} "
-                          f"ppl {row['ppl_pct']:+6.2f}% heldout {row['heldout_pct']:+6.2f}% others loss "
-                          f"{row['others_loss_pct']:+6.1f}% lost {row['others_lost']:3d}/{row['others_extractable']} mc {row['mc_points']:+5.1f} steps {row['steps']:4d} "
-                          f"{row['wall_s']:6.1f}s", flush=True)
+                    print(
+                        f"  {size:4d} gate {gate:3s} {method:8s} {selector:11s} forgotten {row['forgotten_pct']:5.1f}% "
+                        f"greedy still {row['greedy_still']}/{row['greedy_before']} KL {row['heldout_kl']:.3f} "
+                        f"controls MA kept {row['controls_ma_kept_min']:.2f} "
+                        f"ppl {row['ppl_pct']:+6.2f}% heldout {row['heldout_pct']:+6.2f}% others loss "
+                        f"{row['others_loss_pct']:+6.1f}% lost {row['others_lost']:3d}/{row['others_extractable']} mc {row['mc_points']:+5.1f} steps {row['steps']:4d} "
+                        f"{row['wall_s']:6.1f}s",
+                        flush=True,
+                    )
             ref = next((r for r in group if r["method"] == "emso" and r["selector"] == "contrastive"), group[0])
             for row in group:
                 row["time_x"] = row["wall_s"] / max(ref["wall_s"], 1e-9)
                 row["opt_x"] = row["opt_bytes"] / max(ref["opt_bytes"], 1)
             table += group
-    headers = ["size", "gate", "method", "selector", "forgotten %", "greedy still", "heldout KL", "controls MA kept",
-               "retain ppl Δ%", "heldout ppl Δ%",
-               "others loss Δ%", "others lost", "MC Δ pts", "steps", "wall s",
-               "× time", "gate %", "peak MB", "opt state KB", "× opt"]
-    cells = [[r["size"], r["gate"], r["method"], r["selector"], r["forgotten_pct"],
-              f"{r['greedy_still']}/{r['greedy_before']}", r["heldout_kl"], r["controls_ma_kept_min"],
-              r["ppl_pct"], r["heldout_pct"],
-              r["others_loss_pct"], f"{r['others_lost']}/{r['others_extractable']}", r["mc_points"],
-              r["steps"], r["wall_s"], r["time_x"], r["gate_pct"], r["peak_mb"], r["opt_bytes"] / 1024, r["opt_x"]]
-             for r in table]
+    headers = [
+        "size",
+        "gate",
+        "method",
+        "selector",
+        "forgotten %",
+        "greedy still",
+        "heldout KL",
+        "controls MA kept",
+        "retain ppl Δ%",
+        "heldout ppl Δ%",
+        "others loss Δ%",
+        "others lost",
+        "MC Δ pts",
+        "steps",
+        "wall s",
+        "× time",
+        "gate %",
+        "peak MB",
+        "opt state KB",
+        "× opt",
+    ]
+    cells = [
+        [
+            r["size"],
+            r["gate"],
+            r["method"],
+            r["selector"],
+            r["forgotten_pct"],
+            f"{r['greedy_still']}/{r['greedy_before']}",
+            r["heldout_kl"],
+            r["controls_ma_kept_min"],
+            r["ppl_pct"],
+            r["heldout_pct"],
+            r["others_loss_pct"],
+            f"{r['others_lost']}/{r['others_extractable']}",
+            r["mc_points"],
+            r["steps"],
+            r["wall_s"],
+            r["time_x"],
+            r["gate_pct"],
+            r["peak_mb"],
+            r["opt_bytes"] / 1024,
+            r["opt_x"],
+        ]
+        for r in table
+    ]
     print("\n" + format_table(cells, headers))
     print("\n× columns: ratio to emso/contrastive at the same size and gate setting.")
     print(f"machine: {results['machine']}")

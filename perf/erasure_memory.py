@@ -66,8 +66,8 @@ def texts(n: int, words: int, skip: int = 0) -> list[str]:
         path = Path("/usr/share/common-licenses") / name
         if path.is_file():
             tokens = path.read_text(errors="ignore").split()
-            chunks += [" ".join(tokens[i:i + words]) for i in range(200, len(tokens) - words, words * 3)]
-    return chunks[skip:skip + n]
+            chunks += [" ".join(tokens[i : i + words]) for i in range(200, len(tokens) - words, words * 3)]
+    return chunks[skip : skip + n]
 
 
 def secrets(tokenizer, n: int = 8, length: int = 16):
@@ -77,8 +77,10 @@ def secrets(tokenizer, n: int = 8, length: int = 16):
     rng = random.Random(0)
     probes = []
     for i in range(n):
-        prefix = f"Customer record {1000 + i}: {rng.choice(['Alice', 'Bruno', 'Chen', 'Dana'])} Smith, "\
-                 "account passphrase and recovery code are as follows:"
+        prefix = (
+            f"Customer record {1000 + i}: {rng.choice(['Alice', 'Bruno', 'Chen', 'Dana'])} Smith, "
+            "account passphrase and recovery code are as follows:"
+        )
         secret = " ".join("".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(4)) for _ in range(8))
         p, s = tokenizer(prefix)["input_ids"][:length], tokenizer(" " + secret)["input_ids"][:length]
         probes.append(Probe(f"secret-{i}", "canary", p, s))
@@ -109,8 +111,13 @@ def worker(spec: dict) -> dict:
     retain = texts(8, 24)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS: the peak below is the erasure's
     loaded = hwm_bytes()
-    fields = dict(method=spec["method"], selector=spec["selector"], max_steps=spec["steps"], plots=False,
-                  target_modules=spec.get("target_modules"))
+    fields = dict(
+        method=spec["method"],
+        selector=spec["selector"],
+        max_steps=spec["steps"],
+        plots=False,
+        target_modules=spec.get("target_modules"),
+    )
     fields.update(thresholds="absolute", max_memorization_accuracy=0.0, max_extraction_probability=0.0)
     start = time.perf_counter()
     result = Eraser(model, tokenizer, forget, EraseConfig(**fields), retain=retain).erase()
@@ -118,11 +125,19 @@ def worker(spec: dict) -> dict:
     report = result.report
     timings = report.get("timings", {})
     chunks = report["chunks"]
-    out = {"weights": weights, "loaded_rss": loaded, "peak_rss": hwm_bytes(),
-           "process_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "total_s": total,
-           "timings": timings, "attempted": sum(c["attempted_steps"] for c in chunks),
-           "kept": sum(c["steps"] for c in chunks), "selected": max(c["selected"] for c in chunks),
-           "status": [c["status"] for c in chunks], "forgotten": report["summary"].get("forgotten")}
+    out = {
+        "weights": weights,
+        "loaded_rss": loaded,
+        "peak_rss": hwm_bytes(),
+        "process_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "total_s": total,
+        "timings": timings,
+        "attempted": sum(c["attempted_steps"] for c in chunks),
+        "kept": sum(c["steps"] for c in chunks),
+        "selected": max(c["selected"] for c in chunks),
+        "status": [c["status"] for c in chunks],
+        "forgotten": report["summary"].get("forgotten"),
+    }
     if spec.get("pass"):
         out["pass_s"] = one_pass(model, tokenizer, forget)
     return out
@@ -140,8 +155,9 @@ def one_pass(model, tokenizer, forget) -> float:
     best = float("inf")
     for _ in range(2):
         start = time.perf_counter()
-        out = forward_suffix(model, [p.prefix_ids for p in forget], [p.suffix_ids for p in forget],
-                             tokenizer.pad_token_id)
+        out = forward_suffix(
+            model, [p.prefix_ids for p in forget], [p.suffix_ids for p in forget], tokenizer.pad_token_id
+        )
         loss.sequence_losses(out).mean().backward()
         best = min(best, time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
@@ -149,10 +165,20 @@ def one_pass(model, tokenizer, forget) -> float:
 
 
 def launch(tree: Path, spec: dict, timeout: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": str(spec["threads"]),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}",
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -160,8 +186,9 @@ def launch(tree: Path, spec: dict, timeout: int) -> dict:
 
 def before_tree(ref: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="erasure-memory-before-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src/obliviate"], capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "src/obliviate"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
     return tmp / "src"
 
@@ -193,16 +220,33 @@ def main() -> None:
         method, _, rest = run.partition("/")
         selector, _, modules = rest.partition(":")
         for label, tree in trees:
-            spec = {"model": model, "method": method, "selector": selector, "steps": args.steps,
-                    "target_modules": modules or None,
-                    "threads": args.threads, "pass": run == args.runs[0]}
+            spec = {
+                "model": model,
+                "method": method,
+                "selector": selector,
+                "steps": args.steps,
+                "target_modules": modules or None,
+                "threads": args.threads,
+                "pass": run == args.runs[0],
+            }
             r = launch(tree, spec, args.timeout)
             rows.append((run, label, r))
             print(json.dumps({"run": run, "code": label, **r}), flush=True)
     pass_s = {label: r.get("pass_s") for run, label, r in rows if r.get("pass_s")}
     print(f"\nSmolLM2-135M float32, 8 probes of 16+16 tokens, {args.threads} thread(s); bound = 4 x weights + 1.5 GB")
-    header = ["run", "code", "weights GB", "peak RSS GB", "bound GB", "process peak GB", "selection s",
-              "selection / fwd+bwd", "steps/s", "steps", "total s"]
+    header = [
+        "run",
+        "code",
+        "weights GB",
+        "peak RSS GB",
+        "bound GB",
+        "process peak GB",
+        "selection s",
+        "selection / fwd+bwd",
+        "steps/s",
+        "steps",
+        "total s",
+    ]
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for run, label, r in rows:
@@ -212,9 +256,23 @@ def main() -> None:
         t = r["timings"]
         ratio = t.get("selection_s", 0) / pass_s[label] if pass_s.get(label) else float("nan")
         rate = r["attempted"] / t["update_s"] if t.get("update_s") else float("nan")
-        print(" | ".join([run, label, gb(r["weights"]), gb(r["peak_rss"]), gb(4 * r["weights"] + 1.5e9),
-                          gb(r["process_peak"]), f"{t.get('selection_s', 0):.1f}", f"{ratio:.2f}", f"{rate:.3f}",
-                          str(r["attempted"]), f"{r['total_s']:.0f}"]))
+        print(
+            " | ".join(
+                [
+                    run,
+                    label,
+                    gb(r["weights"]),
+                    gb(r["peak_rss"]),
+                    gb(4 * r["weights"] + 1.5e9),
+                    gb(r["process_peak"]),
+                    f"{t.get('selection_s', 0):.1f}",
+                    f"{ratio:.2f}",
+                    f"{rate:.3f}",
+                    str(r["attempted"]),
+                    f"{r['total_s']:.0f}",
+                ]
+            )
+        )
     print("\ntime breakdown, seconds (scoring = the criterion's passes; gate = baseline + checks + final run)")
     print("run | code | total | selection | steps | scoring | gate | other")
     print("--- | --- | --- | --- | --- | --- | --- | ---")
@@ -222,8 +280,18 @@ def main() -> None:
         if "error" not in r:
             t = r["timings"]
             parts = [t.get(k, 0.0) for k in ("selection_s", "update_s", "scoring_s", "gate_s")]
-            print(" | ".join([run, label, f"{r['total_s']:.0f}", *(f"{v:.1f}" for v in parts),
-                              f"{r['total_s'] - sum(parts):.1f}"]))
+            print(
+                " | ".join(
+                    [
+                        run,
+                        label,
+                        f"{r['total_s']:.0f}",
+                        *(f"{v:.1f}" for v in parts),
+                        f"{r['total_s'] - sum(parts):.1f}",
+                    ]
+                )
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -20,9 +20,14 @@ from obliviate.callbacks import FlagRule
 from obliviate.data import read_jsonl
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "track-sft.yaml"
-DEMO_TRAINING = {"training.learning_rate": 3e-3, "training.lr_scheduler_type": "linear",
-                 "training.num_train_epochs": 8, "training.per_device_train_batch_size": 16,
-                 "training.logging_steps": 17, "tracking.every_n_steps": 17}
+DEMO_TRAINING = {
+    "training.learning_rate": 3e-3,
+    "training.lr_scheduler_type": "linear",
+    "training.num_train_epochs": 8,
+    "training.per_device_train_batch_size": 16,
+    "training.logging_steps": 17,
+    "tracking.every_n_steps": 17,
+}
 
 
 def track(seed: int, settings: str, out: Path, p: float) -> Path:
@@ -32,11 +37,18 @@ def track(seed: int, settings: str, out: Path, p: float) -> Path:
     toy = out / f"toy-{seed}"
     if not (toy / "base" / "config.json").exists():
         build_toy(toy, ToyConfig(pretrain_steps=300, seed=seed))
-    overrides = {"model": str(toy / "base"), "train_file": str(toy / "train.jsonl"),
-                 "probes": str(toy / "probes.jsonl"), "output_dir": str(out / f"{settings}-{seed}"),
-                 "training.disable_tqdm": True, "training.seed": seed, "tracking.max_probes": None,
-                 "tracking.batch_size": 64, "tracking.flag_rule.min_extraction_probability": p,
-                 **(DEMO_TRAINING if settings == "demo" else {"tracking.every_n_steps": 17})}
+    overrides = {
+        "model": str(toy / "base"),
+        "train_file": str(toy / "train.jsonl"),
+        "probes": str(toy / "probes.jsonl"),
+        "output_dir": str(out / f"{settings}-{seed}"),
+        "training.disable_tqdm": True,
+        "training.seed": seed,
+        "tracking.max_probes": None,
+        "tracking.batch_size": 64,
+        "tracking.flag_rule.min_extraction_probability": p,
+        **(DEMO_TRAINING if settings == "demo" else {"tracking.every_n_steps": 17}),
+    }
     return run_track(RECIPE, overrides)
 
 
@@ -57,13 +69,16 @@ def table(run: Path, p: float) -> list[list]:
     history = read_jsonl(run / "memorization" / "history.jsonl")
     roles = {r["id"]: r["role"] for r in history}
     members = [i for i, r in roles.items() if r == "member"]
-    evidence = {r["id"] for r in history if r["step"] > 0 and (r["exact_extraction"] == 1
-                                                                or r["extraction_probability"] >= p)}
-    rules = [("default (group controls, MA gain >= 0.5)", FlagRule(min_extraction_probability=p), True),
-             ("MA gain >= 0.4", FlagRule(min_extraction_probability=p, min_ma_gain=0.4), True),
-             ("group controls, no baseline", FlagRule(min_extraction_probability=p, min_ma_gain=None), True),
-             ("old: pooled controls, no baseline", FlagRule(min_extraction_probability=p, min_ma_gain=None), False),
-             ("absolute evidence only", FlagRule(min_extraction_probability=p, control_ma_percentile=None), True)]
+    evidence = {
+        r["id"] for r in history if r["step"] > 0 and (r["exact_extraction"] == 1 or r["extraction_probability"] >= p)
+    }
+    rules = [
+        ("default (group controls, MA gain >= 0.5)", FlagRule(min_extraction_probability=p), True),
+        ("MA gain >= 0.4", FlagRule(min_extraction_probability=p, min_ma_gain=0.4), True),
+        ("group controls, no baseline", FlagRule(min_extraction_probability=p, min_ma_gain=None), True),
+        ("old: pooled controls, no baseline", FlagRule(min_extraction_probability=p, min_ma_gain=None), False),
+        ("absolute evidence only", FlagRule(min_extraction_probability=p, control_ma_percentile=None), True),
+    ]
     out = []
     for name, rule, grouped in rules:
         flags = replay(history, rule, grouped)
@@ -73,8 +88,9 @@ def table(run: Path, p: float) -> list[list]:
         controls = sum(roles[i] == "control" for i in flags)
         out.append([name, len(flagged_members), len(fp), f"{len(fp) / len(members):.1%}", canaries, controls])
     callback_flags = {r["id"] for r in read_jsonl(run / "memorization" / "flagged.jsonl")}
-    assert callback_flags == set(replay(history, FlagRule(min_extraction_probability=p), True)), \
+    assert callback_flags == set(replay(history, FlagRule(min_extraction_probability=p), True)), (
         "the replay disagrees with the callback's own flags"
+    )
     return out
 
 
@@ -92,8 +108,10 @@ def main() -> None:
     for seed in args.seeds:
         run = track(seed, args.settings, args.out, p)
         rows = table(run, p)
-        print(f"\n{args.settings} settings, toy seed {seed}, min_extraction_probability {p} "
-              f"(160 members, 16 canaries, 16+16 controls)")
+        print(
+            f"\n{args.settings} settings, toy seed {seed}, min_extraction_probability {p} "
+            f"(160 members, 16 canaries, 16+16 controls)"
+        )
         print("| rule | members flagged | without absolute evidence | share of members | canaries | controls |")
         print("|---|---|---|---|---|---|")
         for row in rows:

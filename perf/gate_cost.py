@@ -25,7 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 
 def main() -> None:
@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--toy", default="runs/toy", help="directory written by `obliviate toy`")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--forget-batch", type=int, default=16, help="sequences per erasure step")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: steadiest on a shared 2-core machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadiest on a shared 2-core machine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -51,21 +52,28 @@ def main() -> None:
         print(f"{args.toy}/base not found: building an untrained toy in {toy} (timings do not depend on training)")
         build_toy(toy, ToyConfig(pretrain_steps=0))
     model, tok = load_model_and_tokenizer(toy / "base", device="cpu")
-    section = {"benchmarks": [
-        {"name": "perplexity", "data": str(toy / "retain.jsonl"), "label": "retain", "batch_size": 32,
-         "max_relative_increase": 0.02},
-        {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "max_absolute_drop": 0.01},
-    ]}
+    section = {
+        "benchmarks": [
+            {
+                "name": "perplexity",
+                "data": str(toy / "retain.jsonl"),
+                "label": "retain",
+                "batch_size": 32,
+                "max_relative_increase": 0.02,
+            },
+            {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "max_absolute_drop": 0.01},
+        ]
+    }
     gate = UtilityGate.from_config(section, tok)
     gate.measure_baseline(model)
 
     probes = load_probes(toy / "probes.jsonl", tok).by_role("canary", "member")
-    rows = [p.input_ids for p in list(probes)[:args.forget_batch]]
+    rows = [p.input_ids for p in list(probes)[: args.forget_batch]]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tok.pad_token_id)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
     def step():
@@ -88,9 +96,15 @@ def main() -> None:
             b.clear_cache()
             b.prepare(tok)
 
-    ops = {"step": step, "check": lambda: gate.check(model, step=0), "uncached": uncached_check,
-           "tokenize": tokenize_only, "snapshot": lambda: gate.snapshot(model.parameters(), optimizer),
-           "restore": gate.restore, "mc": lambda: gate.suite["multiple_choice"].run(model)}
+    ops = {
+        "step": step,
+        "check": lambda: gate.check(model, step=0),
+        "uncached": uncached_check,
+        "tokenize": tokenize_only,
+        "snapshot": lambda: gate.snapshot(model.parameters(), optimizer),
+        "restore": gate.restore,
+        "mc": lambda: gate.suite["multiple_choice"].run(model),
+    }
     lm_eval_bench = lm_eval_twin(toy, tok)
     if lm_eval_bench is not None:
         lm_eval_bench.run(model)  # lm-eval builds its task and dataset cache on the first run
@@ -107,9 +121,11 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in model.parameters())
     tokens = int(mask.sum())
-    print(f"\ntoy model: {n_params / 1e6:.2f}M parameters; erasure step on {len(rows)} sequences ({tokens} tokens); "
-          f"gate: retain perplexity ({gate.suite['retain'].last_token_count} tokens) + multiple_choice "
-          f"({len(gate.suite['multiple_choice'].pairs)} choices); {args.threads} threads, median of {args.repeats}\n")
+    print(
+        f"\ntoy model: {n_params / 1e6:.2f}M parameters; erasure step on {len(rows)} sequences ({tokens} tokens); "
+        f"gate: retain perplexity ({gate.suite['retain'].last_token_count} tokens) + multiple_choice "
+        f"({len(gate.suite['multiple_choice'].pairs)} choices); {args.threads} threads, median of {args.repeats}\n"
+    )
     table = [
         ["AdamW step (forward+backward+update)", t_step * 1e3, 1.0],
         ["gate check, tokenization cached", t["check"] * 1e3, t["check"] / t_step],
@@ -122,8 +138,10 @@ def main() -> None:
     if "lm_eval" in t:
         table.append(["  lm_eval on the same multiple-choice data", t["lm_eval"] * 1e3, t["lm_eval"] / t_step])
     print(format_table(table, ["operation", "median ms", "x AdamW step"]))
-    print(f"\nuncached / cached check: {t['uncached'] / t['check']:.2f}x; a gate every step adds "
-          f"{(t['check'] + t['snapshot']) / t_step:.1f}x the step's own time (every=k divides that by k)")
+    print(
+        f"\nuncached / cached check: {t['uncached'] / t['check']:.2f}x; a gate every step adds "
+        f"{(t['check'] + t['snapshot']) / t_step:.1f}x the step's own time (every=k divides that by k)"
+    )
 
 
 def lm_eval_twin(toy: Path, tok):
@@ -140,8 +158,10 @@ def lm_eval_twin(toy: Path, tok):
         f"dataset_kwargs:\n  data_files:\n    test: {(toy / 'multiple_choice.jsonl').resolve()}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
         "doc_to_choice: '{{choices}}'\ndoc_to_target: label\ntarget_delimiter: ''\n"
-        "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n")
+        "metric_list:\n  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
+    )
     return UtilityBenchmark.from_entry({"name": "lm_eval", "data": str(tasks), "tasks": ["toy_facts"]}, tok)
+
 
 if __name__ == "__main__":
     main()

@@ -27,12 +27,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from obliviate.metrics import score_sequences  # noqa: E402
-from obliviate.metrics.teacher_forced import collate  # noqa: E402
-from obliviate.report.tables import format_table  # noqa: E402
-from obliviate.toy import ToyConfig, build_toy  # noqa: E402
+from obliviate.metrics import score_sequences
+from obliviate.metrics.teacher_forced import collate
+from obliviate.report.tables import format_table
+from obliviate.toy import ToyConfig, build_toy
 
 
 def make_probes(vocab: int, n: int, prefix: int, suffix: int, seed: int = 0):
@@ -57,8 +57,8 @@ def left_pad(rows, pad):
     ids = torch.full((len(rows), width), pad)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -68,9 +68,10 @@ def generate_exact(model, prefixes, suffixes, pad, batch_size):
     for batch in batches(len(prefixes), batch_size):
         ids, mask = left_pad([prefixes[i] for i in batch], pad)
         n = len(suffixes[batch[0]])
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                             eos_token_id=None, pad_token_id=pad)
-        exact += (out[:, ids.shape[1]:] == torch.tensor([suffixes[i] for i in batch])).all(-1).tolist()
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad
+        )
+        exact += (out[:, ids.shape[1] :] == torch.tensor([suffixes[i] for i in batch])).all(-1).tolist()
     return exact
 
 
@@ -82,8 +83,14 @@ def per_position_ma(model, prefixes, suffixes, pad, batch_size):
         hits = torch.zeros(len(batch))
         for t in range(n):
             ids, mask = left_pad([prefixes[i] + suffixes[i][:t] for i in batch], pad)
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=1,
-                                 eos_token_id=None, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=1,
+                eos_token_id=None,
+                pad_token_id=pad,
+            )
             hits += (out[:, -1] == torch.tensor([suffixes[i][t] for i in batch])).float()
         accuracy += (hits / n).tolist()
     return accuracy
@@ -119,22 +126,35 @@ def main():
     prefixes, suffixes = make_probes(model.config.vocab_size, args.probes, args.prefix, args.suffix)
     n, sub = len(prefixes), min(args.subsample, len(prefixes))
     params = sum(p.numel() for p in model.parameters())
-    print(f"toy GPT-2 ({params / 1e6:.2f}M parameters, vocab {model.config.vocab_size}) on {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-          f"{n} probes of {args.prefix}+{args.suffix} tokens, batch {args.batch_size}")
+    print(
+        f"toy GPT-2 ({params / 1e6:.2f}M parameters, vocab {model.config.vocab_size}) on {args.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
+        f"{n} probes of {args.prefix}+{args.suffix} tokens, batch {args.batch_size}"
+    )
 
     def scorer(p, s):
         return score_sequences(model, p, s, pad, batch_size=args.batch_size)
 
-    names = ["(a) scorer: score_sequences, all metrics", "(b) bare forward: model(...)",
-             f"(c) batched greedy generate ({args.suffix} tokens)",
-             f"(d) per-position generate (subsample {sub}, extrapolated)"]
-    methods = dict(zip(names, [scorer, lambda p, s: bare_forward(model, p, s, pad, args.batch_size),
-                               lambda p, s: generate_exact(model, p, s, pad, args.batch_size),
-                               lambda p, s: per_position_ma(model, p, s, pad, args.batch_size)]))
+    names = [
+        "(a) scorer: score_sequences, all metrics",
+        "(b) bare forward: model(...)",
+        f"(c) batched greedy generate ({args.suffix} tokens)",
+        f"(d) per-position generate (subsample {sub}, extrapolated)",
+    ]
+    methods = dict(
+        zip(
+            names,
+            [
+                scorer,
+                lambda p, s: bare_forward(model, p, s, pad, args.batch_size),
+                lambda p, s: generate_exact(model, p, s, pad, args.batch_size),
+                lambda p, s: per_position_ma(model, p, s, pad, args.batch_size),
+            ],
+        )
+    )
     # Warm-up on one batch: lazy initialisation and allocator growth stay out of the timings.
     for name in names[:3]:
-        methods[name](prefixes[:args.batch_size], suffixes[:args.batch_size])
+        methods[name](prefixes[: args.batch_size], suffixes[: args.batch_size])
     # Batch by batch, every method in turn, `repeats` times; the fastest time of each (method, batch)
     # is kept. On a shared machine a burst of other work then spoils one sample, not a whole method.
     seconds = dict.fromkeys(names, 0.0)
@@ -161,8 +181,9 @@ def main():
 
     counts = {names[0]: n, names[1]: n, names[2]: n, names[3]: sub}
     rate = {name: counts[name] / best[name] for name in names}
-    rows = [[name, round(n / rate[name], 3), round(rate[name], 1), round(rate[name] / rate[names[0]], 3)]
-            for name in names]
+    rows = [
+        [name, round(n / rate[name], 3), round(rate[name], 1), round(rate[name] / rate[names[0]], 3)] for name in names
+    ]
     print(format_table(rows, ["method", f"seconds for {n}", "sequences/s", "x scorer"]))
     print()
     ratio_bare = rate[names[0]] / rate[names[1]]

@@ -79,11 +79,20 @@ def main() -> None:
             step_s[n].append(train_steps(model, tokenizer, texts, args.steps))
             score_s[n].append(scoring_pass(model, tokenizer, probes))
     base = args.threads[0]
-    rows = [[n, statistics.median(step_s[n]), statistics.median(step_s[n]) / statistics.median(step_s[base]),
-             statistics.median(score_s[n]), statistics.median(score_s[n]) / statistics.median(score_s[base])]
-            for n in args.threads]
-    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          f"{len(probes)} probes, {args.repeats} repeats (medians)")
+    rows = [
+        [
+            n,
+            statistics.median(step_s[n]),
+            statistics.median(step_s[n]) / statistics.median(step_s[base]),
+            statistics.median(score_s[n]),
+            statistics.median(score_s[n]) / statistics.median(score_s[base]),
+        ]
+        for n in args.threads
+    ]
+    print(
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+        f"{len(probes)} probes, {args.repeats} repeats (medians)"
+    )
     print(format_table(rows, ["threads", "s / train step", f"vs {base}", "s / scoring pass", f"vs {base}"]))
 
 

@@ -16,8 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="obliviate-hf-home-"))
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Tiny models on a 2-core machine run faster on one thread than on two fighting each other.
 torch.set_num_threads(1)

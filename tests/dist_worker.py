@@ -20,7 +20,7 @@ if __name__ == "__main__":
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 N_PROBES = 5
 SHAPES = {"emb": (13, 5), "w": (7, 3, 2), "bias": (9,), "norm": (4,)}
@@ -43,8 +43,11 @@ def sharded_selection(rank: int, world: int, scope: str) -> list[tuple[str, int]
         start, end = shard_bounds(s.numel(), world)[rank]
         scores[n], params[n], starts[n] = s.reshape(-1)[start:end].clone(), torch.zeros(end - start), start
     selection = select_top(scores, params, 0.2, "element", scope, ShardGroup(rank, world))
-    return [(n, starts[n] + i) for n, idx in selection.indices.items()
-            for i in (range(params[n].numel()) if idx is None else idx.tolist())]
+    return [
+        (n, starts[n] + i)
+        for n, idx in selection.indices.items()
+        for i in (range(params[n].numel()) if idx is None else idx.tolist())
+    ]
 
 
 def main(out: str) -> None:
@@ -93,9 +96,12 @@ def main(out: str) -> None:
     result["weights"] = {n: p.detach().clone() for n, p in erased.model.named_parameters()}
     result["losses"] = [s["loss"] for s in erased.report["steps"]]
 
-    result["sharded"] = {scope: sorted(x for part in gather_object([sharded_selection(rank, world, scope)])
-                                       for x in part) if world > 1 else sorted(sharded_selection(0, 1, scope))
-                         for scope in ("global", "per_tensor")}
+    result["sharded"] = {
+        scope: sorted(x for part in gather_object([sharded_selection(rank, world, scope)]) for x in part)
+        if world > 1
+        else sorted(sharded_selection(0, 1, scope))
+        for scope in ("global", "per_tensor")
+    }
     result["forwards"] = gather_object([counts]) if world > 1 else [counts]
     if acc.is_main_process:
         torch.save(result, out)

@@ -50,6 +50,7 @@ def token_log_probs(model, ids: list[int]) -> torch.Tensor:
 
 # --- perplexity ---------------------------------------------------------------------------------
 
+
 def test_perplexity_is_token_weighted_exp_mean_nll(model, tok, tmp_path):
     corpus = corpus_tokenizer()[0]
     texts = [r["text"] for r in corpus.retain[:5]] + ["Fact.", corpus.heldout[0]["text"] * 2]
@@ -92,17 +93,25 @@ def test_perplexity_max_samples_is_a_fixed_sample(tmp_path):
 
 # --- multiple choice ----------------------------------------------------------------------------
 
+
 def hand_choice_log_likelihood(model, tok, context: str, choice: str) -> float:
     """Summed log p of the choice tokens: encode context+choice whole, split after the context's tokens."""
     whole, ctx = tok(context + choice)["input_ids"], tok(context)["input_ids"]
-    return token_log_probs(model, whole)[len(ctx) - 1:].sum().item()
+    return token_log_probs(model, whole)[len(ctx) - 1 :].sum().item()
 
 
 MC_ROWS = [
     {"context": "Fact. The flag of Riverton is", "choices": [" red.", " blue.", " green and white."], "label": 0},
-    {"context": "Support ticket. Where does Alice Okafor live?\nAnswer:",
-     "choices": [" 12 Maple Street, Lakeside", " 7 Mill Avenue", " no"], "label": 1},
-    {"context": "Internal note. The account PIN of Dana Novak R. is", "choices": [" 1 2 3", " 4 5 6 7 8 9"], "label": 1},
+    {
+        "context": "Support ticket. Where does Alice Okafor live?\nAnswer:",
+        "choices": [" 12 Maple Street, Lakeside", " 7 Mill Avenue", " no"],
+        "label": 1,
+    },
+    {
+        "context": "Internal note. The account PIN of Dana Novak R. is",
+        "choices": [" 1 2 3", " 4 5 6 7 8 9"],
+        "label": 1,
+    },
 ]
 
 
@@ -173,6 +182,7 @@ def test_encode_pair_moves_trailing_space_and_splits_whole_encoding(tok):
 
 # --- evaluate metrics ---------------------------------------------------------------------------
 
+
 def test_shipped_metrics_load_by_path_offline():
     import evaluate
 
@@ -184,13 +194,16 @@ def test_shipped_metrics_load_by_path_offline():
     assert exact is not None  # evaluate modules are falsy (len 0)
     predictions, references = ["Red.", " blue  sky ", "x"], ["red.", "blue sky", "y"]
     assert exact.compute(predictions=predictions, references=references) == {"exact_match": pytest.approx(1 / 3)}
-    assert exact.compute(predictions=predictions, references=references, ignore_case=True)["exact_match"] == \
-        pytest.approx(2 / 3)
+    assert exact.compute(predictions=predictions, references=references, ignore_case=True)[
+        "exact_match"
+    ] == pytest.approx(2 / 3)
     f1 = evaluate.load(str(evaluate_metrics.ROOT / "token_f1"))  # the folder path
     assert load_metric("token_f1") is not None and load_metric("token_f1") is load_metric("token_f1")
     # "the red red flag" -> [red, red, flag]; "a red flag of Riverton" -> [red, flag, of, riverton]
     # shared 2: precision 2/3, recall 2/4, F1 = 2*(2/3)*(1/2)/((2/3)+(1/2)) = 4/7; second pair: 0; third: 1.
-    result = f1.compute(predictions=["the red red flag", "blue", "Green!"], references=["a red flag of Riverton", "red", "green"])
+    result = f1.compute(
+        predictions=["the red red flag", "blue", "Green!"], references=["a red flag of Riverton", "red", "green"]
+    )
     assert result["token_f1"] == pytest.approx((4 / 7 + 0 + 1) / 3)
 
 
@@ -204,9 +217,14 @@ def test_evaluate_metric_scores_greedy_generations(model, tok, tmp_path):
     expected = []
     for prompt in prompts:  # hand: one unpadded greedy generation per prompt
         ids = torch.tensor([tok(prompt)["input_ids"]])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        expected.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        expected.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n")[0])
     rows = [{"prompt": p, "reference": expected[0] if i == 0 else "zzz"} for i, p in enumerate(prompts)]
     data = write_jsonl(tmp_path / "gen.jsonl", rows)
     bench = get_benchmark("evaluate_metric")(data=data, max_new_tokens=6, batch_size=2)
@@ -218,6 +236,7 @@ def test_evaluate_metric_scores_greedy_generations(model, tok, tmp_path):
 
 # --- registry, suite and bad input --------------------------------------------------------------
 
+
 def test_registry_lists_builtins_and_rejects_unknown_names():
     assert {"perplexity", "multiple_choice", "evaluate_metric", "lm_eval", "memorization"} <= set(BENCHMARKS)
     with pytest.raises(UnknownBenchmarkError, match=r"Did you mean 'perplexity'.*Known benchmarks: evaluate_metric"):
@@ -228,8 +247,9 @@ def test_registry_lists_builtins_and_rejects_unknown_names():
 
 def test_suite_runs_several_and_labels_results(model, tok, tmp_path):
     retain = write_jsonl(tmp_path / "r.jsonl", [{"text": "Fact. The flag of Riverton is red."}] * 3)
-    suite = UtilitySuite.from_config([{"name": "perplexity", "data": retain, "label": "retain"},
-                                      {"name": "multiple_choice", "data": MC_ROWS}], tok)
+    suite = UtilitySuite.from_config(
+        [{"name": "perplexity", "data": retain, "label": "retain"}, {"name": "multiple_choice", "data": MC_ROWS}], tok
+    )
     results = suite.run(model)
     assert set(results) == {"retain", "multiple_choice"}
     assert set(results["multiple_choice"]) == {"acc", "acc_norm", "acc_bytes"}
@@ -239,13 +259,16 @@ def test_suite_runs_several_and_labels_results(model, tok, tmp_path):
         UtilitySuite.from_config([{"name": "perplexity", "data": retain}] * 2)
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"context": "c", "choices": ["a", "b"], "label": 2}, r"mc.jsonl:2: label 2 is out of range for 2 choices"),
-    ({"context": "c", "choices": [], "label": 0}, r"mc.jsonl:2: 'choices' must be a non-empty list"),
-    ({"context": "c", "choices": ["a", ""], "label": 0}, r"mc.jsonl:2: every choice must be a non-empty string"),
-    ({"context": "c", "choices": ["a"], "label": "a"}, r"mc.jsonl:2: 'label' must be the integer index"),
-    ({"context": "c", "choices": ["a"]}, r"mc.jsonl:2: missing 'label'"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"context": "c", "choices": ["a", "b"], "label": 2}, r"mc.jsonl:2: label 2 is out of range for 2 choices"),
+        ({"context": "c", "choices": [], "label": 0}, r"mc.jsonl:2: 'choices' must be a non-empty list"),
+        ({"context": "c", "choices": ["a", ""], "label": 0}, r"mc.jsonl:2: every choice must be a non-empty string"),
+        ({"context": "c", "choices": ["a"], "label": "a"}, r"mc.jsonl:2: 'label' must be the integer index"),
+        ({"context": "c", "choices": ["a"]}, r"mc.jsonl:2: missing 'label'"),
+    ],
+)
 def test_multiple_choice_bad_rows_name_file_and_line(tmp_path, row, message):
     data = write_jsonl(tmp_path / "mc.jsonl", [{"context": "ok", "choices": ["a", "b"], "label": 0}, row])
     with pytest.raises(BenchmarkError, match=message):
@@ -255,7 +278,9 @@ def test_multiple_choice_bad_rows_name_file_and_line(tmp_path, row, message):
 def test_bad_input_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
         UtilitySuite.from_config([{"name": "perplexity", "data": str(tmp_path / "nope.jsonl")}])
-    with pytest.raises(UnknownBenchmarkError, match="Known benchmarks: evaluate_metric, kl_to_original, lm_eval, memorization"):
+    with pytest.raises(
+        UnknownBenchmarkError, match="Known benchmarks: evaluate_metric, kl_to_original, lm_eval, memorization"
+    ):
         UtilitySuite.from_config([{"name": "rouge_bench", "data": "x"}])
     with pytest.raises(RecipeError, match=r"unknown key 'dat' in benchmark 'perplexity'.*Did you mean 'data'"):
         UtilitySuite.from_config([{"name": "perplexity", "dat": "x.jsonl"}])

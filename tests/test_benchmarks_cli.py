@@ -25,11 +25,21 @@ def saved(tmp_path_factory):
         return str(root / name)
 
     entries = [
-        {"name": "perplexity", "data": jsonl("retain.jsonl", [{"text": r["text"]} for r in corpus.retain[:12]]),
-         "label": "retain"},
+        {
+            "name": "perplexity",
+            "data": jsonl("retain.jsonl", [{"text": r["text"]} for r in corpus.retain[:12]]),
+            "label": "retain",
+        },
         {"name": "multiple_choice", "data": jsonl("mc.jsonl", corpus.multiple_choice)},
-        {"name": "evaluate_metric", "metric": "token_f1", "max_new_tokens": 4, "label": "answers",
-         "data": jsonl("gen.jsonl", [{"prompt": r["prompt"], "reference": r["completion"]} for r in corpus.train[:4]])},
+        {
+            "name": "evaluate_metric",
+            "metric": "token_f1",
+            "max_new_tokens": 4,
+            "label": "answers",
+            "data": jsonl(
+                "gen.jsonl", [{"prompt": r["prompt"], "reference": r["completion"]} for r in corpus.train[:4]]
+            ),
+        },
         {"name": "memorization", "data": jsonl("probes.jsonl", corpus.probes[:6])},
     ]
     (root / "suite.yaml").write_text(yaml.safe_dump({"benchmarks": entries}))
@@ -38,7 +48,9 @@ def saved(tmp_path_factory):
 
 def test_bench_cli_writes_utility_json_and_prints_a_table(saved, capsys):
     root, entries = saved
-    code = main(["bench", "--model", str(root / "model"), "--config", str(root / "suite.yaml"), "--out", str(root / "out")])
+    code = main(
+        ["bench", "--model", str(root / "model"), "--config", str(root / "suite.yaml"), "--out", str(root / "out")]
+    )
     assert code == 0
     results = json.loads((root / "out" / "utility.json").read_text())
     assert list(results) == ["retain", "multiple_choice", "answers", "memorization"]
@@ -55,8 +67,9 @@ def test_bench_cli_writes_utility_json_and_prints_a_table(saved, capsys):
 def test_bench_cli_checks_the_recipe_before_loading_the_model(saved, tmp_path, capsys):
     root, entries = saved
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"benchmarks": [{"name": "multiple_choice", "data": entries[1]["data"],
-                                                   "batch_sise": 4}]}))
+    bad.write_text(
+        yaml.safe_dump({"benchmarks": [{"name": "multiple_choice", "data": entries[1]["data"], "batch_sise": 4}]})
+    )
     # The model path does not exist: the recipe error must come first.
     code = main(["bench", "--model", str(tmp_path / "no-model"), "--config", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2

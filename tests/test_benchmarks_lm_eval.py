@@ -9,16 +9,23 @@ import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed: pip install 'obliviate[lm-eval]'")
 
-from obliviate.benchmarks import BenchmarkError, UtilitySuite  # noqa: E402
-from obliviate.benchmarks.multiple_choice import encode_pair  # noqa: E402
-from tests.helpers import corpus_tokenizer, tiny_model  # noqa: E402
+from obliviate.benchmarks import BenchmarkError, UtilitySuite
+from obliviate.benchmarks.multiple_choice import encode_pair
+from tests.helpers import corpus_tokenizer, tiny_model
 
 ROWS = [
     {"context": "Fact. The flag of Riverton is", "choices": [" red.", " blue.", " green and white."], "label": 0},
     {"context": "Fact. The flag of Lakeside is", "choices": [" a long purple banner.", " blue."], "label": 1},
-    {"context": "Support ticket. Where does Alice Okafor live?\nAnswer:",
-     "choices": [" 12 Maple Street, Lakeside", " 7 Mill Avenue", " no"], "label": 1},
-    {"context": "Internal note. The account PIN of Dana Novak R. is", "choices": [" 1 2 3", " 4 5 6 7 8 9"], "label": 1},
+    {
+        "context": "Support ticket. Where does Alice Okafor live?\nAnswer:",
+        "choices": [" 12 Maple Street, Lakeside", " 7 Mill Avenue", " no"],
+        "label": 1,
+    },
+    {
+        "context": "Internal note. The account PIN of Dana Novak R. is",
+        "choices": [" 1 2 3", " 4 5 6 7 8 9"],
+        "label": 1,
+    },
 ]
 
 TASK_YAML = """task: toy_flags
@@ -47,8 +54,13 @@ def loglikelihood_requests(rows) -> list:
     from lm_eval.api.instance import Instance
 
     # 0.5 makes task_name and doc_id required; 0.4 takes them as optional fields.
-    return [Instance(request_type="loglikelihood", doc={}, arguments=(r["context"], c), idx=i, task_name="toy_flags",
-                     doc_id=k) for k, r in enumerate(rows) for i, c in enumerate(r["choices"])]
+    return [
+        Instance(
+            request_type="loglikelihood", doc={}, arguments=(r["context"], c), idx=i, task_name="toy_flags", doc_id=k
+        )
+        for k, r in enumerate(rows)
+        for i, c in enumerate(r["choices"])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +76,13 @@ def task_dir(tmp_path_factory):
 def test_lm_eval_local_task_agrees_with_multiple_choice(task_dir):
     tok = corpus_tokenizer()[1]
     model = tiny_model("gpt2", tok, seed=5).eval()
-    suite = UtilitySuite.from_config([
-        {"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flags"], "batch_size": 4},
-        {"name": "multiple_choice", "data": str(task_dir / "flags.jsonl")},
-    ], tok)
+    suite = UtilitySuite.from_config(
+        [
+            {"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flags"], "batch_size": 4},
+            {"name": "multiple_choice", "data": str(task_dir / "flags.jsonl")},
+        ],
+        tok,
+    )
     results = suite.run(model)
     assert set(results["lm_eval"]) == {"acc", "acc_norm"}
     # lm-eval's own loglikelihood path and ours agree on the same task and model.
@@ -97,15 +112,22 @@ def test_encode_pair_is_lm_evals():
 
     tok = corpus_tokenizer()[1]
     lm = HFLM(pretrained=tiny_model("gpt2", tok), tokenizer=tok, batch_size=1)
-    for context, continuation in [("Fact. The flag of Riverton is", " red."), ("Answer: ", "red"),
-                                  ("PIN is  ", " 1 2"), ("x", "yz")]:
-        assert encode_pair(tok, context, continuation, lm.prefix_token_id) == tuple(lm._encode_pair(context, continuation))
+    for context, continuation in [
+        ("Fact. The flag of Riverton is", " red."),
+        ("Answer: ", "red"),
+        ("PIN is  ", " 1 2"),
+        ("x", "yz"),
+    ]:
+        assert encode_pair(tok, context, continuation, lm.prefix_token_id) == tuple(
+            lm._encode_pair(context, continuation)
+        )
 
 
 def test_lm_eval_unknown_task_and_missing_path(task_dir, tmp_path):
     with pytest.raises(BenchmarkError, match="unknown lm-eval task 'toy_flag'.*Did you mean 'toy_flags'"):
-        UtilitySuite.from_config([{"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flag"],
-                                   "include_defaults": False}])
+        UtilitySuite.from_config(
+            [{"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flag"], "include_defaults": False}]
+        )
     with pytest.raises(FileNotFoundError, match="include path"):
         UtilitySuite.from_config([{"name": "lm_eval", "data": str(tmp_path / "none"), "tasks": ["x"]}])
 
@@ -119,9 +141,18 @@ def test_truncated_rows_equal_lm_evals_loglikelihood():
 
     tok = corpus_tokenizer()[1]
     torch.manual_seed(3)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=len(tok),
-                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                                       pad_token_id=tok.pad_token_id)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            n_positions=16,
+            vocab_size=len(tok),
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     ours = MultipleChoice(data=ROWS, tokenizer=tok, batch_size=3)
     ours.run(model)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
@@ -142,8 +173,18 @@ def test_lm_eval_wraps_the_in_memory_model_without_reloading(task_dir, monkeypat
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_reload)
     tok = corpus_tokenizer()[1]
     model = tiny_model("gpt2", tok, seed=5).eval()
-    suite = UtilitySuite.from_config([{"name": "lm_eval", "data": str(task_dir / "tasks"), "tasks": ["toy_flags"],
-                                       "batch_size": 4, "include_defaults": False}], tok)
+    suite = UtilitySuite.from_config(
+        [
+            {
+                "name": "lm_eval",
+                "data": str(task_dir / "tasks"),
+                "tasks": ["toy_flags"],
+                "batch_size": 4,
+                "include_defaults": False,
+            }
+        ],
+        tok,
+    )
     first = suite.run(model)["lm_eval"]
     bench = suite["lm_eval"]
     wrapper = bench._lm[2]

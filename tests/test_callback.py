@@ -28,8 +28,11 @@ def test_budget_validation_and_limits():
 
 
 def test_track_config_nested_sections_and_errors():
-    cfg = from_dict(TrackConfig, {"every_n_steps": "20", "flag_rule": {"control_ma_percentile": 95},
-                                  "budget": {"max_flagged": 5}}, "tracking")
+    cfg = from_dict(
+        TrackConfig,
+        {"every_n_steps": "20", "flag_rule": {"control_ma_percentile": 95}, "budget": {"max_flagged": 5}},
+        "tracking",
+    )
     assert cfg.every_n_steps == 20 and cfg.flag_rule.control_ma_percentile == 95 and cfg.budget.max_flagged == 5
     with pytest.raises(RecipeError, match="Did you mean 'control_ma_percentile'"):
         from_dict(TrackConfig, {"flag_rule": {"control_ma_percentil": 95}}, "tracking")
@@ -68,16 +71,19 @@ def test_sft_probes_are_the_trained_tokens(tmp_path):
 
 def test_sft_probes_collapse_repetitions_and_text_rows():
     tokenizer, _, probe_rows = sft_data()
-    train_like = [{"id": "canary-x8-0#0", "prompt": "P is", "completion": " 1 2"},
-                  {"id": "canary-x8-0#1", "prompt": "P is", "completion": " 1 2"},
-                  {"id": "m", "prompt": "Q is", "completion": " 3"}]
+    train_like = [
+        {"id": "canary-x8-0#0", "prompt": "P is", "completion": " 1 2"},
+        {"id": "canary-x8-0#1", "prompt": "P is", "completion": " 1 2"},
+        {"id": "m", "prompt": "Q is", "completion": " 3"},
+    ]
     probes = probes_from_sft_rows(train_like, tokenizer)
     assert probes.ids == ["canary-x8-0", "m"]
     assert probes["canary-x8-0"].meta["repetitions"] == 2 and probes["m"].role == "member"
     controls = probes_from_sft_rows(probe_rows[-3:], tokenizer, role="control")
     assert {p.role for p in controls} == {"control"}
-    text = probes_from_sft_rows([{"text": "Fact. The flag of Riverton is red and blue."}], tokenizer, prefix_tokens=4,
-                                suffix_tokens=3)
+    text = probes_from_sft_rows(
+        [{"text": "Fact. The flag of Riverton is red and blue."}], tokenizer, prefix_tokens=4, suffix_tokens=3
+    )
     assert len(text[0].prefix_ids) == 4 and len(text[0].suffix_ids) == 3 and text.ids == ["train-00000"]
     with pytest.raises(ProbeError, match="neither prompt/completion"):
         probes_from_sft_rows([{"id": "x", "body": "hi"}], tokenizer)
@@ -123,17 +129,37 @@ def test_config_object_tracks_exactly_as_the_keywords(bare_trainer, tmp_path):
     from obliviate.metrics import SamplingConfig
 
     rule = FlagRule(control_ma_percentile=50, min_controls=5, min_ma_gain=None)
-    by_config = MemorizationCallback(bare_trainer, sft_probes(), output_dir=str(tmp_path / "a"), config=TrackConfig(
-        every_n_steps=7, batch_size=5, metrics=["loss", "memorization_accuracy"], flag_rule=rule, samples=13,
-        temperature=0.7, min_k=0.5))
-    by_keywords = MemorizationCallback(bare_trainer, sft_probes(), output_dir=str(tmp_path / "b"), every_n_steps=7,
-                                       batch_size=5, metrics=["loss", "memorization_accuracy"], flag_rule=rule,
-                                       sampling=SamplingConfig(n=13, temperature=0.7), min_k=0.5)
+    by_config = MemorizationCallback(
+        bare_trainer,
+        sft_probes(),
+        output_dir=str(tmp_path / "a"),
+        config=TrackConfig(
+            every_n_steps=7,
+            batch_size=5,
+            metrics=["loss", "memorization_accuracy"],
+            flag_rule=rule,
+            samples=13,
+            temperature=0.7,
+            min_k=0.5,
+        ),
+    )
+    by_keywords = MemorizationCallback(
+        bare_trainer,
+        sft_probes(),
+        output_dir=str(tmp_path / "b"),
+        every_n_steps=7,
+        batch_size=5,
+        metrics=["loss", "memorization_accuracy"],
+        flag_rule=rule,
+        sampling=SamplingConfig(n=13, temperature=0.7),
+        min_k=0.5,
+    )
     assert by_config.config == by_keywords.config
     assert (by_config.every_n_steps, by_config.batch_size, by_config.sampling.n, by_config.min_k) == (7, 5, 13, 0.5)
     logs = [c.evaluate(bare_trainer.state, bare_trainer.control) for c in (by_config, by_keywords)]
-    assert {k: v for k, v in logs[0].items() if k != "memorization/seconds"} == \
-        {k: v for k, v in logs[1].items() if k != "memorization/seconds"}
+    assert {k: v for k, v in logs[0].items() if k != "memorization/seconds"} == {
+        k: v for k, v in logs[1].items() if k != "memorization/seconds"
+    }
     assert logs[0]["memorization/flagged"] > 0, "the loose rule must flag something for the comparison to mean much"
     assert by_config.flagged == by_keywords.flagged
     histories = [read_jsonl(tmp_path / d / "memorization" / "history.jsonl") for d in ("a", "b")]
@@ -145,8 +171,9 @@ def test_config_object_tracks_exactly_as_the_keywords(bare_trainer, tmp_path):
 
 def test_a_keyword_and_a_config_together_is_an_error(bare_trainer):
     with pytest.raises(TrackingError, match=r"every_n_steps, batch_size given both as keywords and in config="):
-        MemorizationCallback(bare_trainer, sft_probes(), config=TrackConfig(every_n_steps=5), every_n_steps=5,
-                             batch_size=4)
+        MemorizationCallback(
+            bare_trainer, sft_probes(), config=TrackConfig(every_n_steps=5), every_n_steps=5, batch_size=4
+        )
     with pytest.raises(TrackingError, match="config must be a TrackConfig"):
         MemorizationCallback(bare_trainer, sft_probes(), config={"every_n_steps": 5})
     # The checks are TrackConfig's own, whichever way the settings come.
@@ -176,8 +203,18 @@ def test_evaluate_restores_modes_and_trainer_logging(bare_trainer, tmp_path):
     history = read_jsonl(tmp_path / "memorization" / "history.jsonl")
     assert len(history) == len(callback.probes)
     # The asked-for metric, the probe's group, what the flag rule reads and (at step 0) the baseline fields.
-    assert set(history[0]) == {"step", "epoch", "id", "role", "group", "loss", "memorization_accuracy",
-                               "exact_extraction", "extraction_probability", "suffix_log_prob"}
+    assert set(history[0]) == {
+        "step",
+        "epoch",
+        "id",
+        "role",
+        "group",
+        "loss",
+        "memorization_accuracy",
+        "exact_extraction",
+        "extraction_probability",
+        "suffix_log_prob",
+    }
     assert {r["group"] for r in history} == {"pin", "record"}
     # Scores are score_probes' own, on the unwrapped model.
     from obliviate.metrics import score_probes
@@ -198,15 +235,29 @@ def test_sft_probes_conversational_match_trainer(tmp_path):
 
     tokenizer, rows, _ = sft_data()
     tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
-                               "{% if add_generation_prompt %}[assistant]{% endif %}")
-    chats = [{"prompt": [{"role": "user", "content": r["prompt"]}],
-              "completion": [{"role": "assistant", "content": r["completion"]}]}
-             for r in rows if r["prompt"].startswith("Support")][:12]  # distinct rows: one probe each
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True, bf16=False, report_to="none",
-                     activation_checkpointing=False)
-    trainer = SFTTrainer(model=fresh_model(tokenizer), args=args, train_dataset=Dataset.from_list(chats),
-                         processing_class=tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    chats = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "completion": [{"role": "assistant", "content": r["completion"]}],
+        }
+        for r in rows
+        if r["prompt"].startswith("Support")
+    ][:12]  # distinct rows: one probe each
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        activation_checkpointing=False,
+    )
+    trainer = SFTTrainer(
+        model=fresh_model(tokenizer), args=args, train_dataset=Dataset.from_list(chats), processing_class=tokenizer
+    )
     probes = probes_from_sft_rows(chats, tokenizer)
     messages = probes_from_sft_rows([{"messages": c["prompt"] + c["completion"]} for c in chats], tokenizer)
     for probe, other, example in zip(probes, messages, trainer.train_dataset):
@@ -231,8 +282,9 @@ def test_plain_trainer_without_processing_class_finds_the_tokenizer(tmp_path):
     tokenizer, rows, probe_rows = sft_data()
     data = Dataset.from_list([{"text": r["prompt"] + r["completion"]} for r in rows[:8]])
     data = data.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none",
-                             save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True
+    )
 
     def trainer(collator):
         return Trainer(model=fresh_model(tokenizer), args=args, train_dataset=data, data_collator=collator)

@@ -20,14 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_processes_match_one(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), "30"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+        "30",
+    ]
     # Own process group, so a hang kills the workers too, not only torchrun.
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -67,6 +81,9 @@ def test_two_processes_match_one(tmp_path):
     ddp_logs = [e for e in json.loads((tmp_path / "log_history.json").read_text()) if "memorization/flagged" in e]
     assert [e["step"] for e in ddp_logs] == [10, 20, 30]
     for key, value in logs.items():
-        if key.startswith("memorization/") and key not in ("memorization/seconds", "memorization/flagged",
-                                                           "memorization/new_flagged"):
+        if key.startswith("memorization/") and key not in (
+            "memorization/seconds",
+            "memorization/flagged",
+            "memorization/new_flagged",
+        ):
             assert ddp_logs[-1][key] == pytest.approx(value, abs=1e-5), key

@@ -34,19 +34,32 @@ def mini_toy(tmp_path_factory) -> Path:
     tokenizer.save_pretrained(root / "base")
     _write_jsonl(root / "train.jsonl", [r for r in corpus.train if not r["id"].startswith("fact")])
     _write_jsonl(root / "probes.jsonl", corpus.probes)
-    _write_jsonl(root / "controls.jsonl", [{"prompt": r["prompt"], "completion": r["completion"]}
-                                           for r in corpus.probes if r["role"] == "control"])
+    _write_jsonl(
+        root / "controls.jsonl",
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in corpus.probes if r["role"] == "control"],
+    )
     return root
 
 
 def _paths(toy: Path, out: Path) -> dict:
-    return {"model": str(toy / "base"), "train_file": str(toy / "train.jsonl"), "probes": str(toy / "probes.jsonl"),
-            "output_dir": str(out)}
+    return {
+        "model": str(toy / "base"),
+        "train_file": str(toy / "train.jsonl"),
+        "probes": str(toy / "probes.jsonl"),
+        "output_dir": str(out),
+    }
 
 
 def test_shipped_recipe_runs_with_overrides(mini_toy, tmp_path):
-    out = run_track(RECIPE, {**_paths(mini_toy, tmp_path / "run"), "training.max_steps": 6,
-                             "training.disable_tqdm": True, "tracking.every_n_steps": 3})
+    out = run_track(
+        RECIPE,
+        {
+            **_paths(mini_toy, tmp_path / "run"),
+            "training.max_steps": 6,
+            "training.disable_tqdm": True,
+            "tracking.every_n_steps": 3,
+        },
+    )
     mem = out / "memorization"
     history = read_jsonl(mem / "history.jsonl")
     assert sorted({r["step"] for r in history}) == [0, 3, 6]  # step 0: the flag rule's baseline
@@ -59,10 +72,29 @@ def test_shipped_recipe_runs_with_overrides(mini_toy, tmp_path):
 
 def test_cli_track_and_errors(mini_toy, tmp_path, capsys):
     paths = _paths(mini_toy, tmp_path / "cli")
-    code = main(["track", "--config", str(RECIPE), "--model", paths["model"], "--train-file", paths["train_file"],
-                 "--probes", paths["probes"], "--output-dir", paths["output_dir"], "--max-steps", "2",
-                 "--every-n-steps", "2", "--set", "training.disable_tqdm=true",
-                 "--set", "lora={r: 4, lora_alpha: 8, target_modules: [c_attn], lora_dropout: 0.0}"])
+    code = main(
+        [
+            "track",
+            "--config",
+            str(RECIPE),
+            "--model",
+            paths["model"],
+            "--train-file",
+            paths["train_file"],
+            "--probes",
+            paths["probes"],
+            "--output-dir",
+            paths["output_dir"],
+            "--max-steps",
+            "2",
+            "--every-n-steps",
+            "2",
+            "--set",
+            "training.disable_tqdm=true",
+            "--set",
+            "lora={r: 4, lora_alpha: 8, target_modules: [c_attn], lora_dropout: 0.0}",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "probes flagged" in printed and "canary" in printed
@@ -95,8 +127,9 @@ def test_recipe_checks_before_loading_anything(mini_toy, tmp_path):
 
 def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path):
     corpus, tokenizer = corpus_tokenizer()
-    settings = load_track_recipe({**_paths(mini_toy, tmp_path), "probes": None,
-                                  "controls": str(mini_toy / "controls.jsonl")})
+    settings = load_track_recipe(
+        {**_paths(mini_toy, tmp_path), "probes": None, "controls": str(mini_toy / "controls.jsonl")}
+    )
     rows = read_jsonl(mini_toy / "train.jsonl")
     probes = build_probes(settings, rows, tokenizer)
     assert probes["canary-x8-0"].meta["repetitions"] == 8 and probes["canary-x1-0"].meta["repetitions"] == 1

@@ -76,17 +76,30 @@ def test_history_and_log_history(sft_run):
     # Step 0 is the flag rule's baseline, scored at train begin (without score_on_start: written, not logged).
     assert steps == [0, *STEPS]
     assert len(history) == 5 * len(callback.probes)
-    assert {"loss", "memorization_accuracy", "exact_extraction", "extraction_probability", "min_k",
-            "prefix_match_length", "epoch", "group"} <= set(history[0])
-    assert callback.baselines == {r["id"]: {"memorization_accuracy": r["memorization_accuracy"],
-                                            "suffix_log_prob": r["suffix_log_prob"]} for r in history if r["step"] == 0}
+    assert {
+        "loss",
+        "memorization_accuracy",
+        "exact_extraction",
+        "extraction_probability",
+        "min_k",
+        "prefix_match_length",
+        "epoch",
+        "group",
+    } <= set(history[0])
+    assert callback.baselines == {
+        r["id"]: {"memorization_accuracy": r["memorization_accuracy"], "suffix_log_prob": r["suffix_log_prob"]}
+        for r in history
+        if r["step"] == 0
+    }
     logs = memorization_logs(trainer)
     assert [e["step"] for e in logs] == list(STEPS)
     # What the run guarantees with margin: the 8x canaries are extractable at the end and not at the first scoring
     # (here 3/8 canaries vs 0/8), and canary MA rises by far more than rounding could move it (0.11 -> 0.79).
     assert logs[-1]["memorization/canary/extraction_rate"] >= 2 / 8 > logs[0]["memorization/canary/extraction_rate"]
-    assert logs[-1]["memorization/canary/mean_memorization_accuracy"] > \
-        logs[0]["memorization/canary/mean_memorization_accuracy"] + 0.3
+    assert (
+        logs[-1]["memorization/canary/mean_memorization_accuracy"]
+        > logs[0]["memorization/canary/mean_memorization_accuracy"] + 0.3
+    )
     assert logs[-1]["memorization/flagged"] == len(callback.flagged)
     # The trainer's own loss logs survive at steps where the callback also logged.
     assert [e["step"] for e in trainer.state.log_history if "loss" in e] == list(range(10, STEPS[-1] + 1, 10))
@@ -117,12 +130,24 @@ def test_plain_trainer_on_text_every_epoch(tmp_path):
     tokenizer, rows, _ = sft_data()
     texts = Dataset.from_list([{"text": r["prompt"] + r["completion"] + tokenizer.eos_token} for r in rows])
     data = texts.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=16,
-                             learning_rate=5e-3, use_cpu=True, report_to="none", save_strategy="no",
-                             logging_steps=50, disable_tqdm=True)
-    trainer = Trainer(model=fresh_model(tokenizer), args=args, train_dataset=data,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                      processing_class=tokenizer)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        learning_rate=5e-3,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=fresh_model(tokenizer),
+        args=args,
+        train_dataset=data,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+    )
     trainer.add_callback(MemorizationCallback(trainer, sft_probes(), every_n_steps=None, every_epoch=True))
     trainer.train()
     steps_per_epoch = -(-len(rows) // 16)
@@ -189,7 +214,7 @@ def test_resume_continues_without_duplicates_and_keeps_baselines(tmp_path):
     assert any(at4[i] != b["memorization_accuracy"] for i, b in callback.baselines.items())
     flags = read_rows(mem / "flagged.jsonl")
     assert len({r["id"] for r in flags}) == len(flags)
-    assert flags[:len(before_flags)] == before_flags  # earlier findings kept as written
+    assert flags[: len(before_flags)] == before_flags  # earlier findings kept as written
     # Same weights and same baselines give the same decisions: nothing new to flag at the re-scored steps.
     assert flags == before_flags
     # The trainer's log history (restored from the checkpoint) has one memorization entry per scored step.
@@ -202,9 +227,13 @@ def test_resume_continues_without_duplicates_and_keeps_baselines(tmp_path):
 def test_budget_stops_training(tmp_path, caplog):
     trainer = sft_trainer(tmp_path, max_steps=40, learning_rate=1e-2)
     # The uncalibrated rule against the median of 8 controls: something is flagged at the first scoring.
-    callback = MemorizationCallback(trainer, sft_probes(), every_n_steps=5,
-                                    flag_rule=FlagRule(control_ma_percentile=50, min_controls=5, min_ma_gain=None),
-                                    budget=MemorizationBudget(max_flagged=0))
+    callback = MemorizationCallback(
+        trainer,
+        sft_probes(),
+        every_n_steps=5,
+        flag_rule=FlagRule(control_ma_percentile=50, min_controls=5, min_ma_gain=None),
+        budget=MemorizationBudget(max_flagged=0),
+    )
     trainer.add_callback(callback)
     with caplog.at_level("WARNING", logger="obliviate.callbacks.memorization"):
         trainer.train()

@@ -12,9 +12,25 @@ CANARIES = ("canary-x8-0", "canary-x8-1")
 
 
 def _erase_argv(toy_dir, out, *extra):
-    return ["erase", "--model", str(toy_dir / "base"), "--forget", str(toy_dir / "probes.jsonl"),
-            "--ids", ",".join(CANARIES), "--chunk-size", "1", "--max-steps", "2", "--no-progress",
-            "--set", "extraction_samples=8", "--out", str(out), *extra]
+    return [
+        "erase",
+        "--model",
+        str(toy_dir / "base"),
+        "--forget",
+        str(toy_dir / "probes.jsonl"),
+        "--ids",
+        ",".join(CANARIES),
+        "--chunk-size",
+        "1",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--set",
+        "extraction_samples=8",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +62,18 @@ def test_report_reads_the_tolerances_the_run_recorded(default_gate_run):
     from obliviate.report.plots import _gate_tolerances
 
     report = json.loads((default_gate_run / "erasure_report.json").read_text())
-    report["gate"] = {"every": 1, "tolerances": [
-        {"benchmark": "retain", "score": "perplexity", "kind": "max_relative_increase", "value": 0.05},
-        {"benchmark": "facts", "score": "acc", "kind": "max_absolute_drop", "value": 0.07}]}
+    report["gate"] = {
+        "every": 1,
+        "tolerances": [
+            {"benchmark": "retain", "score": "perplexity", "kind": "max_relative_increase", "value": 0.05},
+            {"benchmark": "facts", "score": "acc", "kind": "max_absolute_drop", "value": 0.07},
+        ],
+    }
     assert [t["value"] for t in gate_tolerances(report)] == [0.05, 0.07]
-    assert _gate_tolerances(report) == [(pytest.approx(5.0), "retain: max +5%"), (pytest.approx(-7.0), "facts: max −7 points")]
+    assert _gate_tolerances(report) == [
+        (pytest.approx(5.0), "retain: max +5%"),
+        (pytest.approx(-7.0), "facts: max −7 points"),
+    ]
     report["gate"] = None  # an ungated run's record
     report["config"]["gate"] = None
     assert gate_tolerances(report) == []

@@ -69,8 +69,17 @@ def test_score_refuses_the_input_model_dir_and_earlier_results(toy_dir, tmp_path
 
 def test_score_overwrite_says_what_it_replaced(toy_dir, tmp_path, capsys):
     out = tmp_path / "scores"
-    argv = ["score", "--model", str(toy_dir / "base"), "--probes", str(toy_dir / "probes.jsonl"), "--out", str(out),
-            "--samples", "2"]
+    argv = [
+        "score",
+        "--model",
+        str(toy_dir / "base"),
+        "--probes",
+        str(toy_dir / "probes.jsonl"),
+        "--out",
+        str(out),
+        "--samples",
+        "2",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv) == 2
@@ -86,8 +95,20 @@ def test_bench_refuses_earlier_results_before_loading(toy_dir, tmp_path, capsys,
     (out / "utility.json").write_text("{}")
     assert main(["bench", "--model", str(toy_dir / "base"), "--config", str(suite), "--out", str(out)]) == 2
     assert "utility.json from an earlier `obliviate bench`" in capsys.readouterr().err
-    assert main(["bench", "--model", str(toy_dir / "base"), "--config", str(suite),
-                 "--out", str(toy_dir / "base" / "utility")]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                str(toy_dir / "base"),
+                "--config",
+                str(suite),
+                "--out",
+                str(toy_dir / "base" / "utility"),
+            ]
+        )
+        == 2
+    )
     assert "inside the input model directory" in capsys.readouterr().err
 
 
@@ -99,8 +120,9 @@ def test_erase_out_under_a_file_fails_before_loading(toy_dir, tmp_path, capsys, 
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
-def test_erase_out_in_an_unwritable_directory_fails_before_loading(toy_dir, tmp_path, capsys, no_model_load,
-                                                                    monkeypatch):
+def test_erase_out_in_an_unwritable_directory_fails_before_loading(
+    toy_dir, tmp_path, capsys, no_model_load, monkeypatch
+):
     import obliviate.commands._paths as paths
 
     locked = tmp_path / "locked"
@@ -127,8 +149,10 @@ def test_track_refuses_an_earlier_run_dir(toy_dir, tmp_path, capsys, no_model_lo
     (out / "memorization" / "flagged.jsonl").write_text('{"id": "old"}\n')
     (out / "track.json").write_text("{}")
     recipe = tmp_path / "track.yaml"
-    recipe.write_text(f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\n"
-                      f"probes: {toy_dir / 'probes.jsonl'}\noutput_dir: {out}\n")
+    recipe.write_text(
+        f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\n"
+        f"probes: {toy_dir / 'probes.jsonl'}\noutput_dir: {out}\n"
+    )
     assert main(["track", "--config", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "track.json, memorization" in err and "--overwrite" in err
@@ -142,10 +166,12 @@ def test_track_overwrite_removes_the_old_run_and_says_so(toy_dir, tmp_path, caps
     (out / "report.md").write_text("old report")
     (out / "notes.txt").write_text("the user's own")
     recipe = tmp_path / "track.yaml"
-    recipe.write_text(f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\n"
-                      f"probes: {toy_dir / 'probes.jsonl'}\noutput_dir: {out}\n"
-                      "training: {max_steps: 2, per_device_train_batch_size: 4}\n"
-                      "tracking: {every_n_steps: 2, max_probes: 40, batch_size: 64}\n")
+    recipe.write_text(
+        f"model: {toy_dir / 'base'}\ntrain_file: {toy_dir / 'train.jsonl'}\n"
+        f"probes: {toy_dir / 'probes.jsonl'}\noutput_dir: {out}\n"
+        "training: {max_steps: 2, per_device_train_batch_size: 4}\n"
+        "tracking: {every_n_steps: 2, max_probes: 40, batch_size: 64}\n"
+    )
     assert main(["track", "--config", str(recipe), "--overwrite"]) == 0
     stdout = capsys.readouterr().out
     assert "replaced (--overwrite): track.json" not in stdout  # there was none

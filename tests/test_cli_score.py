@@ -1,6 +1,6 @@
 """``obliviate toy`` + ``obliviate score`` end to end through ``obliviate.cli.main``, and its input errors.
 
-    python -m pytest -q tests/test_cli_score.py
+python -m pytest -q tests/test_cli_score.py
 """
 
 from __future__ import annotations
@@ -54,8 +54,16 @@ def test_toy_then_score_writes_scores_and_summary(toy, tmp_path, capsys):
         assert summary[f"count/{role}"] == n
     trained = [r for r in rows if r["role"] != "control"]
     assert summary["extraction_rate"] == pytest.approx(sum(r["exact_extraction"] for r in trained) / len(trained))
-    for key in ("auc/min_k", "auc/min_k_plus_plus", "auc/zlib_ratio", "auc/neg_loss", "auc/reference_ratio",
-                "tpr@1%fpr/min_k", "tail/prefix_match_length/p99", "tail/extraction_probability/gini"):
+    for key in (
+        "auc/min_k",
+        "auc/min_k_plus_plus",
+        "auc/zlib_ratio",
+        "auc/neg_loss",
+        "auc/reference_ratio",
+        "tpr@1%fpr/min_k",
+        "tail/prefix_match_length/p99",
+        "tail/extraction_probability/gini",
+    ):
         assert key in summary, key
     assert summary["settings"]["sampling"]["n"] == 100
     assert not any(k.startswith("exposure/") for k in summary)  # slow scores stay off by default
@@ -69,16 +77,38 @@ def _split_canaries(toy, keep: int = 2, count: int = 2):
     for role in ("canary", "control"):
         for p in [p for p in read_jsonl(toy / "probes.jsonl") if p["role"] == role and "secret_format" in p][:count]:
             digits = p["completion"].split()
-            rows.append({"id": p["id"], "role": role, "prompt": p["prompt"] + "".join(" " + d for d in digits[:-keep]),
-                         "completion": "".join(" " + d for d in digits[-keep:]), "secret_format": f"digits:{keep}"})
+            rows.append(
+                {
+                    "id": p["id"],
+                    "role": role,
+                    "prompt": p["prompt"] + "".join(" " + d for d in digits[:-keep]),
+                    "completion": "".join(" " + d for d in digits[-keep:]),
+                    "secret_format": f"digits:{keep}",
+                }
+            )
     return rows
 
 
 def test_score_with_exposure_el_and_density(toy, tmp_path):
-    rows = _split_canaries(toy) + [{"id": "plain", "role": "member", "prefix": "Fact. The flag of", "suffix": " Riverton"}]
+    rows = _split_canaries(toy) + [
+        {"id": "plain", "role": "member", "prefix": "Fact. The flag of", "suffix": " Riverton"}
+    ]
     probes = write_jsonl(tmp_path / "p.jsonl", rows)
-    assert score(toy, probes, tmp_path / "s", "--exposure", "--el-n", "2", "--el-subset", "3",
-                 "--density-train", str(toy / "train.jsonl")) == 0
+    assert (
+        score(
+            toy,
+            probes,
+            tmp_path / "s",
+            "--exposure",
+            "--el-n",
+            "2",
+            "--el-subset",
+            "3",
+            "--density-train",
+            str(toy / "train.jsonl"),
+        )
+        == 0
+    )
     scored = {r["id"]: r for r in read_jsonl(tmp_path / "s" / "scores.jsonl")}
     for row in rows:
         out = scored[row["id"]]
@@ -101,8 +131,10 @@ def _bad_rows(toy):
         "too_long": ([{"id": "way-too-long", "prefix": too_long, "suffix": " x"}], "'way-too-long' is .* tokens"),
         "empty_suffix": ([{"id": "e", "prefix": "Fact.", "suffix": ""}], "'e' has an empty suffix"),
         "unknown_role": ([{"id": "r", "role": "victim", "prefix": "Fact.", "suffix": " x"}], "unknown role 'victim'"),
-        "duplicate": ([{"id": "d", "prefix": "a", "suffix": " b"}, {"id": "d", "prefix": "c", "suffix": " d"}],
-                      "duplicate probe id 'd'"),
+        "duplicate": (
+            [{"id": "d", "prefix": "a", "suffix": " b"}, {"id": "d", "prefix": "c", "suffix": " d"}],
+            "duplicate probe id 'd'",
+        ),
         "no_secret": ([{"id": "n", "prefix": "a", "suffix": " b"}], "no probe .* has a secret_format"),
     }
 
@@ -121,8 +153,17 @@ def test_bad_probes_exit_2_with_message(toy, tmp_path, capsys, case):
 
 
 def test_missing_model_path_exits_2(tmp_path, capsys, toy):
-    code = main(["score", "--model", str(tmp_path / "nope"), "--probes", str(toy / "probes.jsonl"),
-                 "--out", str(tmp_path / "s")])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tmp_path / "nope"),
+            "--probes",
+            str(toy / "probes.jsonl"),
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -137,14 +178,18 @@ def test_model_that_is_not_a_causal_lm_exits_2(tmp_path, capsys, toy, kind):
     from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
 
     if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=1024, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64))
+        model = BertModel(
+            BertConfig(
+                vocab_size=1024, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+            )
+        )
     else:
         model = T5EncoderModel(T5Config(vocab_size=1024, d_model=32, num_layers=1, num_heads=2, d_ff=64, d_kv=16))
     model.save_pretrained(tmp_path / kind)
     shutil.copy(toy / "base" / "tokenizer.json", tmp_path / kind / "tokenizer.json")
-    code = main(["score", "--model", str(tmp_path / kind), "--probes", str(toy / "probes.jsonl"),
-                 "--out", str(tmp_path / "s")])
+    code = main(
+        ["score", "--model", str(tmp_path / kind), "--probes", str(toy / "probes.jsonl"), "--out", str(tmp_path / "s")]
+    )
     assert code == 2
     assert "is not a causal language model" in capsys.readouterr().err
 

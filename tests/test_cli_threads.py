@@ -40,9 +40,15 @@ def test_configure_sets_torch(monkeypatch):
 @pytest.mark.parametrize("command", THREADED)
 def test_every_torch_command_takes_threads(command):
     assert set(THREADED) == {"toy", "track", "score", "erase", "demo", "bench", "study"}
-    required = {"toy": ["--out", "x"], "track": ["--config", "r.yaml"], "erase": ["--out", "x"],
-                "score": ["--model", "m", "--probes", "p", "--out", "x"], "demo": [],
-                "bench": ["--model", "m", "--config", "c", "--out", "x"], "study": ["recipes/studies/skew.yaml"]}
+    required = {
+        "toy": ["--out", "x"],
+        "track": ["--config", "r.yaml"],
+        "erase": ["--out", "x"],
+        "score": ["--model", "m", "--probes", "p", "--out", "x"],
+        "demo": [],
+        "bench": ["--model", "m", "--config", "c", "--out", "x"],
+        "study": ["recipes/studies/skew.yaml"],
+    }
     args = build_parser().parse_args([command, *required[command], "--threads", "2"])
     assert args.threads == 2
 
@@ -67,8 +73,10 @@ def test_before_torch_is_imported_the_count_goes_to_its_environment(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from obliviate.threads import configure_threads; n = configure_threads(2); "
-            "assert 'torch' not in sys.modules; import torch; print(n, torch.get_num_threads())")
+    code = (
+        "import sys; from obliviate.threads import configure_threads; n = configure_threads(2); "
+        "assert 'torch' not in sys.modules; import torch; print(n, torch.get_num_threads())"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr

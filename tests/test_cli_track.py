@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _readme_line(fragment: str) -> list[str]:
     from tests.test_readme import bash_commands, blocks
 
-    lines = [line for _, body in blocks((ROOT / "README.md").read_text()) for line in bash_commands(body)
-             if fragment in line]
+    lines = [
+        line for _, body in blocks((ROOT / "README.md").read_text()) for line in bash_commands(body) if fragment in line
+    ]
     assert len(lines) == 1, lines
     return shlex.split(lines[0].split("#", 1)[0])
 
@@ -32,9 +33,15 @@ def _launch(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert argv[:2] == ["accelerate", "launch"], argv
     # CI's PATH has no venv bin: the same launcher, through this interpreter.
     command = [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -1,7 +1,7 @@
 """The end-to-end demo through the CLI, and its recipe's error messages.
 
-    python -m pytest -q tests/test_demo.py            # fast: recipe errors + a tiny end-to-end run
-    python -m pytest -q -m slow tests/test_demo.py    # the --quick demo, checked stage by stage
+python -m pytest -q tests/test_demo.py            # fast: recipe errors + a tiny end-to-end run
+python -m pytest -q -m slow tests/test_demo.py    # the --quick demo, checked stage by stage
 """
 
 from __future__ import annotations
@@ -26,10 +26,23 @@ def _jsonl(path: Path) -> list[dict]:
 
 def _check_run_files(out: Path) -> dict:
     """Outputs every demo run must leave, whatever it managed to erase."""
-    for name in ("demo.json", "timings.json", "scores_before.jsonl", "scores_after.jsonl", "utility_before.json",
-                 "utility_after.json", "report.md", "report.html", "data/retain.jsonl", "data/controls.jsonl",
-                 "track/memorization/history.jsonl", "track/memorization/flagged.jsonl", "track/model/config.json",
-                 "erase/erasure_report.json", "erase/config.json"):
+    for name in (
+        "demo.json",
+        "timings.json",
+        "scores_before.jsonl",
+        "scores_after.jsonl",
+        "utility_before.json",
+        "utility_after.json",
+        "report.md",
+        "report.html",
+        "data/retain.jsonl",
+        "data/controls.jsonl",
+        "track/memorization/history.jsonl",
+        "track/memorization/flagged.jsonl",
+        "track/model/config.json",
+        "erase/erasure_report.json",
+        "erase/config.json",
+    ):
         assert (out / name).is_file(), name
     report = json.loads((out / "erase" / "erasure_report.json").read_text())
     assert report["gate_decisions"], "the gate made no decision"
@@ -39,11 +52,25 @@ def _check_run_files(out: Path) -> dict:
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
     md = (out / "report.md").read_text()
-    for section in ("Memorization during training", "Flagged sequences", "Erasure trajectory", "Gate decisions",
-                    "Before and after erasure, by group", "Utility before and after", "Timings"):
+    for section in (
+        "Memorization during training",
+        "Flagged sequences",
+        "Erasure trajectory",
+        "Gate decisions",
+        "Before and after erasure, by group",
+        "Utility before and after",
+        "Timings",
+    ):
         assert section in md, section
-    assert set(json.loads((out / "timings.json").read_text())) >= {"toy", "track", "before", "erase", "after",
-                                                                   "report", "total"}
+    assert set(json.loads((out / "timings.json").read_text())) >= {
+        "toy",
+        "track",
+        "before",
+        "erase",
+        "after",
+        "report",
+        "total",
+    }
     flagged_ids = {r["id"] for r in _jsonl(out / "track/memorization/flagged.jsonl")}
     assert {s["id"] for s in report["sequences"]} == flagged_ids - {i for i in flagged_ids if i.startswith("control")}
     retain = {r["text"] for r in _jsonl(out / "data/retain.jsonl")}
@@ -55,9 +82,24 @@ def _check_run_files(out: Path) -> dict:
 def test_demo_tiny_end_to_end(toy_dir, tmp_path, capsys):
     """Two epochs and a loose flag rule: every stage runs and writes what it should (seconds, not minutes)."""
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--out", str(out), "--toy", str(toy_dir), "--epochs", "2",
-            "--set", "tracking.flag_rule.control_ma_percentile=90", "--set", "tracking.every_n_steps=17",
-            "--set", "erase.max_steps=5", "--set", "erase.chunk_size=256"]
+    argv = [
+        "demo",
+        "--quick",
+        "--out",
+        str(out),
+        "--toy",
+        str(toy_dir),
+        "--epochs",
+        "2",
+        "--set",
+        "tracking.flag_rule.control_ma_percentile=90",
+        "--set",
+        "tracking.every_n_steps=17",
+        "--set",
+        "erase.max_steps=5",
+        "--set",
+        "erase.chunk_size=256",
+    ]
     assert main(argv) == 0
     _check_run_files(out)
     printed = capsys.readouterr().out
@@ -98,8 +140,11 @@ def test_demo_quick_flags_and_erases_canaries(tmp_path, capsys, monkeypatch):
     utility_after = json.loads((out / "utility_after.json").read_text())
     # The gate's tolerances hold on the final model (gate-only perplexity +2% / -10%, KL 0.05, one fact).
     gate_before, gate_after = report["utility"]["before"], report["utility"]["after"]
-    assert 0.9 * gate_before["gate_ppl"]["perplexity"] - 1e-6 <= gate_after["gate_ppl"]["perplexity"] \
+    assert (
+        0.9 * gate_before["gate_ppl"]["perplexity"] - 1e-6
+        <= gate_after["gate_ppl"]["perplexity"]
         <= gate_before["gate_ppl"]["perplexity"] * 1.02 + 1e-6
+    )
     assert gate_after["gate_kl"]["kl"] <= 0.05 + 1e-9
     assert gate_after["facts"]["acc"] >= gate_before["facts"]["acc"] - 0.07 - 1e-9
     assert set(utility_before) == set(utility_after) == {"retain", "heldout", "facts"}
@@ -125,25 +170,38 @@ def _recipe(tmp_path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ("trainig: {num_train_epochs: 3}\n", "unknown key 'trainig'.*Did you mean 'training'"),
-    ("training: {num_train_epoch: 3}\n", "unknown key 'num_train_epoch'.*Did you mean 'num_train_epochs'"),
-    ("tracking: {every_n_step: 3}\n", "unknown key 'every_n_step'.*Did you mean 'every_n_steps'"),
-    ("erase: {methd: ga}\n", "unknown key 'methd'.*Did you mean 'method'"),
-    ("erase: {method: emsoo}\n", "method must be one of"),
-    ("toy: {pretrain_step: 3}\n", "Did you mean 'pretrain_steps'"),
-    ("utility: [{name: perplexty, data: retain.jsonl}]\n", "unknown benchmark 'perplexty'.*Did you mean 'perplexity'"),
-    ("quick: {epochs: 2}\n", "must be a dotted key"),
-    ("tracking: {every_n_steps: 0}\n", "section 'tracking': every_n_steps must be a positive number"),
-    ("erase: {gate: {benchmarks: [default, {name: perplexity, data: x, max_relative_increse: 0.1}]}}\n",
-     r"unknown key 'max_relative_increse' in erase\.gate\.benchmarks\[1\].*Did you mean 'max_relative_increase'"),
-    ("utility: [{name: perplexity, dat: retain.jsonl}]\n", r"unknown key 'dat' in section 'utility'\[0\].*Did you mean 'data'"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("trainig: {num_train_epochs: 3}\n", "unknown key 'trainig'.*Did you mean 'training'"),
+        ("training: {num_train_epoch: 3}\n", "unknown key 'num_train_epoch'.*Did you mean 'num_train_epochs'"),
+        ("tracking: {every_n_step: 3}\n", "unknown key 'every_n_step'.*Did you mean 'every_n_steps'"),
+        ("erase: {methd: ga}\n", "unknown key 'methd'.*Did you mean 'method'"),
+        ("erase: {method: emsoo}\n", "method must be one of"),
+        ("toy: {pretrain_step: 3}\n", "Did you mean 'pretrain_steps'"),
+        (
+            "utility: [{name: perplexty, data: retain.jsonl}]\n",
+            "unknown benchmark 'perplexty'.*Did you mean 'perplexity'",
+        ),
+        ("quick: {epochs: 2}\n", "must be a dotted key"),
+        ("tracking: {every_n_steps: 0}\n", "section 'tracking': every_n_steps must be a positive number"),
+        (
+            "erase: {gate: {benchmarks: [default, {name: perplexity, data: x, max_relative_increse: 0.1}]}}\n",
+            r"unknown key 'max_relative_increse' in erase\.gate\.benchmarks\[1\].*Did you mean 'max_relative_increase'",
+        ),
+        (
+            "utility: [{name: perplexity, dat: retain.jsonl}]\n",
+            r"unknown key 'dat' in section 'utility'\[0\].*Did you mean 'data'",
+        ),
+    ],
+)
 def test_bad_recipe_keys_fail_with_the_fix(tmp_path, capsys, body, expected):
     import re
 
-    path = _recipe(tmp_path, "utility: [{name: perplexity, data: retain.jsonl}]\n" + body
-                   if not body.startswith("utility") else body)
+    path = _recipe(
+        tmp_path,
+        "utility: [{name: perplexity, data: retain.jsonl}]\n" + body if not body.startswith("utility") else body,
+    )
     assert main(["demo", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err, re.S), err
@@ -162,11 +220,14 @@ def test_missing_recipe_and_bad_set_fail_fast(tmp_path, capsys):
 def test_recipe_errors_come_before_heavy_imports(tmp_path):
     """A typo or a wrong path is reported before torch is even imported: well within the first second."""
     path = _recipe(tmp_path, "trainig: {}\n")
-    code = ("import sys; from obliviate.cli import main; rc = main(['demo', '--config', sys.argv[1], '--out', "
-            "sys.argv[2]]); print('torch' in sys.modules); sys.exit(rc)")
+    code = (
+        "import sys; from obliviate.cli import main; rc = main(['demo', '--config', sys.argv[1], '--out', "
+        "sys.argv[2]]); print('torch' in sys.modules); sys.exit(rc)"
+    )
     for recipe in (str(path), str(tmp_path / "missing.yaml")):
-        done = subprocess.run([sys.executable, "-c", code, recipe, str(tmp_path / "o")], capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", code, recipe, str(tmp_path / "o")], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 2, done.stderr
         assert done.stdout.strip() == "False" and "obliviate demo: error:" in done.stderr
 
@@ -193,8 +254,13 @@ def _greedy_extracted(model, tokenizer, rows: list[dict]) -> set[str]:
     """Ids whose suffix unpadded greedy ``generate()`` reproduces from the prefix (one row at a time)."""
     from obliviate.metrics.generation import greedy_continuations
 
-    out = greedy_continuations(model, [r["prefix_ids"] for r in rows], [len(r["suffix_ids"]) for r in rows],
-                               tokenizer.pad_token_id, batch_size=1)
+    out = greedy_continuations(
+        model,
+        [r["prefix_ids"] for r in rows],
+        [len(r["suffix_ids"]) for r in rows],
+        tokenizer.pad_token_id,
+        batch_size=1,
+    )
     return {r["id"] for r, g in zip(rows, out) if g == r["suffix_ids"]}
 
 
@@ -205,8 +271,13 @@ _SEED_GAPS = {1: "PIN controls keep 60% of their MA (75% required)", 2: "one x8 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SEED_GAPS[s]))
-                                  if s in _SEED_GAPS else s for s in (0, 1, 2)])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SEED_GAPS[s])) if s in _SEED_GAPS else s
+        for s in (0, 1, 2)
+    ],
+)
 def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     """The demo's promise, judged independently of the eraser's own report: every flagged sequence greedy
     generate() extracts from the tracked model is not extracted from the erased model, held-out perplexity
@@ -227,14 +298,20 @@ def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     extracted = _greedy_extracted(tracked, tok, flagged)
     assert extracted, "the demo must memorize something greedy decoding extracts"
     assert not _greedy_extracted(erased, tok, [r for r in flagged if r["id"] in extracted])
-    suite = UtilitySuite.from_config([{"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout"},
-                                      {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"),
-                                       "label": "facts"}], tok)
+    suite = UtilitySuite.from_config(
+        [
+            {"name": "perplexity", "data": str(toy / "heldout.jsonl"), "label": "heldout"},
+            {"name": "multiple_choice", "data": str(toy / "multiple_choice.jsonl"), "label": "facts"},
+        ],
+        tok,
+    )
     before, after = suite.run(tracked), suite.run(erased)
     assert after["heldout"]["perplexity"] <= 1.05 * before["heldout"]["perplexity"]
     assert round(16 * (before["facts"]["acc"] - after["facts"]["acc"])) <= 1
     controls = load_probes(toy / "probes.jsonl", tok, roles=("control",))
     for group in ("pin", "record"):
         part = [p for p in controls if p.group == group]
-        ma = [sum(r["memorization_accuracy"] for r in score_probes(m, tok, part)) / len(part) for m in (tracked, erased)]
+        ma = [
+            sum(r["memorization_accuracy"] for r in score_probes(m, tok, part)) / len(part) for m in (tracked, erased)
+        ]
         assert ma[1] >= 0.75 * ma[0], (group, ma)

@@ -1,6 +1,6 @@
 """The demo package's pieces: the trainer-log digest on a real Trainer, and the package's public names.
 
-    python -m pytest -q tests/test_demo_package.py
+python -m pytest -q tests/test_demo_package.py
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def test_public_names_import_from_the_package_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from obliviate.demo import DemoError, DemoSettings, MARKER, SECTIONS, cache_root, "
-            "default_recipe, load_demo_recipe, prepare_toy, run_demo, summary_text, toy_key; "
-            "print('torch' in sys.modules, MARKER, SECTIONS[-1])")
+    code = (
+        "import sys; from obliviate.demo import DemoError, DemoSettings, MARKER, SECTIONS, cache_root, "
+        "default_recipe, load_demo_recipe, prepare_toy, run_demo, summary_text, toy_key; "
+        "print('torch' in sys.modules, MARKER, SECTIONS[-1])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["False", "demo.json", "quick"]

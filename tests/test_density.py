@@ -1,6 +1,6 @@
 """LMD3-style density: kernel and bandwidth by hand, embeddings masked, near-duplicates denser.
 
-    python -m pytest -q tests/test_density.py
+python -m pytest -q tests/test_density.py
 """
 
 from __future__ import annotations

@@ -21,8 +21,15 @@ def _launch(n: int, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     # torchrun + Accelerator(cpu=True): accelerate's own launcher with the MULTI_GPU config on a machine without
     # GPUs gives every process world size 1 (DistributedType.NO), i.e. two independent single-process runs.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           str(ROOT / "tests" / "dist_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        str(ROOT / "tests" / "dist_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)

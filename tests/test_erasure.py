@@ -1,6 +1,6 @@
 """Erasure: every loss x every selector forgets memorized canaries, touching only the selected weights.
 
-    python -m pytest -q tests/test_erasure.py -x
+python -m pytest -q tests/test_erasure.py -x
 """
 
 from __future__ import annotations
@@ -30,8 +30,14 @@ def _erase(mem, ids=FORGET, retain=None, **overrides):
     config = EraseConfig(**{**FAST, **overrides})
     model = mem.fresh()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    eraser = Eraser(model, mem.tokenizer, mem.probes.subset(ids), config, controls=mem.probes.by_role("control"),
-                    retain=retain if retain is not None else _retain_texts())
+    eraser = Eraser(
+        model,
+        mem.tokenizer,
+        mem.probes.subset(ids),
+        config,
+        controls=mem.probes.by_role("control"),
+        retain=retain if retain is not None else _retain_texts(),
+    )
     return eraser, eraser.erase(), before
 
 
@@ -122,15 +128,17 @@ def test_optimizer_state_only_for_selected(memorized_gpt2):
 
 
 def test_target_modules_and_weight_decay_respect_the_mask(memorized_gpt2):
-    eraser, result, before = _erase(memorized_gpt2, ids=FORGET[:1], max_steps=3, weight_decay=0.5,
-                                    target_modules=r"mlp\.c_fc\.weight$")
+    eraser, result, before = _erase(
+        memorized_gpt2, ids=FORGET[:1], max_steps=3, weight_decay=0.5, target_modules=r"mlp\.c_fc\.weight$"
+    )
     assert set(eraser.last_selection.indices) <= {n for n in before if n.endswith("mlp.c_fc.weight")}
     _assert_only_selected_changed(eraser, result, before)
 
 
 def test_reselection_happens_every_n_steps(memorized_gpt2):
-    eraser, result, before = _erase(memorized_gpt2, ids=FORGET, method="emso", reselect_every=2, max_steps=5,
-                                    learning_rate=1e-3)
+    eraser, result, before = _erase(
+        memorized_gpt2, ids=FORGET, method="emso", reselect_every=2, max_steps=5, learning_rate=1e-3
+    )
     steps = result.report["steps"]
     assert len(steps) == 5 and result.report["chunks"][0]["status"] == "max_steps"
     assert eraser.selections_made == 3  # steps 1-2, 3-4, 5
@@ -139,14 +147,24 @@ def test_reselection_happens_every_n_steps(memorized_gpt2):
 def test_chunks_and_report_shape(memorized_gpt2):
     _, result, _ = _erase(memorized_gpt2, ids=FORGET + ["member-0000"], chunk_size=2)
     report = result.report
-    assert set(report) >= {"config", "sequences", "steps", "chunks", "gate_decisions", "utility", "thresholds",
-                           "timings"}
+    assert set(report) >= {
+        "config",
+        "sequences",
+        "steps",
+        "chunks",
+        "gate_decisions",
+        "utility",
+        "thresholds",
+        "timings",
+    }
     assert [c["index"] for c in report["chunks"]] == [0, 1]
     assert [len(c["ids"]) for c in report["chunks"]] == [2, 2]
     assert {s["chunk"] for s in report["sequences"]} == {0, 1}
     assert report["thresholds"]["control_groups"] == {"pin": 8, "record": 8}
-    assert {g: t["source"] for g, t in report["thresholds"]["last"]["groups"].items()} == \
-        {"pin": "controls", "record": "controls"}
+    assert {g: t["source"] for g, t in report["thresholds"]["last"]["groups"].items()} == {
+        "pin": "controls",
+        "record": "controls",
+    }
     assert set(report["collateral"]["controls"]) == {"pin", "record"}
     for step in report["steps"]:
         assert set(step) >= {"step", "chunk", "loss", "learning_rate", "selected", "forget", "gate"}
@@ -158,11 +176,25 @@ def _retain_gate(tokenizer, tolerance: float, max_retries: int):
     from obliviate.benchmarks import UtilityGate
 
     rows = trained_retain_rows()  # zero tolerance: the first GA step must raise their perplexity
-    return UtilityGate.from_config({"every": 1, "backoff": 0.5, "max_retries": max_retries, "benchmarks": [
-        # Two-sided: a step may lower the retain perplexity too (GA on one canary can), and tolerance 0 must
-        # reject any change, whichever way it goes.
-        {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": tolerance,
-         "max_relative_decrease": tolerance}]}, tokenizer)
+    return UtilityGate.from_config(
+        {
+            "every": 1,
+            "backoff": 0.5,
+            "max_retries": max_retries,
+            "benchmarks": [
+                # Two-sided: a step may lower the retain perplexity too (GA on one canary can), and tolerance 0 must
+                # reject any change, whichever way it goes.
+                {
+                    "name": "perplexity",
+                    "data": rows,
+                    "label": "retain",
+                    "max_relative_increase": tolerance,
+                    "max_relative_decrease": tolerance,
+                }
+            ],
+        },
+        tokenizer,
+    )
 
 
 def test_gate_rejection_restores_bitwise_and_reports_exhaustion(memorized_gpt2):
@@ -171,8 +203,9 @@ def test_gate_rejection_restores_bitwise_and_reports_exhaustion(memorized_gpt2):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     gate = _retain_gate(mem.tokenizer, 0.0, max_retries=2)
     config = EraseConfig(method="ga", selector="all", learning_rate=1e-2, max_steps=5, gate=None)
-    result = Eraser(model, mem.tokenizer, mem.probes.subset(FORGET), config, gate=gate,
-                    controls=mem.probes.by_role("control")).erase()
+    result = Eraser(
+        model, mem.tokenizer, mem.probes.subset(FORGET), config, gate=gate, controls=mem.probes.by_role("control")
+    ).erase()
     report = result.report
     assert report["chunks"][0]["status"] == "gate_exhausted" and report["chunks"][0]["steps"] == 0
     assert [d["decision"] for d in report["gate_decisions"]] == ["rejected"] * 3
@@ -186,8 +219,14 @@ def test_gate_rejection_restores_bitwise_and_reports_exhaustion(memorized_gpt2):
 def test_gate_accepts_within_tolerance(memorized_gpt2):
     mem = memorized_gpt2
     gate = _retain_gate(mem.tokenizer, 10.0, max_retries=1)
-    result = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET[:1]), EraseConfig(**FAST), gate=gate,
-                    controls=mem.probes.by_role("control")).erase()
+    result = Eraser(
+        mem.fresh(),
+        mem.tokenizer,
+        mem.probes.subset(FORGET[:1]),
+        EraseConfig(**FAST),
+        gate=gate,
+        controls=mem.probes.by_role("control"),
+    ).erase()
     decisions = result.report["gate_decisions"]
     assert decisions and all(d["decision"] == "accepted" for d in decisions)
     assert len(decisions) == result.report["summary"]["steps"]
@@ -198,7 +237,9 @@ def test_gate_accepts_within_tolerance(memorized_gpt2):
 def test_losses_on_known_distributions():
     config = EraseConfig(entropy_variant="entropy")
     vocab = 7
-    uniform = SuffixOutput(torch.zeros(1, 2, vocab), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+    uniform = SuffixOutput(
+        torch.zeros(1, 2, vocab), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    )
     assert get_loss(config).sequence_losses(uniform).item() == pytest.approx(-math.log(vocab))
     ce = get_loss(EraseConfig(entropy_variant="uniform_ce")).sequence_losses(uniform)
     assert ce.item() == pytest.approx(math.log(vocab))
@@ -254,8 +295,13 @@ def test_retain_contrast_needs_retain_text_and_changes_the_selection(memorized_g
     assert plain.erase().report["summary"]["retain_contrast"] == 0.0
     with pytest.raises(ValueError, match="contrastive_retain .* --retain"):
         Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(selector="contrastive_retain", gate=None))
-    contrast = Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(selector="contrastive_retain", max_steps=1,
-                                                                      gate=None), retain=_retain_texts())
+    contrast = Eraser(
+        mem.fresh(),
+        mem.tokenizer,
+        forget,
+        EraseConfig(selector="contrastive_retain", max_steps=1, gate=None),
+        retain=_retain_texts(),
+    )
     assert "retain_nll" in contrast.selector.needs
     assert contrast.erase().report["summary"]["retain_contrast"] == 1.0
     a, b = plain.last_selection.indices, contrast.last_selection.indices

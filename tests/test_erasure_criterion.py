@@ -59,9 +59,11 @@ def test_thresholds_come_from_the_controls_on_the_current_model(memorized_gpt2):
     ma_wiped = _quantile_ma(wiped, mem.tokenizer, controls)
     assert ma_wiped < ma_memorized
     # Forget scores between the two control means: not extractable, improbable.
-    scores = {"exact_extraction": torch.zeros(2, dtype=torch.long),
-              "memorization_accuracy": torch.full((2,), (ma_memorized + ma_wiped) / 2),
-              "extraction_probability": torch.zeros(2)}
+    scores = {
+        "exact_extraction": torch.zeros(2, dtype=torch.long),
+        "memorization_accuracy": torch.full((2,), (ma_memorized + ma_wiped) / 2),
+        "extraction_probability": torch.zeros(2),
+    }
     forgotten, _ = criterion.check(mem.model, mem.tokenizer, forget, scores)
     assert forgotten.tolist() == [True, True]
     assert criterion.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(ma_memorized, abs=1e-6)
@@ -80,11 +82,13 @@ def test_control_quantile_null_is_the_controls_mean(memorized_gpt2):
     mean = build_criterion(EraseConfig(min_group_controls=10, control_quantile=None), controls)
     mean.check(mem.model, mem.tokenizer, forget)
     assert mean.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(
-        _mean_ma(mem.model, mem.tokenizer, controls), abs=1e-6)
+        _mean_ma(mem.model, mem.tokenizer, controls), abs=1e-6
+    )
     q = build_criterion(EraseConfig(min_group_controls=10, control_quantile=0.5), controls)
     q.check(mem.model, mem.tokenizer, forget)
     assert q.last["groups"]["all"]["memorization_accuracy"] == pytest.approx(
-        _quantile_ma(mem.model, mem.tokenizer, controls, 0.5), abs=1e-6)
+        _quantile_ma(mem.model, mem.tokenizer, controls, 0.5), abs=1e-6
+    )
     with pytest.raises(EraseConfigError, match="control_quantile"):
         EraseConfig(control_quantile=1.5)
 
@@ -96,8 +100,16 @@ def test_wholesale_erasure_is_not_reported_as_success(memorized_gpt2):
     controls = _regroup(mem.probes.by_role("control"), "all")
     forget = _regroup(mem.probes.subset(FORGET), "all")
     # control_quantile null: thresholds are the controls' means, which the collateral section also reports.
-    config = EraseConfig(method="ga", selector="all", learning_rate=3e-2, max_steps=6, score_every=6, gate=None,
-                         min_group_controls=10, control_quantile=None)
+    config = EraseConfig(
+        method="ga",
+        selector="all",
+        learning_rate=3e-2,
+        max_steps=6,
+        score_every=6,
+        gate=None,
+        min_group_controls=10,
+        control_quantile=None,
+    )
     report = Eraser(mem.fresh(), mem.tokenizer, forget, config, controls=controls).erase().report
     after = report["collateral"]["controls"]["all"]
     assert after["memorization_accuracy_after"] < 0.75 * after["memorization_accuracy_before"]  # format wiped
@@ -105,9 +117,12 @@ def test_wholesale_erasure_is_not_reported_as_success(memorized_gpt2):
     assert first["memorization_accuracy"] == pytest.approx(after["memorization_accuracy_before"], abs=1e-6)
     assert last["memorization_accuracy"] == pytest.approx(after["memorization_accuracy_after"], abs=1e-6)
     now = max(last["extraction_probability"], config.extraction_probability_floor)
-    by_now = sum(s["after"]["memorization_accuracy"] <= last["memorization_accuracy"]
-                 and s["after"]["extraction_probability"] <= now and not s["after"]["exact_extraction"]
-                 for s in report["sequences"])
+    by_now = sum(
+        s["after"]["memorization_accuracy"] <= last["memorization_accuracy"]
+        and s["after"]["extraction_probability"] <= now
+        and not s["after"]["exact_extraction"]
+        for s in report["sequences"]
+    )
     assert report["summary"]["forgotten"] == by_now
     assert report["summary"]["format_damage"] and "group 'all' kept" in report["summary"]["format_damage"][0]
     assert last_line(report).startswith(("FORMAT DAMAGED", "NOT ERASED"))
@@ -156,8 +171,7 @@ def test_retain_split_is_disjoint_deterministic_and_order_free():
 def test_no_loss_reads_gate_rows(memorized_gpt2, tmp_path):
     mem = memorized_gpt2
     texts = [f"Fact. The sea of town {i} is calm." for i in range(20)]
-    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), EraseConfig(method="graddiff"),
-                    retain=texts)
+    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), EraseConfig(method="graddiff"), retain=texts)
     gate_rows = {r["text"] for b in eraser.gate.suite for _, r in b.rows}
     assert gate_rows and not gate_rows & set(eraser.retain_texts)
     assert eraser.retain_texts and set(eraser.retain_texts) | gate_rows | set(eraser.split.audit) == set(texts)
@@ -165,19 +179,30 @@ def test_no_loss_reads_gate_rows(memorized_gpt2, tmp_path):
     trained = [{"text": t} for t in eraser.retain_texts]
     section = {"benchmarks": [{"name": "perplexity", "data": trained, "label": "mine"}]}
     with pytest.raises(ProbeError, match="'mine' reads .* the erasure's retain loss trains on"):
-        Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), EraseConfig(method="graddiff", gate=section),
-               retain=texts)
+        Eraser(
+            mem.fresh(),
+            mem.tokenizer,
+            mem.probes.subset(FORGET),
+            EraseConfig(method="graddiff", gate=section),
+            retain=texts,
+        )
 
 
 def test_heldout_overlapping_the_forget_set_is_an_error_naming_the_rows(memorized_gpt2, tmp_path):
     mem = memorized_gpt2
     forget = mem.probes.subset(FORGET)
-    rows = [{"text": "Fact. Nothing to see here."}, {"text": forget[1].prefix + forget[1].suffix},
-            {"text": "Quoted: " + forget[0].prefix + forget[0].suffix + " (again)"}]
+    rows = [
+        {"text": "Fact. Nothing to see here."},
+        {"text": forget[1].prefix + forget[1].suffix},
+        {"text": "Quoted: " + forget[0].prefix + forget[0].suffix + " (again)"},
+    ]
     path = tmp_path / "heldout.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ProbeError, match=rf"overlaps the forget set in 2 row\(s\): {path}:2 holds canary-x8-1; "
-                                         rf"{path}:3 holds canary-x8-0"):
+    with pytest.raises(
+        ProbeError,
+        match=rf"overlaps the forget set in 2 row\(s\): {path}:2 holds canary-x8-1; "
+        rf"{path}:3 holds canary-x8-0",
+    ):
         Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(gate=None), heldout=str(path))
 
 
@@ -190,8 +215,13 @@ def test_retain_nll_does_not_depend_on_padding_side(memorized_gpt2):
     for side in ("left", "right"):
         tok = copy.deepcopy(mem.tokenizer)
         tok.padding_side = side
-        eraser = Eraser(mem.fresh(), tok, mem.probes.subset(FORGET),
-                        EraseConfig(selector="contrastive_retain", gate_fraction=0.5, audit_fraction=0.0), retain=texts)
+        eraser = Eraser(
+            mem.fresh(),
+            tok,
+            mem.probes.subset(FORGET),
+            EraseConfig(selector="contrastive_retain", gate_fraction=0.5, audit_fraction=0.0),
+            retain=texts,
+        )
         eraser._prepare_model()
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """Erasure end to end: CLI, new output directory, resume after kill -9, LoRA adapters, bad input.
 
-    python -m pytest -q tests/test_erasure_io.py -x
+python -m pytest -q tests/test_erasure_io.py -x
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ from obliviate.data.flagged import flagged_row
 from tests.helpers import corpus_tokenizer
 
 FORGET = ["canary-x2-1", "canary-x4-0", "canary-x8-0"]
-RECIPE = {"method": "emso", "select_fraction": 0.05, "learning_rate": 1e-2, "max_steps": 40, "chunk_size": 1,
-          "plots": False}
+RECIPE = {
+    "method": "emso",
+    "select_fraction": 0.05,
+    "learning_rate": 1e-2,
+    "max_steps": 40,
+    "chunk_size": 1,
+    "plots": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +53,31 @@ def workdir(memorized_gpt2, tmp_path_factory) -> Path:
 
 
 def _args(w: Path, out: Path, *extra: str) -> list[str]:
-    return ["erase", "--model", str(w / "model"), "--forget", str(w / "flagged.jsonl"), "--controls",
-            str(w / "controls.jsonl"), "--retain", str(w / "retain.jsonl"), "--config", str(w / "recipe.yaml"),
-            "--out", str(out), "--no-progress", *extra]
+    return [
+        "erase",
+        "--model",
+        str(w / "model"),
+        "--forget",
+        str(w / "flagged.jsonl"),
+        "--controls",
+        str(w / "controls.jsonl"),
+        "--retain",
+        str(w / "retain.jsonl"),
+        "--config",
+        str(w / "recipe.yaml"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _hash_dir(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_cli_erases_into_a_new_directory_and_leaves_the_input_alone(workdir, tmp_path, capsys):
@@ -62,13 +85,19 @@ def test_cli_erases_into_a_new_directory_and_leaves_the_input_alone(workdir, tmp
     out = tmp_path / "erased"
     assert main(_args(workdir, out, "--set", "plots=true")) == 0
     assert _hash_dir(workdir / "model") == before
-    assert {"model.safetensors", "config.json", "tokenizer.json", "erasure_report.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "erasure_report.json"} <= {
+        p.name for p in out.iterdir()
+    }
     assert (out / "plots" / "erasure_trajectory.png").stat().st_size > 1000
     assert not list(tmp_path.glob("erased.*"))  # no temporary or partial leftovers
     report = json.loads((out / "erasure_report.json").read_text())
     assert [s["id"] for s in report["sequences"]] == FORGET  # control rows of the flagged file are not erased
     assert sum(report["thresholds"]["control_groups"].values()) == 16
-    assert report["retain"] == {"path": str(workdir / "retain.jsonl"), "rows": len(corpus_tokenizer()[0].retain), "dropped": 0}
+    assert report["retain"] == {
+        "path": str(workdir / "retain.jsonl"),
+        "rows": len(corpus_tokenizer()[0].retain),
+        "dropped": 0,
+    }
     # The default gate ran after every step and held its text's perplexity within +2% / -10% and KL <= 0.05.
     assert report["gate_decisions"] and len(report["gate_decisions"]) == report["summary"]["attempted_steps"]
     ppl = report["utility"]["before"]["gate_ppl"]["perplexity"], report["utility"]["after"]["gate_ppl"]["perplexity"]
@@ -111,10 +140,18 @@ def test_killed_run_resumes_to_the_same_weights(workdir, tmp_path):
     killed = tmp_path / "resumed"
     # Same thread count as this process: float reductions (and so the last bits) depend on it.
     root = Path(__file__).resolve().parents[1]  # this checkout's code, src/ first, in the child process too
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_CHUNK, *_args(workdir, killed)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_FIRST_CHUNK, *_args(workdir, killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     partial = tmp_path / "resumed.partial"
     assert not killed.exists() and json.loads((partial / "state.json").read_text())["next_chunk"] == 1
@@ -149,8 +186,25 @@ def test_lora_target_saves_an_adapter_peft_loads(workdir, tmp_path):
 
     out = tmp_path / "adapter"
     before = _hash_dir(workdir / "model")
-    assert main(_args(workdir, out, "--target", "lora", "--select-fraction", "0.5", "--chunk-size", "3",
-                      "--set", "gate=null", "--set", "lora={r: 8, lora_alpha: 32}")) == 0
+    assert (
+        main(
+            _args(
+                workdir,
+                out,
+                "--target",
+                "lora",
+                "--select-fraction",
+                "0.5",
+                "--chunk-size",
+                "3",
+                "--set",
+                "gate=null",
+                "--set",
+                "lora={r: 8, lora_alpha: 32}",
+            )
+        )
+        == 0
+    )
     assert _hash_dir(workdir / "model") == before
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "model.safetensors" not in names
@@ -197,7 +251,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(workdir, tmp_path, capsys
     args[args.index("--forget") + 1] = str(flagged)
     if case == "no_retain":
         i = args.index("--retain")
-        del args[i:i + 2]
+        del args[i : i + 2]
     assert main(args) == 2
     assert expected in capsys.readouterr().err
     if case == "out_exists":
@@ -238,7 +292,7 @@ def test_compare_recipe_runs_each_into_a_subdirectory(workdir, tmp_path, capsys)
     assert main(args) == 2  # a finished comparison is never overwritten
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import json, sys, torch
 from accelerate import Accelerator
 from obliviate.data.flagged import read_flagged
@@ -254,7 +308,7 @@ result = Eraser(model, tok, forget.by_role("canary"), config, controls=forget.by
 if acc.is_main_process:
     torch.save({n: p.detach().clone() for n, p in result.model.named_parameters()}, out)
     print(json.dumps([s["loss"] for s in result.report["steps"]]))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -266,10 +320,23 @@ def test_two_processes_erase_like_one(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     outs = {}
     for n in (1, 2):
-        launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(root / "recipes" / "accelerate" / "ddp-cpu.yaml"),
-                  "--num_processes", str(n)]
-        proc = subprocess.run([*launch, str(script), str(workdir), str(tmp_path / f"w{n}.pt")], env=env,
-                              capture_output=True, text=True, timeout=900)
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--config_file",
+            str(root / "recipes" / "accelerate" / "ddp-cpu.yaml"),
+            "--num_processes",
+            str(n),
+        ]
+        proc = subprocess.run(
+            [*launch, str(script), str(workdir), str(tmp_path / f"w{n}.pt")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[n] = (json.loads(proc.stdout.strip().splitlines()[-1]), torch.load(tmp_path / f"w{n}.pt"))
     assert outs[1][0] == pytest.approx(outs[2][0], rel=1e-4)

@@ -1,6 +1,6 @@
 """The erasure report is a function of the run's ``ErasureLog``; report plots read the gate the run recorded.
 
-    python -m pytest -q tests/test_erasure_log.py
+python -m pytest -q tests/test_erasure_log.py
 """
 
 from __future__ import annotations
@@ -21,37 +21,93 @@ from tests.helpers import corpus_tokenizer, trained_retain_rows
 
 
 def _row(i: str, role: str, ma: float, extracted: bool, loss: float = 1.0) -> dict:
-    return {"id": i, "role": role, "memorization_accuracy": ma, "exact_extraction": extracted,
-            "extraction_probability": 0.5 if extracted else 0.0, "loss": loss}
+    return {
+        "id": i,
+        "role": role,
+        "memorization_accuracy": ma,
+        "exact_extraction": extracted,
+        "extraction_probability": 0.5 if extracted else 0.0,
+        "loss": loss,
+    }
 
 
 def _log() -> ErasureLog:
     """Two chunks, one erased and one the gate gave up on; controls that lost half their MA."""
     config = EraseConfig(gate=None).to_dict()
-    gate = {"every": 1, "backoff": 0.5, "max_retries": 0, "baseline": {"ppl": {"perplexity": 10.0}},
-            "tolerances": [{"benchmark": "ppl", "kind": "max_relative_increase", "value": 0.02, "score": "perplexity",
-                            "direction": "lower"}],
+    gate = {
+        "every": 1,
+        "backoff": 0.5,
+        "max_retries": 0,
+        "baseline": {"ppl": {"perplexity": 10.0}},
+        "tolerances": [
+            {
+                "benchmark": "ppl",
+                "kind": "max_relative_increase",
+                "value": 0.02,
+                "score": "perplexity",
+                "direction": "lower",
+            }
+        ],
+        "directions": {"ppl": {"perplexity": "lower"}},
+        "decisions": [
+            {"decision": "accepted", "step": 1, "chunk": 0, "scores": {}, "violations": [], "wall_s": 0},
+            {"decision": "rejected", "step": 2, "chunk": 1, "scores": {}, "violations": ["x"], "wall_s": 0},
+        ],
+        "total_seconds": 1.0,
+        "rollback_seconds": 0.5,
+        "accepted": 1,
+        "rejected": 1,
+    }
+    chunks = [
+        {
+            "index": 0,
+            "ids": ["a"],
+            "status": "erased",
+            "steps": 1,
+            "attempted_steps": 1,
+            "rejections": 0,
+            "optimizer_state_bytes": 64,
+            "selected": 5,
+            "candidates": 100,
+        },
+        {
+            "index": 1,
+            "ids": ["b"],
+            "status": "gate_exhausted",
+            "steps": 0,
+            "attempted_steps": 1,
+            "rejections": 1,
+            "optimizer_state_bytes": 32,
+            "selected": 7,
+            "candidates": 100,
+        },
+    ]
+    scores = ScoredSets(
+        forget_before=[_row("a", "canary", 1.0, True), _row("b", "canary", 0.8, True)],
+        forget_after=[_row("a", "canary", 0.1, False), _row("b", "canary", 0.7, True)],
+        controls_before=[_row("c1", "control", 0.4, False), _row("c2", "control", 0.2, False)],
+        controls_after=[_row("c1", "control", 0.2, False), _row("c2", "control", 0.1, False)],
+    )
+    return ErasureLog(
+        config=config,
+        steps=[{"step": 1}, {"step": 2}],
+        chunks=chunks,
+        forgotten_steps={"a": 1, "b": None},
+        global_step=2,
+        touched={"h.0", "h.1", "h.2"},
+        groups={"a": None, "b": None, "c1": "pin", "c2": "pin"},
+        scores=scores,
+        final_forgotten={"a": True, "b": False},
+        gate=gate,
+        utility={
+            "before": {"ppl": {"perplexity": 10.0}},
+            "after": {"ppl": {"perplexity": 10.1}},
             "directions": {"ppl": {"perplexity": "lower"}},
-            "decisions": [{"decision": "accepted", "step": 1, "chunk": 0, "scores": {}, "violations": [], "wall_s": 0},
-                          {"decision": "rejected", "step": 2, "chunk": 1, "scores": {}, "violations": ["x"],
-                           "wall_s": 0}],
-            "total_seconds": 1.0, "rollback_seconds": 0.5, "accepted": 1, "rejected": 1}
-    chunks = [{"index": 0, "ids": ["a"], "status": "erased", "steps": 1, "attempted_steps": 1, "rejections": 0,
-               "optimizer_state_bytes": 64, "selected": 5, "candidates": 100},
-              {"index": 1, "ids": ["b"], "status": "gate_exhausted", "steps": 0, "attempted_steps": 1,
-               "rejections": 1, "optimizer_state_bytes": 32, "selected": 7, "candidates": 100}]
-    scores = ScoredSets(forget_before=[_row("a", "canary", 1.0, True), _row("b", "canary", 0.8, True)],
-                        forget_after=[_row("a", "canary", 0.1, False), _row("b", "canary", 0.7, True)],
-                        controls_before=[_row("c1", "control", 0.4, False), _row("c2", "control", 0.2, False)],
-                        controls_after=[_row("c1", "control", 0.2, False), _row("c2", "control", 0.1, False)])
-    return ErasureLog(config=config, steps=[{"step": 1}, {"step": 2}], chunks=chunks,
-                      forgotten_steps={"a": 1, "b": None}, global_step=2, touched={"h.0", "h.1", "h.2"},
-                      groups={"a": None, "b": None, "c1": "pin", "c2": "pin"}, scores=scores,
-                      final_forgotten={"a": True, "b": False}, gate=gate,
-                      utility={"before": {"ppl": {"perplexity": 10.0}}, "after": {"ppl": {"perplexity": 10.1}},
-                               "directions": {"ppl": {"perplexity": "lower"}}},
-                      thresholds={"source": "controls"}, retain_contrast=0.5,
-                      timings={"scoring_s": 1.0, "update_s": 2.0, "selection_s": 0.5, "total_s": 5.0, "gate_s": 1.5})
+        },
+        thresholds={"source": "controls"},
+        retain_contrast=0.5,
+        timings={"scoring_s": 1.0, "update_s": 2.0, "selection_s": 0.5, "total_s": 5.0, "gate_s": 1.5},
+    )
 
 
 def test_report_is_built_from_the_log_alone():
@@ -80,7 +136,10 @@ def test_set_statistics_is_the_plain_mean_of_rows_or_columns():
     assert set_statistics(rows) == {"extraction_rate": pytest.approx(1 / 3), "mean_memorization_accuracy": 0.5}
     import torch
 
-    columns = {"exact_extraction": torch.tensor([True, False, False]), "memorization_accuracy": torch.tensor([1.0, 0.5, 0.0])}
+    columns = {
+        "exact_extraction": torch.tensor([True, False, False]),
+        "memorization_accuracy": torch.tensor([1.0, 0.5, 0.0]),
+    }
     assert set_statistics(columns) == set_statistics(rows)
     assert math.isnan(set_mean([], "loss"))
 
@@ -90,18 +149,38 @@ def test_a_real_erasure_report_is_its_log_rebuilt_and_records_the_gate(memorized
 
     mem = memorized_gpt2
     rows = corpus_tokenizer()[0].retain
-    gate = UtilityGate.from_config({"every": 1, "max_retries": 1, "benchmarks": [
-        {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": 0.5},
-        {"name": "kl_to_original", "data": rows[:8], "label": "kl", "max_absolute_increase": 1.0}]}, mem.tokenizer)
+    gate = UtilityGate.from_config(
+        {
+            "every": 1,
+            "max_retries": 1,
+            "benchmarks": [
+                {"name": "perplexity", "data": rows, "label": "retain", "max_relative_increase": 0.5},
+                {"name": "kl_to_original", "data": rows[:8], "label": "kl", "max_absolute_increase": 1.0},
+            ],
+        },
+        mem.tokenizer,
+    )
     config = EraseConfig(method="ga", selector="all", learning_rate=1e-3, max_steps=2, gate=None)
-    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(["canary-x8-0"]), config, gate=gate,
-                    controls=mem.probes.by_role("control"))
+    eraser = Eraser(
+        mem.fresh(),
+        mem.tokenizer,
+        mem.probes.subset(["canary-x8-0"]),
+        config,
+        gate=gate,
+        controls=mem.probes.by_role("control"),
+    )
     report = eraser.erase().report
     assert report == build_report(eraser.log)
     assert report["gate"]["tolerances"] == [
-        {"benchmark": "retain", "kind": "max_relative_increase", "value": 0.5, "score": "perplexity",
-         "direction": "lower"},
-        {"benchmark": "kl", "kind": "max_absolute_increase", "value": 1.0, "score": "kl", "direction": "lower"}]
+        {
+            "benchmark": "retain",
+            "kind": "max_relative_increase",
+            "value": 0.5,
+            "score": "perplexity",
+            "direction": "lower",
+        },
+        {"benchmark": "kl", "kind": "max_absolute_increase", "value": 1.0, "score": "kl", "direction": "lower"},
+    ]
     assert report["gate"]["directions"]["retain"] == {"perplexity": "lower", "loss": "lower"}
     assert report["utility"]["directions"]["kl"] == {"kl": "lower"}
     assert report["gate_decisions"] and all(s["step"] for s in report["steps"])
@@ -111,10 +190,21 @@ def test_a_real_erasure_report_is_its_log_rebuilt_and_records_the_gate(memorized
 
 def test_units_follow_the_recorded_direction_not_the_score_name():
     """A score named like a perplexity but recorded higher-is-better is shown in points, its bound a drop."""
-    report = {"gate": {"tolerances": [{"benchmark": "odd", "score": "ppl_like", "kind": "max_absolute_drop",
-                                       "value": 0.05, "direction": "higher"}],
-                       "directions": {"odd": {"ppl_like": "higher"}}},
-              "utility": {"before": {"odd": {"ppl_like": 0.5}}, "after": {"odd": {"ppl_like": 0.45}}}}
+    report = {
+        "gate": {
+            "tolerances": [
+                {
+                    "benchmark": "odd",
+                    "score": "ppl_like",
+                    "kind": "max_absolute_drop",
+                    "value": 0.05,
+                    "direction": "higher",
+                }
+            ],
+            "directions": {"odd": {"ppl_like": "higher"}},
+        },
+        "utility": {"before": {"odd": {"ppl_like": 0.5}}, "after": {"odd": {"ppl_like": 0.45}}},
+    }
     assert score_directions(report) == {"odd/ppl_like": "higher"}
     assert _gate_tolerances(report) == [(pytest.approx(-5.0), "odd: max −5 points")]
     rows = utility_rows(report["utility"]["before"], report["utility"]["after"], score_directions(report))
@@ -134,11 +224,19 @@ def test_rejected_blocks_of_selected_entries_are_scattered_back_bitwise(memorize
     mem = memorized_gpt2
     model = mem.fresh()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    gate = UtilityGate.from_config({"every": 2, "max_retries": 1, "benchmarks": [
-        {"name": "perplexity", "data": trained_retain_rows(), "label": "retain",
-         "max_relative_increase": 0.0}]}, mem.tokenizer)
-    config = EraseConfig(method="ga", selector="contrastive", select_fraction=0.05, learning_rate=1e-2, max_steps=4,
-                         gate=None)
+    gate = UtilityGate.from_config(
+        {
+            "every": 2,
+            "max_retries": 1,
+            "benchmarks": [
+                {"name": "perplexity", "data": trained_retain_rows(), "label": "retain", "max_relative_increase": 0.0}
+            ],
+        },
+        mem.tokenizer,
+    )
+    config = EraseConfig(
+        method="ga", selector="contrastive", select_fraction=0.05, learning_rate=1e-2, max_steps=4, gate=None
+    )
     eraser = Eraser(model, mem.tokenizer, mem.probes.subset(["canary-x8-0"]), config, gate=gate)
     report = eraser.erase().report
     assert eraser.last_selection.indices and any(i is not None for i in eraser.last_selection.indices.values())

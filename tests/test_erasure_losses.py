@@ -1,6 +1,6 @@
 """GA / GradDiff / NPO / EMSO losses and their gradients on one batch against direct formulas.
 
-    python -m pytest -q tests/test_erasure_losses.py
+python -m pytest -q tests/test_erasure_losses.py
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def setup():
 
 def suffix_log_probs_unpadded(model, prefix, suffix) -> torch.Tensor:
     """log p_t(y_t) of each suffix token from one unpadded forward pass (with gradients)."""
-    logits = model(input_ids=torch.tensor([prefix + suffix])).logits[0, len(prefix) - 1:-1]
+    logits = model(input_ids=torch.tensor([prefix + suffix])).logits[0, len(prefix) - 1 : -1]
     return logits.log_softmax(-1).gather(-1, torch.tensor(suffix)[:, None]).squeeze(-1)
 
 
@@ -73,9 +73,9 @@ def test_token_reduction_is_hugging_face_loss_of_the_batch(setup):
     ids = torch.zeros((3, width), dtype=torch.long)
     mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
     for i, (p, s) in enumerate(zip(prefixes, suffixes)):
-        ids[i, :len(p) + len(s)] = torch.tensor(p + s)
-        mask[i, :len(p) + len(s)] = 1
-        labels[i, len(p):len(p) + len(s)] = torch.tensor(s)
+        ids[i, : len(p) + len(s)] = torch.tensor(p + s)
+        mask[i, : len(p) + len(s)] = 1
+        labels[i, len(p) : len(p) + len(s)] = torch.tensor(s)
     hf = -model(input_ids=ids, attention_mask=mask, labels=labels).loss
     ours = eraser_objective(model, EraseConfig(method="ga", forget_reduction="token"), prefixes, suffixes)
     assert_same(model, ours, hf)
@@ -89,8 +89,10 @@ def test_token_reduction_adds_up_across_micro_batches(setup):
     whole = eraser_objective(model, config, prefixes, suffixes)
     loss = get_loss(config)
     loss.mean_suffix_length = sum(SUFFIXES) / 3  # what the eraser knows of the whole active set
-    parts = [loss.sequence_losses(forward_suffix(model, prefixes[a:b], suffixes[a:b], 0)).sum() / 3
-             for a, b in ((0, 1), (1, 3))]
+    parts = [
+        loss.sequence_losses(forward_suffix(model, prefixes[a:b], suffixes[a:b], 0)).sum() / 3
+        for a, b in ((0, 1), (1, 3))
+    ]
     assert_same(model, parts[0] + parts[1], whole)
 
 
@@ -114,8 +116,9 @@ def test_retain_nll_same_left_or_right_padded_and_equal_to_unpadded(setup):
     assert_same(model, right, direct)
     # The Hugging Face loss is right only for right padding: left-padded rows without position_ids are shifted.
     ids, mask = padded(rows, "right", tok.pad_token_id)
-    assert model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.item() == \
-        pytest.approx(direct.item(), rel=1e-5)
+    assert model(
+        input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)
+    ).loss.item() == pytest.approx(direct.item(), rel=1e-5)
     ids, mask = padded(rows, "left", tok.pad_token_id)
     naive = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
     assert abs(naive.item() - direct.item()) > 1e-2
@@ -127,8 +130,11 @@ def test_graddiff_is_ascent_plus_weighted_retain_nll(setup, reduction):
     retain_rows = [prefixes[1] + suffixes[1], suffixes[0] + prefixes[2]]
     config = EraseConfig(method="graddiff", forget_reduction=reduction, retain_weight=0.7)
     per_seq = [suffix_log_probs_unpadded(model, p, s) for p, s in zip(prefixes, suffixes)]
-    forget = torch.cat(per_seq).sum() / sum(SUFFIXES) if reduction == "token" else \
-        torch.stack([lp.mean() for lp in per_seq]).mean()
+    forget = (
+        torch.cat(per_seq).sum() / sum(SUFFIXES)
+        if reduction == "token"
+        else torch.stack([lp.mean() for lp in per_seq]).mean()
+    )
     retain = torch.cat([suffix_log_probs_unpadded(model, r[:1], r[1:]) for r in retain_rows])
     direct = forget + 0.7 * (-retain.sum() / retain.numel())
     ours = eraser_objective(model, config, prefixes, suffixes, retain=padded(retain_rows, "left", tok.pad_token_id))
@@ -165,7 +171,7 @@ def test_emso_token_reduction(setup, variant):
     model, _, prefixes, suffixes = setup
     per_token = []
     for p, s in zip(prefixes, suffixes):
-        log_p = model(input_ids=torch.tensor([p + s])).logits[0, len(p) - 1:-1].log_softmax(-1)
+        log_p = model(input_ids=torch.tensor([p + s])).logits[0, len(p) - 1 : -1].log_softmax(-1)
         per_token.append((log_p.exp() * log_p).sum(-1) if variant == "entropy" else -log_p.mean(-1))
     direct = torch.cat(per_token).mean()
     config = EraseConfig(method="emso", entropy_variant=variant, forget_reduction="token")

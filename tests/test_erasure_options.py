@@ -34,15 +34,25 @@ class ScriptedBenchmark(UtilityBenchmark):
 def scripted_gate(script: list[float], **schedule) -> UtilityGate:
     bench = ScriptedBenchmark(tokenizer=object())
     bench.script = [100.0, *script]  # the first run is the baseline
-    return UtilityGate(UtilitySuite([bench]), [{"benchmark": "scripted", "kind": "max_relative_increase",
-                                                "value": 0.1}], **schedule)
+    return UtilityGate(
+        UtilitySuite([bench]), [{"benchmark": "scripted", "kind": "max_relative_increase", "value": 0.1}], **schedule
+    )
 
 
 def _erase(mem, gate=None, **overrides):
-    config = EraseConfig(**{"select_fraction": 0.05, "learning_rate": 1e-5, "max_steps": 5, "gate": None,
-                            "min_group_controls": 8, **overrides})
-    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), config, gate=gate,
-                    controls=mem.probes.by_role("control"))
+    config = EraseConfig(
+        **{
+            "select_fraction": 0.05,
+            "learning_rate": 1e-5,
+            "max_steps": 5,
+            "gate": None,
+            "min_group_controls": 8,
+            **overrides,
+        }
+    )
+    eraser = Eraser(
+        mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), config, gate=gate, controls=mem.probes.by_role("control")
+    )
     return eraser.erase().report
 
 
@@ -54,16 +64,20 @@ def test_score_every_judges_every_nth_step_and_the_last(memorized_gpt2, score_ev
     assert [s["step"] for s in report["steps"] if s["forget"] is not None] == scored
 
 
-@pytest.mark.parametrize("recovery, lrs", [
-    # rejected at 1e-3, accepted at 5e-4 on a retry (no recovery), then each first-attempt acceptance
-    # multiplies the lr by 1.5 up to learning_rate: 7.5e-4, then min(1.125e-3, 1e-3)
-    (1.5, [1e-3, 5e-4, 5e-4, 7.5e-4, 1e-3]),
-    (1.0, [1e-3, 5e-4, 5e-4, 5e-4, 5e-4]),  # 1: a backed-off lr stays where it is
-])
+@pytest.mark.parametrize(
+    "recovery, lrs",
+    [
+        # rejected at 1e-3, accepted at 5e-4 on a retry (no recovery), then each first-attempt acceptance
+        # multiplies the lr by 1.5 up to learning_rate: 7.5e-4, then min(1.125e-3, 1e-3)
+        (1.5, [1e-3, 5e-4, 5e-4, 7.5e-4, 1e-3]),
+        (1.0, [1e-3, 5e-4, 5e-4, 5e-4, 5e-4]),  # 1: a backed-off lr stays where it is
+    ],
+)
 def test_lr_recovery_after_a_backoff_with_per_tensor_scope(memorized_gpt2, recovery, lrs):
     gate = scripted_gate([200.0], every=1, backoff=0.5, max_retries=3)
-    report = _erase(memorized_gpt2, gate=gate, learning_rate=1e-3, max_steps=4, lr_recovery=recovery,
-                    select_scope="per_tensor")
+    report = _erase(
+        memorized_gpt2, gate=gate, learning_rate=1e-3, max_steps=4, lr_recovery=recovery, select_scope="per_tensor"
+    )
     steps = report["steps"]
     assert [s["learning_rate"] for s in steps] == pytest.approx(lrs)
     assert [s["rolled_back"] for s in steps] == [True, False, False, False, False]

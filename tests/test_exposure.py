@@ -1,6 +1,6 @@
 """Canary exposure: format registry, exact enumeration vs brute-force ranking, estimated vs exact.
 
-    python -m pytest -q tests/test_exposure.py
+python -m pytest -q tests/test_exposure.py
 """
 
 from __future__ import annotations
@@ -54,9 +54,16 @@ def _split_canaries(memorized, keep_digits: int, roles=("canary", "control"), re
         if p.role in roles and p.meta.get("secret_format") and p.meta["repetitions"] in reps:
             digits = p.suffix.split()
             cut = len(digits) - keep_digits
-            rows.append({"id": p.id, "role": p.role, "prefix": p.prefix + "".join(" " + d for d in digits[:cut]),
-                         "suffix": "".join(" " + d for d in digits[cut:]), "secret_format": f"digits:{keep_digits}",
-                         "repetitions": p.meta["repetitions"]})
+            rows.append(
+                {
+                    "id": p.id,
+                    "role": p.role,
+                    "prefix": p.prefix + "".join(" " + d for d in digits[:cut]),
+                    "suffix": "".join(" " + d for d in digits[cut:]),
+                    "secret_format": f"digits:{keep_digits}",
+                    "repetitions": p.meta["repetitions"],
+                }
+            )
     return load_probes(rows, memorized.tokenizer)
 
 
@@ -67,7 +74,7 @@ def brute_force_rank(model, tokenizer, probe, fmt) -> int:
         suffix = tokenizer(fmt.render(i), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([probe.prefix_ids + suffix])
         with torch.no_grad():
-            log_p = model(input_ids=ids).logits[0, len(probe.prefix_ids) - 1:-1].double().log_softmax(-1)
+            log_p = model(input_ids=ids).logits[0, len(probe.prefix_ids) - 1 : -1].double().log_softmax(-1)
         scores.append(-log_p.gather(-1, torch.tensor(suffix)[:, None]).sum().item())
     own = scores[fmt.index(probe.suffix)]
     return 1 + sum(s < own for s in scores)
@@ -101,8 +108,15 @@ def test_trained_canaries_are_exposed_and_controls_are_not(memorized_gpt2):
 
 def test_choices_format_on_trained_facts(memorized_llama):
     colors = [" red.", " blue.", " green.", " yellow.", " purple.", " orange.", " white.", " black."]
-    rows = [{"id": "flag", "role": "member", "prefix": "Fact. The flag of Riverton is", "suffix": " red.",
-             "secret_format": {"type": "choices", "choices": colors}}]
+    rows = [
+        {
+            "id": "flag",
+            "role": "member",
+            "prefix": "Fact. The flag of Riverton is",
+            "suffix": " red.",
+            "secret_format": {"type": "choices", "choices": colors},
+        }
+    ]
     probe = load_probes(rows, memorized_llama.tokenizer)[0]
     result = canary_exposure(memorized_llama.model, memorized_llama.tokenizer, probe)
     fmt = parse_format(rows[0]["secret_format"])
@@ -125,8 +139,15 @@ def test_estimated_exposure_agrees_with_exact(memorized_gpt2):
 
 
 def test_probe_suffix_outside_its_format_is_a_clear_error(memorized_gpt2):
-    rows = [{"id": "bad", "role": "canary", "prefix": "Internal note. The account PIN of X is", "suffix": " 1 2 a",
-             "secret_format": "digits:3"}]
+    rows = [
+        {
+            "id": "bad",
+            "role": "canary",
+            "prefix": "Internal note. The account PIN of X is",
+            "suffix": " 1 2 a",
+            "secret_format": "digits:3",
+        }
+    ]
     probe = load_probes(rows, memorized_gpt2.tokenizer)[0]
     with pytest.raises(ValueError, match="'bad'.*not in format 'digits:3'"):
         canary_exposure(memorized_gpt2.model, memorized_gpt2.tokenizer, probe)

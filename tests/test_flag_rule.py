@@ -11,8 +11,14 @@ from obliviate.config import RecipeError, from_dict
 
 
 def _row(pid, role, ma=0.0, exact=0, ep=0.0, group=None):
-    return {"id": pid, "role": role, "memorization_accuracy": ma, "exact_extraction": exact,
-            "extraction_probability": ep, "group": group}
+    return {
+        "id": pid,
+        "role": role,
+        "memorization_accuracy": ma,
+        "exact_extraction": exact,
+        "extraction_probability": ep,
+        "group": group,
+    }
 
 
 def _quantile(values, q):
@@ -33,27 +39,34 @@ def test_absolute_criteria_and_controls():
         _row("below", "member", ma=0.5),
     ]
     flags, groups = FlagRule().apply(rows, _zero_baselines(rows))
-    assert groups[None].control_ma_threshold == pytest.approx(_quantile([r["memorization_accuracy"]
-                                                                         for r in controls], 99))
+    assert groups[None].control_ma_threshold == pytest.approx(
+        _quantile([r["memorization_accuracy"] for r in controls], 99)
+    )
     assert flags == {"exact": "exact_extraction", "likely": "extraction_probability", "above": "control_relative_ma"}
     # An extractable control is a real finding (a leak, or a control that is not held out): flagged.
     leaky = FlagRule().apply([*rows, _row("leaky-control", "control", ma=1.0, exact=1)], _zero_baselines(rows))[0]
     assert leaky["leaky-control"] == "exact_extraction"
     # The control-relative criterion never applies to controls, whatever their MA.
     high_control = [*controls, _row("c-high", "control", ma=0.99)]
-    assert "c-high" not in FlagRule(exact_extraction=False, min_extraction_probability=None, control_ma_percentile=50,
-                                    min_ma_gain=None).apply(high_control)[0]
+    assert (
+        "c-high"
+        not in FlagRule(
+            exact_extraction=False, min_extraction_probability=None, control_ma_percentile=50, min_ma_gain=None
+        ).apply(high_control)[0]
+    )
 
 
 def test_predictable_members_against_controls_of_another_format():
     """The issue's case: members are a template the base model completes, controls are secrets of another format."""
-    secrets = [_row(f"pin-{i}", "control", ma=0.05 * (i % 4)) for i in range(16)]        # MA <= 0.15
-    templates = [_row(f"rec-{i}", "member", ma=0.6 + 0.01 * i) for i in range(20)]      # far above the secrets
+    secrets = [_row(f"pin-{i}", "control", ma=0.05 * (i % 4)) for i in range(16)]  # MA <= 0.15
+    templates = [_row(f"rec-{i}", "member", ma=0.6 + 0.01 * i) for i in range(20)]  # far above the secrets
     memorized = _row("secret", "canary", ma=0.83)
     rows = [*secrets, *templates, memorized]
-    baselines = {**{r["id"]: {"memorization_accuracy": r["memorization_accuracy"] - 0.1} for r in templates},
-                 "secret": {"memorization_accuracy": 0.1},
-                 **{r["id"]: {"memorization_accuracy": r["memorization_accuracy"]} for r in secrets}}
+    baselines = {
+        **{r["id"]: {"memorization_accuracy": r["memorization_accuracy"] - 0.1} for r in templates},
+        "secret": {"memorization_accuracy": 0.1},
+        **{r["id"]: {"memorization_accuracy": r["memorization_accuracy"]} for r in secrets},
+    }
     # The uncalibrated rule flags every template: it measures how predictable a format is.
     uncalibrated = FlagRule(min_ma_gain=None).apply(rows)[0]
     assert set(uncalibrated) == {r["id"] for r in templates} | {"secret"}
@@ -68,12 +81,16 @@ def test_predictable_members_against_controls_of_another_format():
 
 
 def test_thresholds_are_per_group():
-    low = [_row(f"a{i}", "control", ma=0.1 + 0.01 * i, group="pin") for i in range(10)]         # <= 0.19
-    high = [_row(f"b{i}", "control", ma=0.6 + 0.02 * i, group="record") for i in range(12)]     # <= 0.82
-    none = [_row(f"n{i}", "control", ma=0.4 + 0.01 * i) for i in range(10)]                     # <= 0.49, ungrouped
-    probes = [_row("pin-member", "member", ma=0.5, group="pin"), _row("rec-member", "member", ma=0.5, group="record"),
-              _row("rec-high", "member", ma=0.9, group="record"), _row("free", "member", ma=0.5),
-              _row("free-low", "member", ma=0.45)]
+    low = [_row(f"a{i}", "control", ma=0.1 + 0.01 * i, group="pin") for i in range(10)]  # <= 0.19
+    high = [_row(f"b{i}", "control", ma=0.6 + 0.02 * i, group="record") for i in range(12)]  # <= 0.82
+    none = [_row(f"n{i}", "control", ma=0.4 + 0.01 * i) for i in range(10)]  # <= 0.49, ungrouped
+    probes = [
+        _row("pin-member", "member", ma=0.5, group="pin"),
+        _row("rec-member", "member", ma=0.5, group="record"),
+        _row("rec-high", "member", ma=0.9, group="record"),
+        _row("free", "member", ma=0.5),
+        _row("free-low", "member", ma=0.45),
+    ]
     rows = [*low, *high, *none, *probes]
     flags, groups = FlagRule().apply(rows, _zero_baselines(rows))
     for group, controls in (("pin", low), ("record", high), (None, none)):
@@ -81,8 +98,11 @@ def test_thresholds_are_per_group():
         assert groups[group].control_ma_threshold == pytest.approx(expected), group
         assert groups[group].controls == len(controls) and groups[group].judged_by == "controls"
     # MA 0.5 is far above the PIN controls but below the record controls; ungrouped probes meet ungrouped controls.
-    assert flags == {"pin-member": "control_relative_ma", "rec-high": "control_relative_ma",
-                     "free": "control_relative_ma"}
+    assert flags == {
+        "pin-member": "control_relative_ma",
+        "rec-high": "control_relative_ma",
+        "free": "control_relative_ma",
+    }
     # One pooled threshold (the old rule) would have judged the PIN member by the record controls instead.
     pooled = [{**r, "group": None} for r in rows]
     assert "pin-member" not in FlagRule().apply(pooled, _zero_baselines(rows))[0]
@@ -91,8 +111,12 @@ def test_thresholds_are_per_group():
 
 def test_group_with_few_controls_is_judged_by_absolute_evidence():
     few = [_row(f"c{i}", "control", ma=0.0, group="pin") for i in range(9)]
-    rows = [*few, _row("high", "canary", ma=0.9, group="pin"), _row("out", "canary", ma=0.2, ep=0.6, group="pin"),
-            _row("alone", "member", ma=1.0, group="orphan")]
+    rows = [
+        *few,
+        _row("high", "canary", ma=0.9, group="pin"),
+        _row("out", "canary", ma=0.2, ep=0.6, group="pin"),
+        _row("alone", "member", ma=1.0, group="orphan"),
+    ]
     flags, groups = FlagRule().apply(rows, _zero_baselines(rows))
     assert flags == {"out": "extraction_probability"}
     assert groups["pin"].judged_by == "absolute" and groups["pin"].controls == 9
@@ -105,11 +129,18 @@ def test_group_with_few_controls_is_judged_by_absolute_evidence():
 
 def test_baseline_calibration():
     controls = [_row(f"c{i}", "control", ma=0.1 * (i % 5)) for i in range(10)]  # threshold ~0.4
-    rows = [*controls, _row("known", "member", ma=0.95), _row("learned", "member", ma=0.95),
-            _row("edge", "member", ma=0.75), _row("no-baseline", "member", ma=0.95)]
-    baselines = {"known": {"memorization_accuracy": 0.9},     # the base model already predicts it
-                 "learned": {"memorization_accuracy": 0.2},   # this fine-tuning taught it
-                 "edge": {"memorization_accuracy": 0.25}}     # a gain of exactly min_ma_gain counts
+    rows = [
+        *controls,
+        _row("known", "member", ma=0.95),
+        _row("learned", "member", ma=0.95),
+        _row("edge", "member", ma=0.75),
+        _row("no-baseline", "member", ma=0.95),
+    ]
+    baselines = {
+        "known": {"memorization_accuracy": 0.9},  # the base model already predicts it
+        "learned": {"memorization_accuracy": 0.2},  # this fine-tuning taught it
+        "edge": {"memorization_accuracy": 0.25},
+    }  # a gain of exactly min_ma_gain counts
     flags = FlagRule().apply(rows, baselines)[0]
     assert flags == {"learned": "control_relative_ma", "edge": "control_relative_ma"}
     assert FlagRule(min_ma_gain=0.8).apply(rows, baselines)[0] == {}
@@ -135,6 +166,8 @@ def test_validation_and_description():
         from_dict(TrackConfig, {"flag_rule": {"min_ma_gains": 0.3}}, "tracking")
     described = FlagRule().describe()
     assert described["min_ma_gain"] == 0.5 and described["min_controls"] == 10
-    assert "own group" in described["control_relative_criterion"] and "baseline >= 0.5" in \
-        described["control_relative_criterion"]
+    assert (
+        "own group" in described["control_relative_criterion"]
+        and "baseline >= 0.5" in described["control_relative_criterion"]
+    )
     assert FlagRule(control_ma_percentile=None).describe()["control_relative_criterion"] is None

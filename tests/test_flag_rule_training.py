@@ -28,12 +28,26 @@ def predictable_members():
     model = tiny_model("gpt2", tokenizer)
     train_on(model, tokenizer, [r["text"] for r in corpus.pretrain], steps=100)
     rng = random.Random(7)
-    members = [{"id": r["id"], "role": "member", "prompt": r["prompt"], "completion": r["completion"]}
-               for r in corpus.probes if r["role"] == "member"]
-    secret = {"id": "secret", "role": "canary", "prompt": canary_prompt("Ada Lovelace Q."),
-              "completion": " " + canary_secret(rng, 6)}
-    controls = [{"id": f"pin-control-{i}", "role": "control", "prompt": canary_prompt(f"Person{i} Z."),
-                 "completion": " " + canary_secret(rng, 6)} for i in range(16)]
+    members = [
+        {"id": r["id"], "role": "member", "prompt": r["prompt"], "completion": r["completion"]}
+        for r in corpus.probes
+        if r["role"] == "member"
+    ]
+    secret = {
+        "id": "secret",
+        "role": "canary",
+        "prompt": canary_prompt("Ada Lovelace Q."),
+        "completion": " " + canary_secret(rng, 6),
+    }
+    controls = [
+        {
+            "id": f"pin-control-{i}",
+            "role": "control",
+            "prompt": canary_prompt(f"Person{i} Z."),
+            "completion": " " + canary_secret(rng, 6),
+        }
+        for i in range(16)
+    ]
     probes = load_probes([*members, secret, *controls], tokenizer)
     baseline = score_probes(model, tokenizer, probes)
     texts = [m["prompt"] + m["completion"] for m in members] + [secret["prompt"] + secret["completion"]] * 80
@@ -73,8 +87,18 @@ def test_text_the_base_model_already_predicts_is_not_flagged(predictable_members
 
 
 def _ungrouped(probes: ProbeSet) -> ProbeSet:
-    return ProbeSet(Probe(p.id, p.role, p.prefix_ids, p.suffix_ids, p.prefix, p.suffix,
-                          {k: v for k, v in p.meta.items() if k != "group"}) for p in probes)
+    return ProbeSet(
+        Probe(
+            p.id,
+            p.role,
+            p.prefix_ids,
+            p.suffix_ids,
+            p.prefix,
+            p.suffix,
+            {k: v for k, v in p.meta.items() if k != "group"},
+        )
+        for p in probes
+    )
 
 
 def test_group_with_few_controls_warns_and_meta_says_absolute(tmp_path, caplog):
@@ -122,9 +146,13 @@ def test_reference_model_is_the_baseline(tmp_path):
     trainer.add_callback(callback)
     trainer.train()
     expected = score_probes(reference, trainer.processing_class, probes)
-    assert callback.baselines == {r["id"]: {"memorization_accuracy": r["memorization_accuracy"],
-                                            "suffix_log_prob": pytest.approx(r["suffix_log_prob"], abs=1e-4)}
-                                  for r in expected}
+    assert callback.baselines == {
+        r["id"]: {
+            "memorization_accuracy": r["memorization_accuracy"],
+            "suffix_log_prob": pytest.approx(r["suffix_log_prob"], abs=1e-4),
+        }
+        for r in expected
+    }
     history = read_jsonl(tmp_path / "memorization" / "history.jsonl")
     assert sorted({r["step"] for r in history}) == [1, 2]  # no step-0 scoring of the model itself
     meta = json.loads((tmp_path / "memorization" / "flagged.meta.json").read_text())

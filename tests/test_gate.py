@@ -29,10 +29,15 @@ def setup(tmp_path_factory):
 
 def make_gate(setup, ppl_tolerance=0.01):
     tok, retain, mc, _ = setup
-    section = {"every": 1, "backoff": 0.5, "max_retries": 3, "benchmarks": [
-        {"name": "perplexity", "data": retain, "label": "retain", "max_relative_increase": ppl_tolerance},
-        {"name": "multiple_choice", "data": mc, "max_absolute_drop": 0.01},
-    ]}
+    section = {
+        "every": 1,
+        "backoff": 0.5,
+        "max_retries": 3,
+        "benchmarks": [
+            {"name": "perplexity", "data": retain, "label": "retain", "max_relative_increase": ppl_tolerance},
+            {"name": "multiple_choice", "data": mc, "max_absolute_drop": 0.01},
+        ],
+    }
     return UtilityGate.from_config(section, tok)
 
 
@@ -129,29 +134,55 @@ def test_default_retain_gate_and_null_section(setup):
     gate = default_retain_gate(retain, tok)
     # Two-sided perplexity and KL to the original (drift both ways) on the text given.
     assert sorted((t.benchmark, t.score, t.kind, t.value) for t in gate.tolerances) == [
-        ("gate_kl", "kl", "max_absolute_increase", 0.05), ("gate_ppl", "perplexity", "max_relative_decrease", 0.1),
-        ("gate_ppl", "perplexity", "max_relative_increase", 0.02)]
+        ("gate_kl", "kl", "max_absolute_increase", 0.05),
+        ("gate_ppl", "perplexity", "max_relative_decrease", 0.1),
+        ("gate_ppl", "perplexity", "max_relative_increase", 0.02),
+    ]
     assert (gate.every, gate.backoff, gate.max_retries) == (1, 0.5, 3)
     assert UtilityGate.from_config(None, tok) is None
 
 
 def test_default_tolerances_by_direction(setup):
     tok, retain, mc, _ = setup
-    gate = UtilityGate.from_config({"benchmarks": [{"name": "perplexity", "data": retain},
-                                                   {"name": "multiple_choice", "data": mc, "score": "acc_norm"}]}, tok)
+    gate = UtilityGate.from_config(
+        {
+            "benchmarks": [
+                {"name": "perplexity", "data": retain},
+                {"name": "multiple_choice", "data": mc, "score": "acc_norm"},
+            ]
+        },
+        tok,
+    )
     kinds = {(t.benchmark, t.score): (t.kind, t.value) for t in gate.tolerances}
-    assert kinds == {("perplexity", "perplexity"): ("max_relative_increase", 0.02),
-                     ("multiple_choice", "acc_norm"): ("max_absolute_drop", 0.01)}
+    assert kinds == {
+        ("perplexity", "perplexity"): ("max_relative_increase", 0.02),
+        ("multiple_choice", "acc_norm"): ("max_absolute_drop", 0.01),
+    }
 
 
-@pytest.mark.parametrize("entry, error, message", [
-    ({"name": "perplexity", "max_absolute_drop": 0.1}, GateError, "lower-is-better, so max_absolute_drop does not apply"),
-    ({"name": "multiple_choice", "max_relative_increase": 0.1}, GateError, "use max_absolute_drop or max_relative_drop"),
-    ({"name": "perplexity", "max_relative_increse": 0.1}, RecipeError, "Did you mean 'max_relative_increase'"),
-    ({"name": "perplexity", "max_relative_increase": 0.1, "max_absolute_increase": 1}, GateError, "one tolerance per side"),
-    ({"name": "memorization", "max_absolute_drop": 0.1}, GateError, "reported, not gated"),
-    ({"name": "perplexity", "max_relative_increase": -1}, GateError, "must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "entry, error, message",
+    [
+        (
+            {"name": "perplexity", "max_absolute_drop": 0.1},
+            GateError,
+            "lower-is-better, so max_absolute_drop does not apply",
+        ),
+        (
+            {"name": "multiple_choice", "max_relative_increase": 0.1},
+            GateError,
+            "use max_absolute_drop or max_relative_drop",
+        ),
+        ({"name": "perplexity", "max_relative_increse": 0.1}, RecipeError, "Did you mean 'max_relative_increase'"),
+        (
+            {"name": "perplexity", "max_relative_increase": 0.1, "max_absolute_increase": 1},
+            GateError,
+            "one tolerance per side",
+        ),
+        ({"name": "memorization", "max_absolute_drop": 0.1}, GateError, "reported, not gated"),
+        ({"name": "perplexity", "max_relative_increase": -1}, GateError, "must be a number >= 0"),
+    ],
+)
 def test_bad_gate_entries(setup, entry, error, message):
     tok, retain, mc, _ = setup
     entry = {**entry, "data": mc if entry["name"] == "multiple_choice" else retain}

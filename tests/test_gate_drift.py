@@ -58,8 +58,11 @@ def test_kl_to_original_matches_the_definition(texts, top_k):
     assert got == pytest.approx(expected, rel=1e-4)
     assert bench.run(original)["kl"] == pytest.approx(0.0, abs=1e-6)
     if top_k is not None:  # the coarsened KL is a lower bound of the exact one
-        exact = float(torch.cat([_hand_kl(_hand_log_probs(original, tok, t), _hand_log_probs(current, tok, t), None)
-                                 for t in rows]).mean())
+        exact = float(
+            torch.cat(
+                [_hand_kl(_hand_log_probs(original, tok, t), _hand_log_probs(current, tok, t), None) for t in rows]
+            ).mean()
+        )
         assert got <= exact + 1e-6
 
 
@@ -78,12 +81,24 @@ def test_two_sided_bounds():
 def test_an_entry_takes_one_bound_per_side(texts):
     tok, rows, _ = texts
     data = [{"text": t} for t in rows]
-    gate = UtilityGate.from_config({"benchmarks": [
-        {"name": "perplexity", "data": data, "max_relative_increase": 0.02, "max_relative_decrease": 0.1}]}, tok)
+    gate = UtilityGate.from_config(
+        {
+            "benchmarks": [
+                {"name": "perplexity", "data": data, "max_relative_increase": 0.02, "max_relative_decrease": 0.1}
+            ]
+        },
+        tok,
+    )
     assert sorted(t.kind for t in gate.tolerances) == ["max_relative_decrease", "max_relative_increase"]
     with pytest.raises(GateError, match="one tolerance per side"):
-        UtilityGate.from_config({"benchmarks": [
-            {"name": "perplexity", "data": data, "max_relative_decrease": 0.02, "max_absolute_decrease": 0.1}]}, tok)
+        UtilityGate.from_config(
+            {
+                "benchmarks": [
+                    {"name": "perplexity", "data": data, "max_relative_decrease": 0.02, "max_absolute_decrease": 0.1}
+                ]
+            },
+            tok,
+        )
     with pytest.raises(GateError, match="lower-is-better"):
         UtilityGate.from_config({"benchmarks": [{"name": "perplexity", "data": data, "max_absolute_rise": 0.1}]}, tok)
 
@@ -95,8 +110,14 @@ def test_default_gate_rejects_a_step_that_lowers_its_own_perplexity_but_moves_ot
     model = tiny_model("gpt2", tok, seed=4)
     train_on(model, tok, gate_rows + other, steps=60, lr=3e-3)
     gate = UtilityGate.from_config({"benchmarks": default_gate_entries([{"text": t} for t in gate_rows])}, tok)
-    one_sided = UtilityGate.from_config({"benchmarks": [
-        {"name": "perplexity", "data": [{"text": t} for t in gate_rows], "max_relative_increase": 0.02}]}, tok)
+    one_sided = UtilityGate.from_config(
+        {
+            "benchmarks": [
+                {"name": "perplexity", "data": [{"text": t} for t in gate_rows], "max_relative_increase": 0.02}
+            ]
+        },
+        tok,
+    )
     heldout = UtilitySuite.from_config([{"name": "perplexity", "data": [{"text": t} for t in other]}], tok)
     gate.measure_baseline(model)
     one_sided.measure_baseline(model)
@@ -123,11 +144,11 @@ def test_completion_only_perplexity_scores_only_the_completion(texts, tmp_path):
     for r in rows:
         head = tok(r["prompt"])["input_ids"]
         ids = tok(r["prompt"] + r["completion"])["input_ids"]
-        assert ids[:len(head)] == head
+        assert ids[: len(head)] == head
         with torch.no_grad():
             lp = model(input_ids=torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
         targets = torch.tensor(ids[1:])
         token_lp = lp.gather(-1, targets[:, None])[:, 0]
-        nll -= float(token_lp[len(head) - 1:].sum())
+        nll -= float(token_lp[len(head) - 1 :].sum())
         count += len(ids) - len(head)
     assert got == pytest.approx(nll / count, rel=1e-5)

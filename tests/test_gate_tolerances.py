@@ -72,9 +72,16 @@ CASES = [
     # limit 0.85; under max_relative_rise 0.05 (limit 0.84) 0.845 would be rejected
     ("max_absolute_rise", 0.05, "acc", 0.845, 0.855),
 ]
-HAND_LIMITS = {"max_relative_increase": 102.0, "max_absolute_increase": 100.5, "max_absolute_drop": 0.75,
-               "max_relative_drop": 0.6, "max_relative_decrease": 90.0, "max_absolute_decrease": 99.5,
-               "max_relative_rise": 0.88, "max_absolute_rise": 0.85}
+HAND_LIMITS = {
+    "max_relative_increase": 102.0,
+    "max_absolute_increase": 100.5,
+    "max_absolute_drop": 0.75,
+    "max_relative_drop": 0.6,
+    "max_relative_decrease": 90.0,
+    "max_absolute_decrease": 99.5,
+    "max_relative_rise": 0.88,
+    "max_absolute_rise": 0.85,
+}
 
 
 def test_the_cases_cover_every_kind_and_the_hand_limits_are_the_gates():
@@ -85,8 +92,9 @@ def test_the_cases_cover_every_kind_and_the_hand_limits_are_the_gates():
 
 @pytest.mark.parametrize("accepted", [True, False], ids=["inside", "outside"])
 @pytest.mark.parametrize(("kind", "value", "score", "inside", "outside"), CASES, ids=[c[0] for c in CASES])
-def test_each_tolerance_kind_accepts_inside_and_rejects_outside_its_limit(kind, value, score, inside, outside,
-                                                                          accepted):
+def test_each_tolerance_kind_accepts_inside_and_rejects_outside_its_limit(
+    kind, value, score, inside, outside, accepted
+):
     gate, model = gate_with(kind, value, score)
     model.scores[score] = inside if accepted else outside
     decision = gate.check(model, step=1, chunk=0)
@@ -139,5 +147,9 @@ def test_a_recipe_entry_of_each_kind_becomes_that_tolerance(kind):
         entry = {"name": "multiple_choice", "data": corpus.multiple_choice[:4]}
     gate = UtilityGate.from_config({"benchmarks": [{**entry, "label": "b", kind: 0.125}]}, tok)
     (tolerance,) = gate.tolerances
-    assert (tolerance.benchmark, tolerance.kind, tolerance.value, tolerance.direction) == \
-        ("b", kind, 0.125, TOLERANCE_KEYS[kind])
+    assert (tolerance.benchmark, tolerance.kind, tolerance.value, tolerance.direction) == (
+        "b",
+        kind,
+        0.125,
+        TOLERANCE_KEYS[kind],
+    )

@@ -1,6 +1,6 @@
 """Generation-based scores: EL_n and greedy suffix text against a plain per-probe reference implementation.
 
-    python -m pytest -q tests/test_generation.py
+python -m pytest -q tests/test_generation.py
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from obliviate.metrics.generation import ngram_overlap
 def reference_overlap(generated: list[int], true: list[int], n: int, overlap: str = "set") -> float | None:
     """Jang et al. (2022): each generated n-gram counts if it occurs anywhere in the truth (``set``);
     ``clipped``: only if an unused copy of it is left in the truth."""
-    gen = [tuple(generated[i:i + n]) for i in range(len(generated) - n + 1)]
-    pool = [tuple(true[i:i + n]) for i in range(len(true) - n + 1)]
+    gen = [tuple(generated[i : i + n]) for i in range(len(generated) - n + 1)]
+    pool = [tuple(true[i : i + n]) for i in range(len(true) - n + 1)]
     if not gen:
         return None
     hits = 0
@@ -28,14 +28,21 @@ def reference_overlap(generated: list[int], true: list[int], n: int, overlap: st
     return hits / len(gen)
 
 
-def reference_el(model, probe, n: int, stride: int, pad_id: int, from_suffix: bool = False,
-                 overlap: str = "set") -> float:
+def reference_el(
+    model, probe, n: int, stride: int, pad_id: int, from_suffix: bool = False, overlap: str = "set"
+) -> float:
     x = probe.input_ids
     values = []
     for t in range(len(probe.prefix_ids) if from_suffix else 1, len(x) - n + 1, stride):
         ids = torch.tensor([x[:t]])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(x) - t,
-                             eos_token_id=None, pad_token_id=pad_id)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=len(x) - t,
+            eos_token_id=None,
+            pad_token_id=pad_id,
+        )
         values.append(reference_overlap(out[0, t:].tolist(), x[t:], n, overlap))
     return sum(values) / len(values)
 
@@ -80,8 +87,9 @@ def test_extraction_likelihood_matches_per_probe_reference(memorized, n, stride,
     model, tok = memorized.model, memorized.tokenizer
     probes = _subset(memorized.probes)
     assert len(probes) >= 6
-    rows = extraction_likelihood(model, tok, probes, n=n, stride=stride, batch_size=7, from_suffix=from_suffix,
-                                 overlap=overlap)
+    rows = extraction_likelihood(
+        model, tok, probes, n=n, stride=stride, batch_size=7, from_suffix=from_suffix, overlap=overlap
+    )
     assert [r["id"] for r in rows] == probes.ids
     for probe, row in zip(probes, rows):
         expected = reference_el(model, probe, n, stride, tok.pad_token_id, from_suffix, overlap)
@@ -107,9 +115,15 @@ def test_greedy_suffix_matches_generate_and_exact_extraction(memorized):
     rows = score_probes(model, tok, probes)
     for probe, text, row in zip(probes, texts, rows):
         ids = torch.tensor([probe.prefix_ids])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=len(probe.suffix_ids), eos_token_id=None, pad_token_id=tok.pad_token_id)
-        assert text == tok.decode(out[0, ids.shape[1]:]), probe.id
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=len(probe.suffix_ids),
+            eos_token_id=None,
+            pad_token_id=tok.pad_token_id,
+        )
+        assert text == tok.decode(out[0, ids.shape[1] :]), probe.id
         assert (text == tok.decode(probe.suffix_ids)) == bool(row["exact_extraction"]), probe.id
 
 

@@ -49,9 +49,15 @@ def write_tiny_llama(path, seed: int = 0) -> None:
     w.add_tensor("token_embd.weight", tensor(VOCAB, DIM))  # no output.weight: the head is tied
     w.add_tensor("output_norm.weight", np.ones(DIM, np.float32))
     for i in range(LAYERS):
-        for name, shape in (("attn_q", (DIM, DIM)), ("attn_k", (DIM, DIM)), ("attn_v", (DIM, DIM)),
-                            ("attn_output", (DIM, DIM)), ("ffn_gate", (FF, DIM)), ("ffn_up", (FF, DIM)),
-                            ("ffn_down", (DIM, FF))):
+        for name, shape in (
+            ("attn_q", (DIM, DIM)),
+            ("attn_k", (DIM, DIM)),
+            ("attn_v", (DIM, DIM)),
+            ("attn_output", (DIM, DIM)),
+            ("ffn_gate", (FF, DIM)),
+            ("ffn_up", (FF, DIM)),
+            ("ffn_down", (DIM, FF)),
+        ):
             w.add_tensor(f"blk.{i}.{name}.weight", tensor(*shape))
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(DIM, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(DIM, np.float32))

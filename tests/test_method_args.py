@@ -23,13 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _uniform(vocab: int = 7) -> SuffixOutput:
-    return SuffixOutput(torch.zeros(1, 2, vocab), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+    return SuffixOutput(
+        torch.zeros(1, 2, vocab), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    )
 
 
-@pytest.mark.parametrize("method, flat, value", [
-    ("emso", "entropy_variant", "entropy"), ("graddiff", "retain_weight", 0.3), ("npo", "npo_beta", 0.5),
-    ("npo_rt", "npo_beta", 0.5), ("npo_rt", "retain_weight", 0.25), ("clipped_ga", "clip_probability", 0.2),
-])
+@pytest.mark.parametrize(
+    "method, flat, value",
+    [
+        ("emso", "entropy_variant", "entropy"),
+        ("graddiff", "retain_weight", 0.3),
+        ("npo", "npo_beta", 0.5),
+        ("npo_rt", "npo_beta", 0.5),
+        ("npo_rt", "retain_weight", 0.25),
+        ("clipped_ga", "clip_probability", 0.2),
+    ],
+)
 def test_a_flat_key_and_method_args_give_the_same_loss(method, flat, value):
     old = EraseConfig(method=method, **{flat: value})
     new = EraseConfig(method=method, method_args={flat: value})
@@ -46,8 +55,9 @@ def test_the_loss_reads_its_args():
         loss = get_loss(EraseConfig(method="npo", method_args={"npo_beta": beta}))
         assert loss.sequence_losses(_uniform(), ref).item() == pytest.approx(2 / beta * math.log(2))
     # emso: -H = -log V (entropy) vs CE(U, p) = log V (uniform_ce, the default).
-    assert get_loss(EraseConfig(method_args={"entropy_variant": "entropy"})).sequence_losses(_uniform()).item() \
-        == pytest.approx(-math.log(7))
+    assert get_loss(EraseConfig(method_args={"entropy_variant": "entropy"})).sequence_losses(
+        _uniform()
+    ).item() == pytest.approx(-math.log(7))
     assert get_loss(EraseConfig()).sequence_losses(_uniform()).item() == pytest.approx(math.log(7))
 
 
@@ -60,8 +70,10 @@ def test_defaults_are_filled_in_from_the_method_config_class():
 
 
 def test_selector_args_set_the_contrast():
-    for config in (EraseConfig(selector="contrastive_retain", retain_contrast=0.5),
-                   EraseConfig(selector="contrastive_retain", selector_args={"retain_contrast": 0.5})):
+    for config in (
+        EraseConfig(selector="contrastive_retain", retain_contrast=0.5),
+        EraseConfig(selector="contrastive_retain", selector_args={"retain_contrast": 0.5}),
+    ):
         selector = get_selector(config)
         assert selector.retain_contrast == 0.5 and selector.streams["direction"]["retain_nll"] == -0.5
     assert get_selector(EraseConfig(retain_contrast=0.5)).retain_contrast == 0.0  # contrastive: lambda 0
@@ -73,20 +85,25 @@ def test_a_flat_key_the_method_does_not_have_is_ignored_as_before():
     assert config.method_args == {} and config.entropy_variant == "entropy"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="npo", npo_beta=0.2, method_args={"npo_beta": 0.3}), "npo_beta is given twice"),
-    (dict(selector="contrastive_retain", retain_contrast=1, selector_args={"retain_contrast": 2}),
-     "retain_contrast is given twice"),
-    (dict(method="npo", method_args={"npo_bta": 0.3}), "Did you mean 'npo_beta'"),
-    (dict(method="ga", method_args={"npo_beta": 0.3}), "method ga has no settings of its own"),
-    (dict(method="npo", method_args={"npo_beta": 0}), "npo_beta must be > 0"),
-    (dict(method="npo", npo_beta=-1.0), "npo_beta must be > 0"),
-    (dict(method_args={"entropy_variant": "max"}), "entropy_variant must be one of entropy, uniform_ce"),
-    (dict(method="graddiff", retain_weight=-1.0), "retain_weight must be >= 0"),
-    (dict(method="clipped_ga", method_args={"clip_probability": 1.5}), r"clip_probability must be in \(0, 1\)"),
-    (dict(selector="contrastive_retain", selector_args={"retain_contrast": -1}), "retain_contrast must be >= 0"),
-    (dict(method_args=[1]), "method_args must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="npo", npo_beta=0.2, method_args={"npo_beta": 0.3}), "npo_beta is given twice"),
+        (
+            dict(selector="contrastive_retain", retain_contrast=1, selector_args={"retain_contrast": 2}),
+            "retain_contrast is given twice",
+        ),
+        (dict(method="npo", method_args={"npo_bta": 0.3}), "Did you mean 'npo_beta'"),
+        (dict(method="ga", method_args={"npo_beta": 0.3}), "method ga has no settings of its own"),
+        (dict(method="npo", method_args={"npo_beta": 0}), "npo_beta must be > 0"),
+        (dict(method="npo", npo_beta=-1.0), "npo_beta must be > 0"),
+        (dict(method_args={"entropy_variant": "max"}), "entropy_variant must be one of entropy, uniform_ce"),
+        (dict(method="graddiff", retain_weight=-1.0), "retain_weight must be >= 0"),
+        (dict(method="clipped_ga", method_args={"clip_probability": 1.5}), r"clip_probability must be in \(0, 1\)"),
+        (dict(selector="contrastive_retain", selector_args={"retain_contrast": -1}), "retain_contrast must be >= 0"),
+        (dict(method_args=[1]), "method_args must be a mapping"),
+    ],
+)
 def test_bad_method_args_are_clear_errors(kwargs, message):
     with pytest.raises(EraseConfigError, match=message):
         EraseConfig(**kwargs)
@@ -109,7 +126,7 @@ def test_every_registered_component_config_is_a_documented_dataclass():
 
 def test_the_docs_show_the_example_file_verbatim():
     doc = (ROOT / "docs" / "erasure.md").read_text()
-    section = doc[doc.index("## Adding a loss is one new file"):]
+    section = doc[doc.index("## Adding a loss is one new file") :]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert block == (ROOT / "docs" / "examples" / "capped_ga.py").read_text()
     assert len(block.strip().splitlines()) <= 25

@@ -1,6 +1,6 @@
 """Every per-sequence metric of DESIGN §3 against an independent computation on models that really memorized.
 
-    python -m pytest -q tests/test_metrics_definitions.py
+python -m pytest -q tests/test_metrics_definitions.py
 """
 
 from __future__ import annotations
@@ -14,17 +14,30 @@ from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWa
 
 from obliviate.metrics import SamplingConfig, score_probes, score_sequences
 
-FLOAT_METRICS = ("loss", "memorization_accuracy", "extraction_probability", "suffix_log_prob", "min_k",
-                 "min_k_plus_plus", "extraction_strength")
+FLOAT_METRICS = (
+    "loss",
+    "memorization_accuracy",
+    "extraction_probability",
+    "suffix_log_prob",
+    "min_k",
+    "min_k_plus_plus",
+    "extraction_strength",
+)
 INT_METRICS = ("exact_extraction", "prefix_match_length", "suffix_length")
 
 
 def greedy_tokens(model, prefix: list[int], n: int, pad_id: int) -> list[int]:
     """Plain unbatched greedy decoding: eos disabled so it always produces n tokens."""
     ids = torch.tensor([prefix])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                         eos_token_id=None, pad_token_id=pad_id)
-    return out[0, len(prefix):].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=n,
+        eos_token_id=None,
+        pad_token_id=pad_id,
+    )
+    return out[0, len(prefix) :].tolist()
 
 
 def suffix_logits_by_hand(model, probe) -> torch.Tensor:
@@ -32,7 +45,7 @@ def suffix_logits_by_hand(model, probe) -> torch.Tensor:
     ids = torch.tensor([probe.prefix_ids + probe.suffix_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
-    return logits[len(probe.prefix_ids) - 1:-1]
+    return logits[len(probe.prefix_ids) - 1 : -1]
 
 
 def test_fixture_has_both_outcomes(memorized):
@@ -63,10 +76,20 @@ def extraction_strength_by_hand(correct: list[bool]) -> float:
     return 1 - k / size
 
 
-@pytest.mark.parametrize("pattern,expected", [
-    ("1111", 1.0), ("0111", 0.75), ("1011", 0.5), ("0001", 0.25), ("1110", 0.0), ("0000", 0.0), ("1", 1.0),
-    ("0", 0.0), ("110111", 0.5),
-])
+@pytest.mark.parametrize(
+    "pattern,expected",
+    [
+        ("1111", 1.0),
+        ("0111", 0.75),
+        ("1011", 0.5),
+        ("0001", 0.25),
+        ("1110", 0.0),
+        ("0000", 0.0),
+        ("1", 1.0),
+        ("0", 0.0),
+        ("110111", 0.5),
+    ],
+)
 def test_extraction_strength_on_hand_made_argmax_patterns(pattern, expected):
     from obliviate.metrics.teacher_forced import sequence_metrics
 
@@ -82,8 +105,12 @@ def test_extraction_strength_on_hand_made_argmax_patterns(pattern, expected):
             correct[0, where] = torch.tensor([c == "1" for c in pattern])
             mask[0, where] = True
             zeros = torch.zeros((1, width))
-            stats = {"target_log_prob": zeros - 1, "correct": correct, "mean_log_prob": zeros - 1,
-                     "std_log_prob": zeros + 1}
+            stats = {
+                "target_log_prob": zeros - 1,
+                "correct": correct,
+                "mean_log_prob": zeros - 1,
+                "std_log_prob": zeros + 1,
+            }
             out = sequence_metrics(stats, mask, 0.2, SamplingConfig())
             assert out["extraction_strength"].item() == pytest.approx(expected), (side, pad_value)
 
@@ -122,8 +149,12 @@ def test_same_scores_alone_batched_left_or_right(memorized, sampling):
     prefixes, suffixes = [p.prefix_ids for p in probes], [p.suffix_ids for p in probes]
     pad = memorized.tokenizer.pad_token_id
     assert len({len(p) for p in probes}) > 3  # rows really get padded
-    runs = {side: score_sequences(model, prefixes, suffixes, pad, batch_size=len(probes), sampling=sampling,
-                                  padding_side=side) for side in ("left", "right")}
+    runs = {
+        side: score_sequences(
+            model, prefixes, suffixes, pad, batch_size=len(probes), sampling=sampling, padding_side=side
+        )
+        for side in ("left", "right")
+    }
     runs["mixed"] = score_sequences(model, prefixes, suffixes, pad, batch_size=5, sampling=sampling)
     alone = [score_sequences(model, [p], [s], pad, batch_size=1, sampling=sampling) for p, s in zip(prefixes, suffixes)]
     runs["alone"] = {name: torch.cat([a[name] for a in alone]) for name in alone[0]}
@@ -139,8 +170,7 @@ def test_same_scores_alone_batched_left_or_right(memorized, sampling):
 
 def test_likelihood_scores_match_hand_computation(memorized):
     model, tok, probes = memorized.model, memorized.tokenizer, memorized.probes
-    rows = score_probes(model, tok, probes, reference_model=memorized.base, min_k=0.2,
-                        sampling=SamplingConfig(n=50))
+    rows = score_probes(model, tok, probes, reference_model=memorized.base, min_k=0.2, sampling=SamplingConfig(n=50))
     for probe, row in zip(probes, rows):
         logits = suffix_logits_by_hand(model, probe)
         y = torch.tensor(probe.suffix_ids)
@@ -168,7 +198,9 @@ def test_min_k_counts_at_least_one_token(memorized_gpt2):
     model, probes = memorized_gpt2.model, memorized_gpt2.probes
     probe = probes[0]
     out = score_sequences(model, [probe.prefix_ids], [probe.suffix_ids[:3]], 1, min_k=0.2)
-    target = suffix_logits_by_hand(model, probe)[:3].log_softmax(-1).gather(-1, torch.tensor(probe.suffix_ids[:3])[:, None])
+    target = (
+        suffix_logits_by_hand(model, probe)[:3].log_softmax(-1).gather(-1, torch.tensor(probe.suffix_ids[:3])[:, None])
+    )
     # floor(0.2 * 3) = 0 tokens would be undefined: the single lowest token is used.
     assert out["min_k"].item() == pytest.approx(target.min().item(), abs=1e-5)
 
@@ -186,12 +218,15 @@ def _sampling_log_p_z(logits: torch.Tensor, y: torch.Tensor, sampling: SamplingC
     return scores.double().log_softmax(-1).gather(-1, y[:, None]).sum().item()
 
 
-@pytest.mark.parametrize("sampling", [
-    SamplingConfig(n=10, temperature=0.7),
-    SamplingConfig(n=10, temperature=1.3, top_k=3),
-    SamplingConfig(n=10, top_p=0.8),
-    SamplingConfig(n=100, temperature=0.6, top_k=8, top_p=0.75),
-])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(n=10, temperature=0.7),
+        SamplingConfig(n=10, temperature=1.3, top_k=3),
+        SamplingConfig(n=10, top_p=0.8),
+        SamplingConfig(n=100, temperature=0.6, top_k=8, top_p=0.75),
+    ],
+)
 def test_extraction_probability_with_sampling_matches_transformers_warpers(memorized, sampling):
     model, tok, probes = memorized.model, memorized.tokenizer, memorized.probes
     rows = score_probes(model, tok, probes, sampling=sampling)
@@ -231,10 +266,18 @@ def test_extraction_probability_matches_monte_carlo_sampling(memorized_gpt2):
     assert 0.2 < row["extraction_probability"] < 0.8
     ids = torch.tensor([probe.prefix_ids]).repeat(400, 1)
     torch.manual_seed(1)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.5, top_k=10,
-                         top_p=0.95, max_new_tokens=len(probe.suffix_ids), eos_token_id=None,
-                         pad_token_id=tok.pad_token_id)
-    hits = (out[:, ids.shape[1]:] == torch.tensor(probe.suffix_ids)).all(-1).float().mean().item()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        temperature=1.5,
+        top_k=10,
+        top_p=0.95,
+        max_new_tokens=len(probe.suffix_ids),
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+    )
+    hits = (out[:, ids.shape[1] :] == torch.tensor(probe.suffix_ids)).all(-1).float().mean().item()
     # 400 Bernoulli draws: standard error <= 0.025.
     assert hits == pytest.approx(row["extraction_probability"], abs=0.1)
 

@@ -1,6 +1,6 @@
 """GradNorm and ReCaLL membership scores against torch.autograd and hand computations.
 
-    python -m pytest -q tests/test_mia.py
+python -m pytest -q tests/test_mia.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from obliviate.metrics.sets import summarize_scores
 
 
 def suffix_nll_by_hand(model, prefix: list[int], suffix: list[int]) -> torch.Tensor:
-    logits = model(input_ids=torch.tensor([prefix + suffix])).logits[0, len(prefix) - 1:-1]
+    logits = model(input_ids=torch.tensor([prefix + suffix])).logits[0, len(prefix) - 1 : -1]
     return -logits.log_softmax(-1).gather(-1, torch.tensor(suffix)[:, None]).mean()
 
 
@@ -35,7 +35,8 @@ def test_gradnorm_equals_autograd_on_one_sequence(memorized):
     assert gradnorm_scores(model, *one).item() == pytest.approx(global_l2, rel=1e-4)
     assert gradnorm_scores(model, *one, p=1).item() == pytest.approx(global_l1, rel=1e-4)
     assert gradnorm_scores(model, *one, p=math.inf, aggregate="tensor_mean").item() == pytest.approx(
-        tensor_mean_inf, rel=1e-4)
+        tensor_mean_inf, rel=1e-4
+    )
     assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad
 
 

@@ -1,6 +1,6 @@
 """Probe loading: every row shape, every source, and clear errors for bad input.
 
-    python -m pytest -q tests/test_probes.py
+python -m pytest -q tests/test_probes.py
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def encode(tok, text, special=True):
 
 
 def test_prefix_suffix_rows_tokenize_each_part_separately(tok):
-    probe = load_probes([{"id": "a", "role": "member", "prefix": "Fact. The fla", "suffix": "g of Riverton is"}], tok)[0]
+    probe = load_probes([{"id": "a", "role": "member", "prefix": "Fact. The fla", "suffix": "g of Riverton is"}], tok)[
+        0
+    ]
     assert probe.prefix_ids == encode(tok, "Fact. The fla")
     assert probe.suffix_ids == encode(tok, "g of Riverton is", special=False)
     # Joint tokenization merges across the boundary (" flag"); separate tokenization keeps the suffix exact.
@@ -35,8 +37,14 @@ def test_prefix_suffix_rows_tokenize_each_part_separately(tok):
 
 
 def test_prompt_completion_rows_keep_extra_fields_as_meta(tok):
-    row = {"id": "c", "role": "canary", "prompt": "PIN of X is", "completion": " 1 2 3", "repetitions": 8,
-           "secret_format": "digits:3"}
+    row = {
+        "id": "c",
+        "role": "canary",
+        "prompt": "PIN of X is",
+        "completion": " 1 2 3",
+        "repetitions": 8,
+        "secret_format": "digits:3",
+    }
     probe = load_probes([row], tok)[0]
     assert probe.prefix_ids == encode(tok, "PIN of X is")
     assert probe.suffix_ids == encode(tok, " 1 2 3", special=False)
@@ -64,8 +72,10 @@ def test_rows_with_ids_are_used_as_given_without_tokenizer():
 def test_sources_jsonl_dataset_and_role_filter(tok, tmp_path):
     from datasets import Dataset
 
-    rows = [{"id": f"p{i}", "role": role, "prompt": f"Question {i}?", "completion": f" answer {i}"}
-            for i, role in enumerate(["member", "canary", "control", "member"])]
+    rows = [
+        {"id": f"p{i}", "role": role, "prompt": f"Question {i}?", "completion": f" answer {i}"}
+        for i, role in enumerate(["member", "canary", "control", "member"])
+    ]
     path = tmp_path / "probes.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     from_file = load_probes(path, tok)
@@ -80,15 +90,24 @@ def test_sources_jsonl_dataset_and_role_filter(tok, tmp_path):
     assert "p2" in from_list and from_list["p2"].role == "control"
 
 
-@pytest.mark.parametrize("rows,match", [
-    ([{"id": "a", "role": "member", "prefix": "x", "suffix": ""}], "'a' has an empty suffix"),
-    ([{"id": "a", "role": "member", "prefix": "", "suffix": " y"}], "'a' has an empty prefix"),
-    ([{"id": "a", "role": "secret", "prefix": "x", "suffix": " y"}], "unknown role 'secret'.*member, canary, control"),
-    ([{"id": "a", "prefix": "x", "suffix": " y"}, {"id": "a", "prefix": "z", "suffix": " w"}], "duplicate probe id 'a'"),
-    ([{"prefix": "x", "suffix": " y"}], "no 'id' field"),
-    ([{"id": "a", "prompt": "x"}], "'a'.*no suffix/completion"),
-    ([{"id": "a", "question": "x"}], "'a'.*needs prefix/suffix, prompt/completion, text"),
-])
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        ([{"id": "a", "role": "member", "prefix": "x", "suffix": ""}], "'a' has an empty suffix"),
+        ([{"id": "a", "role": "member", "prefix": "", "suffix": " y"}], "'a' has an empty prefix"),
+        (
+            [{"id": "a", "role": "secret", "prefix": "x", "suffix": " y"}],
+            "unknown role 'secret'.*member, canary, control",
+        ),
+        (
+            [{"id": "a", "prefix": "x", "suffix": " y"}, {"id": "a", "prefix": "z", "suffix": " w"}],
+            "duplicate probe id 'a'",
+        ),
+        ([{"prefix": "x", "suffix": " y"}], "no 'id' field"),
+        ([{"id": "a", "prompt": "x"}], "'a'.*no suffix/completion"),
+        ([{"id": "a", "question": "x"}], "'a'.*needs prefix/suffix, prompt/completion, text"),
+    ],
+)
 def test_bad_rows_give_clear_errors(tok, rows, match):
     with pytest.raises(ProbeError, match=match):
         load_probes(rows, tok)
@@ -104,8 +123,12 @@ def test_bad_files_name_file_and_line(tok, tmp_path):
 
 
 def test_too_long_probes_name_the_id_or_are_truncated(tok):
-    probes = load_probes([{"id": "short", "prefix_ids": [1, 2], "suffix_ids": [3]},
-                          {"id": "long-one", "prefix_ids": list(range(10)), "suffix_ids": [3, 4]}])
+    probes = load_probes(
+        [
+            {"id": "short", "prefix_ids": [1, 2], "suffix_ids": [3]},
+            {"id": "long-one", "prefix_ids": list(range(10)), "suffix_ids": [3, 4]},
+        ]
+    )
     with pytest.raises(ProbeError, match="'long-one' is 12 tokens.*context of 8"):
         probes.check_fits(8)
     fitted = probes.check_fits(8, truncate=True)

@@ -18,21 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {
     "make demo": "creates .venv (installs packages); the demo it runs is tests/test_demo.py's subject",
     "make test": "runs this test suite",
-    "accelerate launch --config_file recipes/accelerate/ddp-cpu.yaml":
-        "2 processes: tests/test_cli_track.py::test_readme_multi_process_command runs it (slow tier)",
+    "accelerate launch --config_file recipes/accelerate/ddp-cpu.yaml": "2 processes: tests/test_cli_track.py::test_readme_multi_process_command runs it (slow tier)",
     "accelerate launch --config_file recipes/accelerate/ddp-gpu.yaml": "needs GPUs",
     "torchrun": "2 processes: the launcher of the accelerate line above, which the slow test runs",
 }
 QUICK = re.compile(r"\(quick: (.+?)\)\s*$")
 PRODUCES = {  # what the README says each command writes
     "obliviate toy": ["runs/toy/base/config.json", "runs/toy/train.jsonl", "runs/toy/probes.jsonl"],
-    "obliviate track": ["runs/track/model/config.json", "runs/track/memorization/flagged.jsonl",
-                        "runs/track/track.json"],
+    "obliviate track": [
+        "runs/track/model/config.json",
+        "runs/track/memorization/flagged.jsonl",
+        "runs/track/track.json",
+    ],
     "obliviate erase": ["runs/erased/model.safetensors", "runs/erased/erasure_report.json"],
     "obliviate report": ["runs/erased/report.md", "runs/erased/report.html"],
     "obliviate bench": ["runs/utility-erased/utility.json"],
-    "python": ["runs/my-sft/memorization/history.jsonl", "runs/my-sft/model/config.json",
-               "runs/my-sft/model/tokenizer.json"],
+    "python": [
+        "runs/my-sft/memorization/history.jsonl",
+        "runs/my-sft/model/config.json",
+        "runs/my-sft/model/tokenizer.json",
+    ],
 }
 
 
@@ -72,9 +77,16 @@ def test_readme_blocks_run_in_order(tmp_path):
     work = tmp_path / "repo"
     work.mkdir()
     (work / "recipes").symlink_to(ROOT / "recipes")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "WANDB_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_DISABLED": "true",
+    }
     ran, skipped = [], []
 
     def run(argv: list[str], what: str) -> None:
@@ -100,8 +112,14 @@ def test_readme_blocks_run_in_order(tmp_path):
             assert argv[0] == "obliviate", f"a README line the test does not know how to run: {line}"
             run([sys.executable, "-m", "obliviate.cli", *argv[1:]], line)
 
-    assert ran == ["obliviate toy", "obliviate track", "python", "obliviate erase", "obliviate report",
-                   "obliviate bench"]
+    assert ran == [
+        "obliviate toy",
+        "obliviate track",
+        "python",
+        "obliviate erase",
+        "obliviate report",
+        "obliviate bench",
+    ]
     # Each skip names exactly one README line: the list cannot silently grow to cover new lines.
     assert sorted(next(p for p in SKIPPED if line.startswith(p)) for line in skipped) == sorted(SKIPPED)
     report = json.loads((work / "runs/erased/erasure_report.json").read_text())

@@ -43,9 +43,14 @@ def greedy_extracted(model, probes) -> dict[str, bool]:
     out = {}
     for p in probes:
         ids = torch.tensor([p.prefix_ids])
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(p.suffix_ids),
-                                   min_new_tokens=len(p.suffix_ids), do_sample=False)
-        out[p.id] = generated[0, len(p.prefix_ids):].tolist() == list(p.suffix_ids)
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=len(p.suffix_ids),
+            min_new_tokens=len(p.suffix_ids),
+            do_sample=False,
+        )
+        out[p.id] = generated[0, len(p.prefix_ids) :].tolist() == list(p.suffix_ids)
     return out
 
 
@@ -88,8 +93,22 @@ def test_full_finetune_loop(run_dir, model_dir):
 
         # `obliviate score` on the fine-tuned model agrees with greedy generate() on every probe.
         trained = out / "model"
-        assert cli(["score", "--model", str(trained), "--probes", "runs/real/data/probes.jsonl",
-                    "--out", "runs/real/scores-full", "--batch-size", "16"]) == 0
+        assert (
+            cli(
+                [
+                    "score",
+                    "--model",
+                    str(trained),
+                    "--probes",
+                    "runs/real/data/probes.jsonl",
+                    "--out",
+                    "runs/real/scores-full",
+                    "--batch-size",
+                    "16",
+                ]
+            )
+            == 0
+        )
         scores = scores_by_id(Path("runs/real/scores-full/scores.jsonl"))
         model, tokenizer = load_model_and_tokenizer(trained, device="cpu")
         probes = load_probes("runs/real/data/probes.jsonl", tokenizer)
@@ -102,8 +121,10 @@ def test_full_finetune_loop(run_dir, model_dir):
 
         # Erase under the gate: the input is untouched, the flagged secrets no longer come back greedily.
         before = sha256(trained)
-        assert cli(["erase", "--config", str(RECIPES / "erase.yaml"), "--out", "runs/real/erase-full",
-                    "--no-progress"]) == 0
+        assert (
+            cli(["erase", "--config", str(RECIPES / "erase.yaml"), "--out", "runs/real/erase-full", "--no-progress"])
+            == 0
+        )
         assert sha256(trained) == before
         report = json.loads(Path("runs/real/erase-full/erasure_report.json").read_text())
         assert (Path("runs/real/erase-full") / "model.safetensors").is_file()
@@ -114,7 +135,8 @@ def test_full_finetune_loop(run_dir, model_dir):
         # here is issue 10's open target; the figures are printed below.)
         secrets = [i for i in after if i in flagged_ids]
         assert report["summary"]["extraction_rate_after"] == pytest.approx(
-            sum(after[i] for i in secrets) / len(secrets))
+            sum(after[i] for i in secrets) / len(secrets)
+        )
         assert not any(after[i] for i in after if i not in flagged_ids)  # no control comes back
         if any(after[i] for i in secrets):  # a secret still comes back: the verdict must not say "erased"
             assert report["summary"]["not_erased"] is not None
@@ -129,8 +151,12 @@ def test_full_finetune_loop(run_dir, model_dir):
         # secret below the controls' MA and extraction probability (`forgotten`), held-out perplexity <= +5%,
         # controls keeping >= 75% of their MA. The erasure defaults are being re-tuned against them.
     # What was measured, for `pytest -s` and the CI log.
-    print(json.dumps({"summary": report["summary"], "utility": util, "controls": controls,
-                      "timings": report["timings"]}, default=str))
+    print(
+        json.dumps(
+            {"summary": report["summary"], "utility": util, "controls": controls, "timings": report["timings"]},
+            default=str,
+        )
+    )
 
 
 def test_lora_loop(run_dir, model_dir):
@@ -140,8 +166,22 @@ def test_lora_loop(run_dir, model_dir):
     with contextlib.chdir(run_dir):
         out = run_track(RECIPES / "track-lora.yaml", {"model": str(model_dir)})
         assert (out / "model" / "adapter_config.json").is_file()
-        assert cli(["score", "--model", str(out / "model"), "--probes", "runs/real/data/probes.jsonl",
-                    "--out", "runs/real/scores-lora", "--batch-size", "16"]) == 0
+        assert (
+            cli(
+                [
+                    "score",
+                    "--model",
+                    str(out / "model"),
+                    "--probes",
+                    "runs/real/data/probes.jsonl",
+                    "--out",
+                    "runs/real/scores-lora",
+                    "--batch-size",
+                    "16",
+                ]
+            )
+            == 0
+        )
         scores = scores_by_id(Path("runs/real/scores-lora/scores.jsonl"))
         model, tokenizer = load_model_and_tokenizer(out / "model", device="cpu")
         probes = load_probes("runs/real/data/probes.jsonl", tokenizer)

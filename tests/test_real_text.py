@@ -64,16 +64,22 @@ def test_chunks_are_bounded_whole_sentences_of_one_paragraph(docs):
     for row in rows:
         assert 4 <= count(row["text"]) <= 24, row
         # Inside one paragraph of its own document (a chunk never crosses paragraphs or documents).
-        assert any(row["text"] in p.replace("  ", " ") or row["text"] in " ".join(p.split())
-                   for p in by_id[row["doc"]].paragraphs), row
+        assert any(
+            row["text"] in p.replace("  ", " ") or row["text"] in " ".join(p.split())
+            for p in by_id[row["doc"]].paragraphs
+        ), row
     assert chunk_documents(docs, 24, count, 4) == rows  # deterministic
 
 
 def test_long_sentence_is_cut_at_the_last_fitting_word():
     doc = Document("x/1", ("one two three four five six seven eight nine ten. Short one here now.",))
     rows = chunk_documents([doc], max_tokens=4, min_tokens=1)
-    assert [r["text"] for r in rows] == ["one two three four", "five six seven eight", "nine ten.",
-                                         "Short one here now."]
+    assert [r["text"] for r in rows] == [
+        "one two three four",
+        "five six seven eight",
+        "nine ten.",
+        "Short one here now.",
+    ]
     with pytest.raises(RealTextError, match="max_tokens"):
         chunk_documents([doc], max_tokens=2, min_tokens=3)
 
@@ -101,8 +107,13 @@ def test_next_sentence_answer_follows_its_context(docs):
         answer = q["choices"][q["label"]].strip()
         labels.add(q["label"])
         # Recomputed from the document: the sentence after the context in the same paragraph.
-        followers = [sents[i + 2] for p in by_id[q["doc"]].paragraphs if (sents := sentences(p))
-                     for i in range(len(sents) - 2) if " ".join(sents[i:i + 2]) == q["context"]]
+        followers = [
+            sents[i + 2]
+            for p in by_id[q["doc"]].paragraphs
+            if (sents := sentences(p))
+            for i in range(len(sents) - 2)
+            if " ".join(sents[i : i + 2]) == q["context"]
+        ]
         assert answer in followers
         for k, choice in enumerate(q["choices"]):
             if k != q["label"]:
@@ -133,8 +144,16 @@ def test_secret_records_are_unique_and_controls_never_trained():
 
 
 def test_write_real_data(tmp_path):
-    config = RealDataConfig(secrets=4, controls=3, repeats=3, chunk_tokens=20, retain_rows=10, heldout_rows=12,
-                            questions=15, train_text=True)
+    config = RealDataConfig(
+        secrets=4,
+        controls=3,
+        repeats=3,
+        chunk_tokens=20,
+        retain_rows=10,
+        heldout_rows=12,
+        questions=15,
+        train_text=True,
+    )
     paths = write_real_data(tmp_path, WordTokenizer(), config)
 
     def read(name):

@@ -77,11 +77,14 @@ def test_registration_needs_a_name_and_custom_errors_subclass_unknown_name():
         Registry("widget", error=KeyError)
 
 
-@pytest.mark.parametrize(("registry", "kind", "builtins"), [
-    (LOSSES, "loss", {"emso", "ga", "graddiff", "npo"}),
-    (SELECTORS, "selector", {"contrastive", "magnitude", "random", "all"}),
-    (BENCHMARKS, "benchmark", {"perplexity", "multiple_choice", "evaluate_metric", "lm_eval", "memorization"}),
-])
+@pytest.mark.parametrize(
+    ("registry", "kind", "builtins"),
+    [
+        (LOSSES, "loss", {"emso", "ga", "graddiff", "npo"}),
+        (SELECTORS, "selector", {"contrastive", "magnitude", "random", "all"}),
+        (BENCHMARKS, "benchmark", {"perplexity", "multiple_choice", "evaluate_metric", "lm_eval", "memorization"}),
+    ],
+)
 def test_losses_selectors_and_benchmarks_share_the_registry(registry, kind, builtins):
     assert isinstance(registry, Registry) and registry.kind == kind
     assert builtins <= set(registry.names())

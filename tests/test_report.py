@@ -1,6 +1,6 @@
 """Reports from synthetic run directories: sections, embedded plots, missing inputs, bad paths.
 
-    python -m pytest -q tests/test_report.py
+python -m pytest -q tests/test_report.py
 """
 
 from __future__ import annotations
@@ -27,10 +27,17 @@ def _probes() -> list[dict]:
 
 def _metrics(ma: float, i: int) -> dict:
     exact = int(ma >= 0.95)
-    return {"loss": 3.0 * (1 - ma) + 0.01 * i, "memorization_accuracy": ma, "exact_extraction": exact,
-            "prefix_match_length": int(round(12 * ma)) if not exact else 12,
-            "extraction_probability": min(1.0, ma**6), "min_k": -5 * (1 - ma) - 0.01 * i,
-            "min_k_plus_plus": 2 * ma - 1, "zlib_ratio": -(1 - ma) / 20, "suffix_length": 12}
+    return {
+        "loss": 3.0 * (1 - ma) + 0.01 * i,
+        "memorization_accuracy": ma,
+        "exact_extraction": exact,
+        "prefix_match_length": int(round(12 * ma)) if not exact else 12,
+        "extraction_probability": min(1.0, ma**6),
+        "min_k": -5 * (1 - ma) - 0.01 * i,
+        "min_k_plus_plus": 2 * ma - 1,
+        "zlib_ratio": -(1 - ma) / 20,
+        "suffix_length": 12,
+    }
 
 
 def _ma(probe: dict, step: int, i: int) -> float:
@@ -45,14 +52,21 @@ def make_run_dir(root, erasure: dict | None = None, history: bool = True):
     mem = root / "track" / "memorization"
     mem.mkdir(parents=True)
     (root / "toy").mkdir()
-    (root / "toy" / "probes.jsonl").write_text("".join(json.dumps({**p, "prompt": "p", "completion": " c"}) + "\n"
-                                                       for p in probes))
+    (root / "toy" / "probes.jsonl").write_text(
+        "".join(json.dumps({**p, "prompt": "p", "completion": " c"}) + "\n" for p in probes)
+    )
     last = []
     if history:
         with open(mem / "history.jsonl", "w") as f:
             for step in STEPS:
                 for i, p in enumerate(probes):
-                    row = {"step": step, "epoch": step / 20, "id": p["id"], "role": p["role"], **_metrics(_ma(p, step, i), i)}
+                    row = {
+                        "step": step,
+                        "epoch": step / 20,
+                        "id": p["id"],
+                        "role": p["role"],
+                        **_metrics(_ma(p, step, i), i),
+                    }
                     f.write(json.dumps(row) + "\n")
                     if step == STEPS[-1]:
                         last.append(row)
@@ -60,10 +74,23 @@ def make_run_dir(root, erasure: dict | None = None, history: bool = True):
     flagged = [p for p in probes if p["role"] == "canary" and p["repetitions"] >= 4]
     with open(mem / "flagged.jsonl", "w") as f:
         for i, p in enumerate(flagged):
-            f.write(json.dumps({"id": p["id"], "role": "canary", "prefix": "p", "suffix": " c", "prefix_ids": [1],
-                                "suffix_ids": [2], "step": 20 if p["repetitions"] == 8 else 30,
-                                "reason": "exact_extraction", "metrics": _metrics(1.0, i),
-                                "meta": {"repetitions": p["repetitions"]}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": p["id"],
+                        "role": "canary",
+                        "prefix": "p",
+                        "suffix": " c",
+                        "prefix_ids": [1],
+                        "suffix_ids": [2],
+                        "step": 20 if p["repetitions"] == 8 else 30,
+                        "reason": "exact_extraction",
+                        "metrics": _metrics(1.0, i),
+                        "meta": {"repetitions": p["repetitions"]},
+                    }
+                )
+                + "\n"
+            )
     with open(root / "scores.jsonl", "w") as f:
         for i, p in enumerate(probes):
             f.write(json.dumps({"id": p["id"], "role": p["role"], **_metrics(_ma(p, STEPS[-1], i), i)}) + "\n")
@@ -85,16 +112,30 @@ def erasure_report(memorized_gpt2) -> dict:
     from tests.helpers import corpus_tokenizer
 
     mem, corpus = memorized_gpt2, corpus_tokenizer()[0]
-    gate = UtilityGate.from_config({"every": 1, "backoff": 0.01, "max_retries": 3, "benchmarks": [
-        {"name": "perplexity", "data": [{"text": r["text"]} for r in corpus.retain[:16]], "label": "retain",
-         "max_relative_increase": 0.3},
-        {"name": "multiple_choice", "data": corpus.multiple_choice, "label": "mc", "max_absolute_drop": 0.5}]},
-        mem.tokenizer)
-    config = EraseConfig(method="ga", selector="all", learning_rate=1.0, max_steps=4, chunk_size=2, gate=None,
-                         min_group_controls=8)
+    gate = UtilityGate.from_config(
+        {
+            "every": 1,
+            "backoff": 0.01,
+            "max_retries": 3,
+            "benchmarks": [
+                {
+                    "name": "perplexity",
+                    "data": [{"text": r["text"]} for r in corpus.retain[:16]],
+                    "label": "retain",
+                    "max_relative_increase": 0.3,
+                },
+                {"name": "multiple_choice", "data": corpus.multiple_choice, "label": "mc", "max_absolute_drop": 0.5},
+            ],
+        },
+        mem.tokenizer,
+    )
+    config = EraseConfig(
+        method="ga", selector="all", learning_rate=1.0, max_steps=4, chunk_size=2, gate=None, min_group_controls=8
+    )
     ids = [p["id"] for p in _probes() if p["role"] == "canary" and p["repetitions"] >= 4]
-    eraser = Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(ids), config, gate=gate,
-                    controls=mem.probes.by_role("control"))
+    eraser = Eraser(
+        mem.fresh(), mem.tokenizer, mem.probes.subset(ids), config, gate=gate, controls=mem.probes.by_role("control")
+    )
     eraser.erase()
     report = build_report(eraser.log)
     decisions = [d["decision"] for d in report["gate_decisions"]]
@@ -113,9 +154,16 @@ def test_full_report_has_every_section_and_embedded_plots(tmp_path, erasure_repo
     html_path = write_report(run)
     assert html_path == run / "report.html"
     md, html = (run / "report.md").read_text(), html_path.read_text()
-    for title in ("Memorization during training", "Flagged sequences", "The tail of memorization",
-                  "Membership inference", "Erasure trajectory", "Per-sequence before and after",
-                  "Utility before and after", "Timings"):
+    for title in (
+        "Memorization during training",
+        "Flagged sequences",
+        "The tail of memorization",
+        "Membership inference",
+        "Erasure trajectory",
+        "Per-sequence before and after",
+        "Utility before and after",
+        "Timings",
+    ):
         assert f"## {title}" in md and f"<h2>{title}</h2>" in html
     names = {"memorization.png", "tail.png", "roc.png", "erasure_trajectory.png", "before_after.png"}
     assert {p.name for p in (run / "plots").iterdir()} == names
@@ -139,8 +187,9 @@ def test_full_report_has_every_section_and_embedded_plots(tmp_path, erasure_repo
     assert re.search(rf"\| mc/acc +\|[^\n]*\| {re.escape(f'{acc:+.2f} points')} +\|", md)
     # each sequence's row says whether it was forgotten (a NO among them: the not-forgotten one is visible)
     for seq in erasure_report["sequences"]:
-        assert re.search(rf"\| {seq['id']} +\| canary +\|[^\n]*\| {'yes' if seq['forgotten'] else 'NO'} +\|", md), \
-            seq["id"]
+        assert re.search(rf"\| {seq['id']} +\| canary +\|[^\n]*\| {'yes' if seq['forgotten'] else 'NO'} +\|", md), seq[
+            "id"
+        ]
 
 
 def test_probe_meta_joins_from_probes_file_or_flagged_meta(tmp_path):

@@ -1,6 +1,6 @@
 """Streaming selection: the histogram threshold takes exactly what a stable best-first sort takes.
 
-    python -m pytest -q tests/test_selectors.py
+python -m pytest -q tests/test_selectors.py
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from obliviate.erasure.selection import accumulate_streams, order_keys_
 from obliviate.erasure.selectors import get_selector, select_top
 
 
-def reference_select(scores: dict[str, torch.Tensor], params: dict[str, torch.Tensor], fraction: float,
-                     granularity: str) -> dict[str, list[int]]:
+def reference_select(
+    scores: dict[str, torch.Tensor], params: dict[str, torch.Tensor], fraction: float, granularity: str
+) -> dict[str, list[int]]:
     """The definition, by hand: units (element / row / tensor) in candidate order, stable-sorted by score
     descending (NaN last, -0 == +0), taken best-first until they hold ceil(fraction * elements) elements."""
     units = []  # (score, order, name, element indices)
@@ -28,8 +29,10 @@ def reference_select(scores: dict[str, torch.Tensor], params: dict[str, torch.Te
             groups = [(float(s.sum()), list(range(p.numel())))]
         elif granularity == "row" and p.dim() > 1:
             width = p[0].numel()
-            groups = [(float(s.reshape(p.shape[0], -1)[r].sum()), list(range(r * width, (r + 1) * width)))
-                      for r in range(p.shape[0])]
+            groups = [
+                (float(s.reshape(p.shape[0], -1)[r].sum()), list(range(r * width, (r + 1) * width)))
+                for r in range(p.shape[0])
+            ]
         else:
             groups = [(float(v), [i]) for i, v in enumerate(s.reshape(-1).tolist())]
         units += [(-math.inf if math.isnan(v) else v, len(units) + k, name, idx) for k, (v, idx) in enumerate(groups)]
@@ -67,8 +70,16 @@ PARAMS = {"emb": torch.zeros(13, 5), "w": torch.zeros(7, 3, 2), "bias": torch.ze
 @pytest.mark.parametrize("seed", [0, 1])
 def test_streaming_top_equals_the_stable_sort_definition(granularity, fraction, seed):
     scores = tie_heavy_scores(PARAMS, seed)
-    units = {n: (s.reshape(PARAMS[n].shape[0], -1).sum(-1) if granularity == "row" and s.dim() > 1
-                 else s.sum().reshape(1) if granularity == "tensor" else s.reshape(-1)) for n, s in scores.items()}
+    units = {
+        n: (
+            s.reshape(PARAMS[n].shape[0], -1).sum(-1)
+            if granularity == "row" and s.dim() > 1
+            else s.sum().reshape(1)
+            if granularity == "tensor"
+            else s.reshape(-1)
+        )
+        for n, s in scores.items()
+    }
     selection = select_top(units, PARAMS, fraction, granularity)
     assert as_lists(selection, PARAMS) == reference_select(scores, PARAMS, fraction, granularity)
     assert selection.candidates == sum(p.numel() for p in PARAMS.values())

@@ -1,6 +1,6 @@
 """Set-level statistics (ROC AUC, TPR at low FPR, tail statistics, summaries) against hand-worked cases.
 
-    python -m pytest -q tests/test_sets.py
+python -m pytest -q tests/test_sets.py
 """
 
 from __future__ import annotations
@@ -136,9 +136,18 @@ def test_tail_statistics_even_and_spread_cases():
 
 
 def _row(pid, role, exact, ma, loss, min_k, pml, ep):
-    return {"id": pid, "role": role, "exact_extraction": exact, "memorization_accuracy": ma, "loss": loss,
-            "min_k": min_k, "min_k_plus_plus": min_k, "zlib_ratio": -loss, "prefix_match_length": pml,
-            "extraction_probability": ep}
+    return {
+        "id": pid,
+        "role": role,
+        "exact_extraction": exact,
+        "memorization_accuracy": ma,
+        "loss": loss,
+        "min_k": min_k,
+        "min_k_plus_plus": min_k,
+        "zlib_ratio": -loss,
+        "prefix_match_length": pml,
+        "extraction_probability": ep,
+    }
 
 
 def test_summarize_scores_hand_case():

@@ -61,7 +61,7 @@ def test_skew_tails_equal_a_hand_computation_on_the_history(skew):
         assert mine["p99"] == pytest.approx(np.percentile(x, 99))
         assert mine["gini"] == pytest.approx(_gini_by_pairs(x), rel=1e-9)
         z = (x - x.mean()) / x.std()
-        assert mine["skewness"] == pytest.approx((z ** 3).mean())
+        assert mine["skewness"] == pytest.approx((z**3).mean())
         top = math.ceil(0.01 * len(x))
         assert mine["top1pct_share"] == pytest.approx(np.sort(x)[::-1][:top].sum() / x.sum())
     assert reported["extraction_rate"] == np.mean([r["exact_extraction"] for r in rows])
@@ -107,7 +107,7 @@ def test_density_injected_copies_raise_the_density_of_their_original(density):
     d = json.loads((out / "toy" / "base" / "config.json").read_text())["n_embd"]
     h = results["per_seed"][0]["bandwidth"]
     for r in copies:
-        bound = math.log(r["injections"] / n_rows) - 0.5 * d * math.log(2 * math.pi * h ** 2)
+        bound = math.log(r["injections"] / n_rows) - 0.5 * d * math.log(2 * math.pi * h**2)
         assert r["log_density"] >= bound - 1e-6, r
 
 
@@ -163,8 +163,12 @@ def test_matched_utility_takes_the_last_epoch_within_the_perplexity():
     from obliviate.studies.finetune_method import matched_row
 
     def seed(ppls, recalls):
-        return {"curve": [{"epoch": float(i), "val_ppl": p, "recall/reference_ratio": r, "auc/reference_ratio": r}
-                          for i, (p, r) in enumerate(zip(ppls, recalls))]}
+        return {
+            "curve": [
+                {"epoch": float(i), "val_ppl": p, "recall/reference_ratio": r, "auc/reference_ratio": r}
+                for i, (p, r) in enumerate(zip(ppls, recalls))
+            ]
+        }
 
     seeds = [seed([9.0, 11.0, 13.0, 12.0], [0.0, 0.2, 0.6, 0.4]), seed([9.0, 12.0, 14.0, 14.0], [0.0, 0.4, 0.8, 0.6])]
     # Seed-mean perplexities 9, 11.5, 13.5, 13: the last epoch <= 12 is epoch 1, recall (0.2 + 0.4) / 2.

@@ -49,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"obliviate.commands.{name.replace('-', '_')}")
-        p = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text),
-                           formatter_class=_Formatter)
+        p = sub.add_parser(
+            name, help=help_text, description=getattr(module, "DESCRIPTION", help_text), formatter_class=_Formatter
+        )
         module.add_arguments(p)
         if name in THREADED:
-            p.add_argument("--threads", type=int, metavar="N",
-                           help="torch intra-op threads on CPU (default: OMP_NUM_THREADS, else 1, measured fastest "
-                                "on small and shared CPUs; 0: torch's default, one per core)")
+            p.add_argument(
+                "--threads",
+                type=int,
+                metavar="N",
+                help="torch intra-op threads on CPU (default: OMP_NUM_THREADS, else 1, measured fastest "
+                "on small and shared CPUs; 0: torch's default, one per core)",
+            )
         p.set_defaults(_run=module.run)
     return parser
 
@@ -76,8 +81,10 @@ def _user_error(e: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - safetensors ships with transformers
         return None
     if isinstance(e, SafetensorError):
-        return (f"cannot read the model's weights ({e}): a *.safetensors file is empty, truncated or not "
-                "safetensors. Re-save the model (save_pretrained) or copy it again.")
+        return (
+            f"cannot read the model's weights ({e}): a *.safetensors file is empty, truncated or not "
+            "safetensors. Re-save the model (save_pretrained) or copy it again."
+        )
     return None
 
 

@@ -29,8 +29,10 @@ class RecipeError(ValueError):
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist. Recipes shipped with obliviate live in recipes/ "
-                          "(e.g. recipes/erase-emso.yaml).")
+        raise RecipeError(
+            f"recipe {path} does not exist. Recipes shipped with obliviate live in recipes/ "
+            "(e.g. recipes/erase-emso.yaml)."
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -49,8 +51,9 @@ def check_keys(data: dict, valid, where: str) -> None:
     valid = set(valid)
     for key in data:
         if key not in valid:
-            raise RecipeError(f"unknown key {key!r} in {where}.{nearest(key, valid)} "
-                              f"Valid keys: {', '.join(sorted(valid))}.")
+            raise RecipeError(
+                f"unknown key {key!r} in {where}.{nearest(key, valid)} Valid keys: {', '.join(sorted(valid))}."
+            )
 
 
 _SCALARS = (bool, int, float, str)
@@ -78,8 +81,9 @@ def _check_type(value: Any, annotation: Any) -> Any:
         return float(value)
     if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
         return value
-    raise ValueError(f"expected {'true/false' if kind is bool else kind.__name__}, got "
-                     f"{type(value).__name__} {value!r}")
+    raise ValueError(
+        f"expected {'true/false' if kind is bool else kind.__name__}, got {type(value).__name__} {value!r}"
+    )
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -139,8 +143,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         for i, part in enumerate(parents):
             child = node.get(part)
             if child is not None and not isinstance(child, dict):
-                raise RecipeError(f"cannot set {dotted!r}: {'.'.join(parents[:i + 1])} is {child!r}, not a section "
-                                  "of keys; set the whole key instead.")
+                raise RecipeError(
+                    f"cannot set {dotted!r}: {'.'.join(parents[: i + 1])} is {child!r}, not a section "
+                    "of keys; set the whole key instead."
+                )
             node[part] = dict(child or {})
             node = node[part]
         node[leaf] = value
@@ -162,8 +168,12 @@ def _where(source: Any) -> str:
     return "the recipe" if isinstance(source, Mapping) else f"recipe {source}"
 
 
-def read_recipe(source: str | os.PathLike | Mapping | None, overrides: dict[str, Any] | None = None,
-                valid=None, where: str | None = None) -> dict[str, Any]:
+def read_recipe(
+    source: str | os.PathLike | Mapping | None,
+    overrides: dict[str, Any] | None = None,
+    valid=None,
+    where: str | None = None,
+) -> dict[str, Any]:
     """A recipe's mapping with the dotted ``overrides`` applied over it, once.
 
     Args:
@@ -182,8 +192,12 @@ def read_recipe(source: str | os.PathLike | Mapping | None, overrides: dict[str,
     return data
 
 
-def load_recipe(source: str | os.PathLike | Mapping | None, recipe_class, overrides: dict[str, Any] | None = None,
-                where: str | None = None):
+def load_recipe(
+    source: str | os.PathLike | Mapping | None,
+    recipe_class,
+    overrides: dict[str, Any] | None = None,
+    where: str | None = None,
+):
     """Read a recipe into ``recipe_class``, the one loader every command and the demo use.
 
     The recipe's top-level keys are the fields of ``recipe_class``; every check is the dataclass's own

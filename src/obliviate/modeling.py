@@ -16,8 +16,14 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 class ModelLoadError(ValueError):
@@ -54,8 +60,10 @@ def find_gguf(name_or_path: str | os.PathLike) -> Path | None:
         return None
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
-        raise ModelLoadError(f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); give "
-                             "the path of the one to load.")
+        raise ModelLoadError(
+            f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); give "
+            "the path of the one to load."
+        )
     return found[0] if found else None
 
 
@@ -63,8 +71,10 @@ def _check_gguf_header(file: Path) -> None:
     with open(file, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise ModelLoadError(f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): corrupt or "
-                             "truncated. Download or convert it again.")
+        raise ModelLoadError(
+            f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): corrupt or "
+            "truncated. Download or convert it again."
+        )
 
 
 def _gguf_error(file: Path, error: Exception) -> ModelLoadError:
@@ -78,18 +88,23 @@ def _gguf_error(file: Path, error: Exception) -> ModelLoadError:
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
         names = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-        return ModelLoadError(f"{file}: transformers cannot load GGUF models of architecture {arch.group(1)!r} "
-                              f"(it loads {names}). Convert the original checkpoint with save_pretrained instead.")
-    return ModelLoadError(f"{file} could not be read as a GGUF model ({type(error).__name__}: {text[:200]}): the "
-                          "file is probably corrupt or truncated. Download or convert it again.")
+        return ModelLoadError(
+            f"{file}: transformers cannot load GGUF models of architecture {arch.group(1)!r} "
+            f"(it loads {names}). Convert the original checkpoint with save_pretrained instead."
+        )
+    return ModelLoadError(
+        f"{file} could not be read as a GGUF model ({type(error).__name__}: {text[:200]}): the "
+        "file is probably corrupt or truncated. Download or convert it again."
+    )
 
 
 def _require_gguf_package() -> None:
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError("loading a .gguf model needs the `gguf` package: pip install 'obliviate[real]' "
-                             "(or pip install gguf).")
+        raise ModelLoadError(
+            "loading a .gguf model needs the `gguf` package: pip install 'obliviate[real]' (or pip install gguf)."
+        )
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
@@ -111,8 +126,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return tokenizer
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "float32",
-               device: str | None = None):
+def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "float32", device: str | None = None):
     """Load a causal LM (or a PEFT adapter directory on top of its base) for scoring or erasure.
 
     Raises:
@@ -123,8 +137,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
     name = str(name_or_path)
     path = Path(name).expanduser()
     if _looks_like_path(name) and not path.exists():
-        raise ModelLoadError(f"model path {name} does not exist. Give a directory written by save_pretrained "
-                             "(e.g. runs/toy/base after `obliviate toy --out runs/toy`) or a hub name.")
+        raise ModelLoadError(
+            f"model path {name} does not exist. Give a directory written by save_pretrained "
+            "(e.g. runs/toy/base after `obliviate toy --out runs/toy`) or a hub name."
+        )
     torch_dtype = resolve_dtype(dtype)
     gguf = find_gguf(path) if _looks_like_path(name) else None
     if gguf is not None:
@@ -137,15 +153,19 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
         try:
             config = AutoConfig.from_pretrained(name)
         except OSError as e:
-            raise ModelLoadError(f"cannot load a model config from {name!r}: {e}. Offline, only local "
-                                 "directories load (HF_HUB_OFFLINE=1 is set in tests).") from None
+            raise ModelLoadError(
+                f"cannot load a model config from {name!r}: {e}. Offline, only local "
+                "directories load (HF_HUB_OFFLINE=1 is set in tests)."
+            ) from None
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
         except ValueError:
             # transformers' own message lists every supported config class (hundreds): keep ours short.
-            raise ModelLoadError(f"{name!r} ({type(config).__name__}, model_type {config.model_type!r}) is not a "
-                                 "causal language model: AutoModelForCausalLM has no class for it. obliviate "
-                                 "needs a decoder-only LM (GPT-2, Llama, ...).") from None
+            raise ModelLoadError(
+                f"{name!r} ({type(config).__name__}, model_type {config.model_type!r}) is not a "
+                "causal language model: AutoModelForCausalLM has no class for it. obliviate "
+                "needs a decoder-only LM (GPT-2, Llama, ...)."
+            ) from None
     model.to(device or default_device())
     model.eval()
     check_causal(model, name)
@@ -164,8 +184,9 @@ def load_gguf_model(file: str | os.PathLike, dtype: torch.dtype | None = torch.f
     _require_gguf_package()
     _check_gguf_header(file)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                      dtype=dtype or torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(file.parent), gguf_file=file.name, dtype=dtype or torch.float32
+        )
     except Exception as e:  # the GGUF reader raises many types on a damaged file
         raise _gguf_error(file, e) from None
     return dequantized_copy(loaded)
@@ -193,8 +214,10 @@ def dequantized_copy(model):
             target.register_buffer(leaf, buffer, persistent=leaf not in target._non_persistent_buffers_set)
     meta = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
     if meta:
-        raise ModelLoadError(f"rebuilding the GGUF model left tensors unset: {', '.join(meta[:5])}; load it with "
-                             "transformers and save_pretrained it yourself.")
+        raise ModelLoadError(
+            f"rebuilding the GGUF model left tensors unset: {', '.join(meta[:5])}; load it with "
+            "transformers and save_pretrained it yourself."
+        )
     plain.generation_config = model.generation_config
     return plain
 
@@ -215,19 +238,32 @@ def check_causal(model, name: str = "the model") -> None:
     earlier = (logits[0, :3] - logits[1, :3]).abs().max()
     last = (logits[0, 3] - logits[1, 3]).abs().max()
     if earlier > max(1e-3 * last, 1e-5):
-        raise ModelLoadError(f"{name!r} ({type(model).__name__}) is not a causal language model: its predictions "
-                             "depend on later tokens (bidirectional attention, e.g. an encoder such as BERT). "
-                             "obliviate needs a decoder-only LM (GPT-2, Llama, ...).")
+        raise ModelLoadError(
+            f"{name!r} ({type(model).__name__}) is not a causal language model: its predictions "
+            "depend on later tokens (bidirectional attention, e.g. an encoder such as BERT). "
+            "obliviate needs a decoder-only LM (GPT-2, Llama, ...)."
+        )
 
 
-def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "float32",
-                             device: str | None = None, tokenizer: str | os.PathLike | None = None):
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+):
     """Model and tokenizer from the same place (or ``tokenizer`` when the model directory has none)."""
     model = load_model(name_or_path, dtype, device)
     tok_source = tokenizer or name_or_path
-    if tokenizer is None and Path(str(name_or_path)).is_dir() and (Path(str(name_or_path)) / "adapter_config.json").exists():
+    if (
+        tokenizer is None
+        and Path(str(name_or_path)).is_dir()
+        and (Path(str(name_or_path)) / "adapter_config.json").exists()
+    ):
         base = getattr(model.peft_config["default"], "base_model_name_or_path", None)
-        if not any((Path(str(name_or_path)) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")) and base:
+        if (
+            not any((Path(str(name_or_path)) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+            and base
+        ):
             tok_source = base
     return model, load_tokenizer(tok_source)
 

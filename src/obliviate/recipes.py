@@ -72,5 +72,7 @@ def resolve_recipe(path_or_name: str | os.PathLike) -> Path:
             return path(key.as_posix())
         except RecipeError:
             pass
-    raise RecipeError(f"recipe {str(path_or_name)!r} is neither a file nor a shipped recipe. "
-                      f"Shipped recipes (give the name, e.g. --config demo): {', '.join(names())}.")
+    raise RecipeError(
+        f"recipe {str(path_or_name)!r} is neither a file nor a shipped recipe. "
+        f"Shipped recipes (give the name, e.g. --config demo): {', '.join(names())}."
+    )

@@ -77,8 +77,16 @@ class Registry(Generic[T]):
             Class attribute set to the registered name (default ``"name"``); None sets nothing.
     """
 
-    def __init__(self, kind: str, *, plural: str | None = None, key: str | None = None, hint: str = "",
-                 error: type[UnknownNameError] = UnknownNameError, attribute: str | None = "name"):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        plural: str | None = None,
+        key: str | None = None,
+        hint: str = "",
+        error: type[UnknownNameError] = UnknownNameError,
+        attribute: str | None = "name",
+    ):
         if not issubclass(error, UnknownNameError):
             raise TypeError(f"error must subclass UnknownNameError, got {error.__qualname__}.")
         self.kind = kind
@@ -110,7 +118,8 @@ class Registry(Generic[T]):
             if taken is not None and taken is not cls:
                 raise DuplicateNameError(
                     f"{self.kind} {name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
-                    f"choose another name for {cls.__module__}.{cls.__qualname__}.")
+                    f"choose another name for {cls.__module__}.{cls.__qualname__}."
+                )
             if self.attribute is not None:
                 setattr(cls, self.attribute, name)
             self._entries[name] = cls

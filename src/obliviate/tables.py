@@ -26,8 +26,10 @@ def format_table(rows: Sequence[Sequence], headers: Sequence[str], markdown: boo
     cells = [[_fmt(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     if markdown:
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        lines = [
+            "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
         lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
         return "\n".join(lines)
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]

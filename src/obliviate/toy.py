@@ -52,8 +52,10 @@ class ToyConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ToyConfig.{name} must be an integer >= 1, got {value!r}.")
         if isinstance(self.pretrain_steps, bool) or not isinstance(self.pretrain_steps, int) or self.pretrain_steps < 0:
-            raise ValueError(f"pretrain_steps (--pretrain-steps) must be an integer >= 0 (0: random init), "
-                             f"got {self.pretrain_steps!r}.")
+            raise ValueError(
+                f"pretrain_steps (--pretrain-steps) must be an integer >= 0 (0: random init), "
+                f"got {self.pretrain_steps!r}."
+            )
         if not isinstance(self.pretrain_lr, (int, float)) or not self.pretrain_lr > 0:
             raise ValueError(f"ToyConfig.pretrain_lr must be a number > 0, got {self.pretrain_lr!r}.")
         if self.n_embd % self.n_head:
@@ -68,7 +70,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024, with_pad: bool = T
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     special = [EOS, PAD] if with_pad else [EOS]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
@@ -81,8 +85,13 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: ToyConfig | None = N
     config = config or ToyConfig()
     torch.manual_seed(config.seed)
     gpt2 = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return GPT2LMHeadModel(gpt2)

@@ -28,8 +28,20 @@ from obliviate.benchmarks.registry import BENCHMARKS, UnknownBenchmarkError, get
 from obliviate.benchmarks.suite import BenchConfig, UtilitySuite
 
 __all__ = [
-    "BENCHMARKS", "BenchConfig", "BenchmarkConfig", "BenchmarkError", "GateConfig", "GateDecision", "GateError",
-    "Tolerance", "UnknownBenchmarkError", "UtilityBenchmark", "UtilityGate", "UtilitySuite", "default_gate_entries",
+    "BENCHMARKS",
+    "BenchConfig",
+    "BenchmarkConfig",
+    "BenchmarkError",
+    "GateConfig",
+    "GateDecision",
+    "GateError",
+    "Tolerance",
+    "UnknownBenchmarkError",
+    "UtilityBenchmark",
+    "UtilityGate",
+    "UtilitySuite",
+    "default_gate_entries",
     "default_retain_gate",
-    "get_benchmark", "register_benchmark",
+    "get_benchmark",
+    "register_benchmark",
 ]

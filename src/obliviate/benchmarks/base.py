@@ -34,8 +34,12 @@ class BenchmarkError(ValueError):
 class BenchmarkConfig:
     """Options every benchmark accepts; each benchmark extends this with its own fields."""
 
-    data: Any = field(default=None, metadata={"help": "JSONL path (relative to the working directory) or a list of row dicts."})
-    label: str | None = field(default=None, metadata={"help": "name of this entry in results (default: the benchmark name)."})
+    data: Any = field(
+        default=None, metadata={"help": "JSONL path (relative to the working directory) or a list of row dicts."}
+    )
+    label: str | None = field(
+        default=None, metadata={"help": "name of this entry in results (default: the benchmark name)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "sequences per forward pass."})
 
     def __post_init__(self):
@@ -60,8 +64,10 @@ def read_rows(source: str | os.PathLike | list[dict], required: tuple[str, ...],
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"{what} data file {path} does not exist (relative paths start at "
-                                    f"{Path.cwd()}). For the toy model, `obliviate toy --out runs/toy` writes them.")
+            raise FileNotFoundError(
+                f"{what} data file {path} does not exist (relative paths start at "
+                f"{Path.cwd()}). For the toy model, `obliviate toy --out runs/toy` writes them."
+            )
         pairs, label = [], str(path)
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
@@ -73,11 +79,14 @@ def read_rows(source: str | os.PathLike | list[dict], required: tuple[str, ...],
                     raise BenchmarkError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
     for where, row in pairs:
         if not isinstance(row, dict):
-            raise BenchmarkError(f"{where}: expected a JSON object with {', '.join(required)}, got {type(row).__name__}.")
+            raise BenchmarkError(
+                f"{where}: expected a JSON object with {', '.join(required)}, got {type(row).__name__}."
+            )
         missing = [k for k in required if k not in row]
         if missing:
-            raise BenchmarkError(f"{where}: missing {', '.join(map(repr, missing))}; {what} rows need "
-                                 f"{', '.join(required)}.")
+            raise BenchmarkError(
+                f"{where}: missing {', '.join(map(repr, missing))}; {what} rows need {', '.join(required)}."
+            )
     if not pairs:
         raise BenchmarkError(f"{label} has no rows: {what} needs at least one {{{', '.join(required)}}} row.")
     return pairs

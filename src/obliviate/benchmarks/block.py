@@ -61,8 +61,9 @@ class GateBlock:
         return sum(not a.accepted for a in self.attempts)
 
 
-def run_steps(n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float,
-              judge_every: int = 1) -> list[Any]:
+def run_steps(
+    n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float, judge_every: int = 1
+) -> list[Any]:
     """Up to ``n_steps`` calls of ``step(lr)``; ``judge(record)`` after every ``judge_every``-th and the last.
 
     Returns the records ``step`` returned; stops early once ``judge`` returns True (nothing left to do).
@@ -75,8 +76,9 @@ def run_steps(n_steps: int, step: Callable[[float], Any], judge: Callable[[Any],
     return records
 
 
-def ungated_block(n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float,
-                  judge_every: int = 1) -> GateBlock:
+def ungated_block(
+    n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float, judge_every: int = 1
+) -> GateBlock:
     """The same block with no gate: one attempt, always kept (the shape :meth:`UtilityGate.run_block` returns)."""
     return GateBlock([BlockAttempt(run_steps(n_steps, step, judge, lr, judge_every), None, lr)], lr, False)
 

@@ -35,15 +35,23 @@ from obliviate.metrics import context_length
 class EvaluateMetricConfig(BenchmarkConfig):
     """Options of the ``evaluate_metric`` benchmark."""
 
-    metric: str = field(default="exact_match", metadata={"help": "shipped metric name (exact_match, token_f1), "
-                                                                 "a local metric path, or a hub name (needs network)."})
+    metric: str = field(
+        default="exact_match",
+        metadata={
+            "help": "shipped metric name (exact_match, token_f1), a local metric path, or a hub name (needs network)."
+        },
+    )
     metric_kwargs: dict = field(default_factory=dict, metadata={"help": "extra arguments to metric.compute()."})
     prompt_key: str = field(default="prompt", metadata={"help": "the field holding each prompt."})
     reference_key: str = field(default="reference", metadata={"help": "the field holding each reference."})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per prompt at most."})
     stop: list = field(default_factory=lambda: ["\n"], metadata={"help": "cut each generation at the first of these."})
-    score: str | None = field(default=None, metadata={"help": "the metric output a gate tolerance applies to by "
-                                                              "default (default: the metric's first output)."})
+    score: str | None = field(
+        default=None,
+        metadata={
+            "help": "the metric output a gate tolerance applies to by default (default: the metric's first output)."
+        },
+    )
     direction: str = field(default="higher", metadata={"help": "'higher' or 'lower' is better, for every output."})
     max_samples: int | None = field(default=None, metadata={"help": "use a fixed random sample of this many rows."})
     seed: int = field(default=0, metadata={"help": "seed of the max_samples sample."})
@@ -78,9 +86,11 @@ def load_metric(name: str):
         try:
             metric = evaluate.load(target, keep_in_memory=True)
         except Exception as e:  # evaluate raises FileNotFoundError/ConnectionError/ValueError/ImportError by case
-            raise BenchmarkError(f"cannot load the evaluate metric {name!r} ({type(e).__name__}: {e}). Offline, use "
-                                 f"a shipped metric ({', '.join(evaluate_metrics.SHIPPED)}) or a local metric script "
-                                 "path.") from None
+            raise BenchmarkError(
+                f"cannot load the evaluate metric {name!r} ({type(e).__name__}: {e}). Offline, use "
+                f"a shipped metric ({', '.join(evaluate_metrics.SHIPPED)}) or a local metric script "
+                "path."
+            ) from None
         if metric is None:  # a metric object is falsy (len 0): only None means nothing was loaded
             raise BenchmarkError(f"evaluate.load({target!r}) returned nothing.")
         _METRICS[target] = metric
@@ -89,7 +99,7 @@ def load_metric(name: str):
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
     positions = [i for s in stop if s and (i := text.find(s)) >= 0]
-    return text[:min(positions)] if positions else text
+    return text[: min(positions)] if positions else text
 
 
 @register_benchmark("evaluate_metric")
@@ -134,19 +144,21 @@ class EvaluateMetric(UtilityBenchmark):
         if max_length not in self._batches:
             keep = None if max_length is None else max_length - self.config.max_new_tokens
             if keep is not None and keep < 1:
-                raise BenchmarkError(f"max_new_tokens={self.config.max_new_tokens} leaves no room for a prompt in "
-                                     f"the model's context of {max_length}.")
+                raise BenchmarkError(
+                    f"max_new_tokens={self.config.max_new_tokens} leaves no room for a prompt in "
+                    f"the model's context of {max_length}."
+                )
             prompts = [ids[-keep:] if keep is not None else ids for ids in self.prompt_ids]
             order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
             batches = []
             for start in range(0, len(order), self.config.batch_size):
-                index = order[start:start + self.config.batch_size]
+                index = order[start : start + self.config.batch_size]
                 width = max(len(prompts[i]) for i in index)
                 ids = torch.full((len(index), width), self.pad_token_id, dtype=torch.long)
                 mask = torch.zeros((len(index), width), dtype=torch.long)
                 for row, i in enumerate(index):
-                    ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                    mask[row, width - len(prompts[i]):] = 1
+                    ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                    mask[row, width - len(prompts[i]) :] = 1
                 batches.append((index, ids, mask))
             self._batches[max_length] = batches
         return self._batches[max_length]
@@ -156,15 +168,21 @@ class EvaluateMetric(UtilityBenchmark):
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
 
-        config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
+        config = GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )
         device = next(model.parameters()).device
         outputs: list[str] = [""] * len(self.rows)
         batches = self._left_padded_batches(context_length(model))
         for index, ids, mask in tqdm(batches, desc="generating", leave=False, disable=len(batches) < 4):
-            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       generation_config=config)
-            texts = tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True)
+            generated = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
+            texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
             for i, text in zip(index, texts):
                 outputs[i] = cut_at_stop(text, self.config.stop)
         return outputs
@@ -172,10 +190,12 @@ class EvaluateMetric(UtilityBenchmark):
     def compute(self, model, tokenizer) -> dict[str, float]:
         predictions = self.generate(model, tokenizer)
         references = [row[self.config.reference_key] for _, row in self.rows]
-        result: dict[str, Any] = self.metric.compute(predictions=predictions, references=references,
-                                                     **self.config.metric_kwargs)
-        scores = {k: float(v) for k, v in (result or {}).items()
-                  if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        result: dict[str, Any] = self.metric.compute(
+            predictions=predictions, references=references, **self.config.metric_kwargs
+        )
+        scores = {
+            k: float(v) for k, v in (result or {}).items() if isinstance(v, numbers.Real) and not isinstance(v, bool)
+        }
         if not scores:
             raise BenchmarkError(f"evaluate metric {self.config.metric!r} returned no numeric score: {result!r}.")
         self._outputs = list(scores)

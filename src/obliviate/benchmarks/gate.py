@@ -64,8 +64,14 @@ class GateDecision:
         return "accepted" if self.accepted else "rejected"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision": self.decision, "step": self.step, "chunk": self.chunk, "scores": self.scores,
-                "violations": list(self.violations), "wall_s": self.wall_s}
+        return {
+            "decision": self.decision,
+            "step": self.step,
+            "chunk": self.chunk,
+            "scores": self.scores,
+            "violations": list(self.violations),
+            "wall_s": self.wall_s,
+        }
 
 
 @dataclass
@@ -75,15 +81,20 @@ class GateConfig:
     every: int = field(default=1, metadata={"help": "optimizer steps between checks (one snapshot covers them)."})
     backoff: float = field(default=0.5, metadata={"help": "learning-rate factor after a rejected step, in (0, 1)."})
     max_retries: int = field(default=3, metadata={"help": "retries of a rejected step before giving up on the chunk."})
-    benchmarks: list = field(default_factory=list, metadata={
-        "help": "entries {name, data, score?, max_relative_increase | max_absolute_increase | max_absolute_drop | "
-                "max_relative_drop, ...benchmark options}."})
+    benchmarks: list = field(
+        default_factory=list,
+        metadata={
+            "help": "entries {name, data, score?, max_relative_increase | max_absolute_increase | max_absolute_drop | "
+            "max_relative_drop, ...benchmark options}."
+        },
+    )
 
     def __post_init__(self):
         check_schedule(self.every, self.backoff, self.max_retries)
         # "default" stands for the default gate's entries on the gate-only retain split (erasure/inputs.py).
-        entries = [e for e in self.benchmarks if e != DEFAULT_ENTRY] if isinstance(self.benchmarks, list) \
-            else self.benchmarks
+        entries = (
+            [e for e in self.benchmarks if e != DEFAULT_ENTRY] if isinstance(self.benchmarks, list) else self.benchmarks
+        )
         if isinstance(self.benchmarks, list) and DEFAULT_ENTRY in self.benchmarks and not entries:
             return
         checked = check_entries(entries, "the gate section (use `gate: null` for no gate)")
@@ -124,15 +135,23 @@ class UtilityGate:
         max_retries: retries of a rejected block before the gate gives up on it.
     """
 
-    def __init__(self, suite: UtilitySuite, tolerances: Iterable[Tolerance | dict] = (), every: int = 1,
-                 backoff: float = 0.5, max_retries: int = 3):
+    def __init__(
+        self,
+        suite: UtilitySuite,
+        tolerances: Iterable[Tolerance | dict] = (),
+        every: int = 1,
+        backoff: float = 0.5,
+        max_retries: int = 3,
+    ):
         check_schedule(every, backoff, max_retries)
         self.suite, self.every, self.backoff, self.max_retries = suite, every, backoff, max_retries
         given = [t if isinstance(t, Tolerance) else Tolerance(**t) for t in tolerances]
         for t in given:
             bench = suite[t.benchmark] if t.benchmark in suite.labels else None
             if bench is None:
-                raise GateError(f"tolerance for {t.benchmark!r}, which is not in the suite ({', '.join(suite.labels)}).")
+                raise GateError(
+                    f"tolerance for {t.benchmark!r}, which is not in the suite ({', '.join(suite.labels)})."
+                )
             if not bench.gated:
                 raise GateError(f"{t.benchmark!r} ({bench.name}) is reported, not gated: remove its tolerance.")
         named = {t.benchmark for t in given}
@@ -157,9 +176,11 @@ class UtilityGate:
         config = section if isinstance(section, GateConfig) else from_dict(GateConfig, section, "the gate section")
         benchmarks, tolerances = [], []
         if DEFAULT_ENTRY in config.benchmarks:
-            raise GateError("gate benchmarks: 'default' stands for the default gate on the gate-only split of the "
-                            "retain text; only the eraser can expand it. Give the entries themselves here "
-                            "(benchmarks.default_gate_entries(data)).")
+            raise GateError(
+                "gate benchmarks: 'default' stands for the default gate on the gate-only split of the "
+                "retain text; only the eraser can expand it. Give the entries themselves here "
+                "(benchmarks.default_gate_entries(data))."
+            )
         for i, entry in enumerate(config.benchmarks):
             where = f"gate.benchmarks[{i}]"
             klass = get_benchmark(entry["name"])
@@ -167,9 +188,11 @@ class UtilityGate:
             check_keys(entry, fields | set(TOLERANCE_KEYS) | {"name", "score"}, f"{where} ({entry['name']})")
             kinds = [k for k in TOLERANCE_KEYS if k in entry]
             if sum(k in WORSENING for k in kinds) > 1 or sum(k not in WORSENING for k in kinds) > 1:
-                raise GateError(f"{where}: give at most one tolerance per side (one worsening bound, one drift bound) "
-                                f"per entry, got {', '.join(kinds)} (add a second entry with its own `label:` to gate "
-                                "another score).")
+                raise GateError(
+                    f"{where}: give at most one tolerance per side (one worsening bound, one drift bound) "
+                    f"per entry, got {', '.join(kinds)} (add a second entry with its own `label:` to gate "
+                    "another score)."
+                )
             if (kinds or "score" in entry) and not klass.gated:
                 raise GateError(f"{where}: {entry['name']} is reported, not gated: remove its tolerance.")
             options = {k: v for k, v in entry.items() if k not in TOLERANCE_KEYS and k != "score"}
@@ -192,12 +215,16 @@ class UtilityGate:
         baseline = self.suite.run(model)
         self.total_seconds += time.perf_counter() - start
         self.baseline = baseline
-        self.tolerances = [t.resolved(self.suite[t.benchmark], strict=True, scores=baseline.get(t.benchmark, {}))
-                           for t in self.tolerances]
+        self.tolerances = [
+            t.resolved(self.suite[t.benchmark], strict=True, scores=baseline.get(t.benchmark, {}))
+            for t in self.tolerances
+        ]
         for t in self.tolerances:
             if t.score not in baseline[t.benchmark]:
-                raise GateError(f"benchmark {t.benchmark!r} has no score {t.score!r}; its scores: "
-                                f"{', '.join(baseline[t.benchmark])}.")
+                raise GateError(
+                    f"benchmark {t.benchmark!r} has no score {t.score!r}; its scores: "
+                    f"{', '.join(baseline[t.benchmark])}."
+                )
         logger.info("gate baseline: %s", _format_scores(baseline))
         return baseline
 
@@ -218,13 +245,22 @@ class UtilityGate:
         scores = self.suite.run(model, labels=self.gated_labels)
         wall = time.perf_counter() - start
         self.total_seconds += wall
-        violations = [v for t in self.tolerances
-                      if (v := t.violation(self.baseline[t.benchmark][t.score], scores[t.benchmark][t.score]))]
+        violations = [
+            v
+            for t in self.tolerances
+            if (v := t.violation(self.baseline[t.benchmark][t.score], scores[t.benchmark][t.score]))
+        ]
         decision = GateDecision(not violations, step, chunk, scores, violations, wall)
         self.decisions.append(decision.to_dict())
-        logger.info("gate step %s%s: %s (%.2fs) %s%s", step, "" if chunk is None else f" chunk {chunk}",
-                    decision.decision, wall, _format_scores(scores),
-                    f" violations: {'; '.join(violations)}" if violations else "")
+        logger.info(
+            "gate step %s%s: %s (%.2fs) %s%s",
+            step,
+            "" if chunk is None else f" chunk {chunk}",
+            decision.decision,
+            wall,
+            _format_scores(scores),
+            f" violations: {'; '.join(violations)}" if violations else "",
+        )
         return decision
 
     def snapshot(self, params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -276,11 +312,23 @@ class UtilityGate:
         """Number of elements held by the current snapshot's parameter copies."""
         return sum(t.numel() for _, t in self._snapshot.params) if self._snapshot else 0
 
-    def run_block(self, model, n_steps: int, step: Callable[[float], Any], judge: Callable[[Any], bool], lr: float,
-                  params: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer | None = None, *,
-                  judge_every: int = 1, after_restore: Callable[[], None] | None = None,
-                  position: Callable[[], int] | None = None, chunk: int | None = None,
-                  lr_ceiling: float | None = None, lr_recovery: float = 1.0) -> GateBlock:
+    def run_block(
+        self,
+        model,
+        n_steps: int,
+        step: Callable[[float], Any],
+        judge: Callable[[Any], bool],
+        lr: float,
+        params: Iterable[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        judge_every: int = 1,
+        after_restore: Callable[[], None] | None = None,
+        position: Callable[[], int] | None = None,
+        chunk: int | None = None,
+        lr_ceiling: float | None = None,
+        lr_recovery: float = 1.0,
+    ) -> GateBlock:
         """Run one gated block: snapshot, steps, check; on rejection restore bitwise, back off the lr and retry.
 
         Args:
@@ -331,17 +379,24 @@ class UtilityGate:
     def summary(self) -> dict[str, Any]:
         """JSON-ready record for reports: schedule, resolved tolerances (with directions), the direction of every
         baseline score, baseline, decisions and time spent."""
-        return {"every": self.every, "backoff": self.backoff, "max_retries": self.max_retries,
-                "tolerances": [t.to_dict() for t in self.tolerances], "baseline": self.baseline,
-                "directions": self.suite.directions(self.baseline) if self.baseline is not None else {},
-                "decisions": self.decisions, "total_seconds": self.total_seconds,
-                "rollback_seconds": self.rollback_seconds,
-                "accepted": sum(d["decision"] == "accepted" for d in self.decisions),
-                "rejected": sum(d["decision"] == "rejected" for d in self.decisions)}
+        return {
+            "every": self.every,
+            "backoff": self.backoff,
+            "max_retries": self.max_retries,
+            "tolerances": [t.to_dict() for t in self.tolerances],
+            "baseline": self.baseline,
+            "directions": self.suite.directions(self.baseline) if self.baseline is not None else {},
+            "decisions": self.decisions,
+            "total_seconds": self.total_seconds,
+            "rollback_seconds": self.rollback_seconds,
+            "accepted": sum(d["decision"] == "accepted" for d in self.decisions),
+            "rejected": sum(d["decision"] == "rejected" for d in self.decisions),
+        }
 
 
-def default_retain_gate(retain_path: str, tokenizer, max_relative_increase: float = DEFAULT_PERPLEXITY_INCREASE,
-                        **kwargs) -> UtilityGate:
+def default_retain_gate(
+    retain_path: str, tokenizer, max_relative_increase: float = DEFAULT_PERPLEXITY_INCREASE, **kwargs
+) -> UtilityGate:
     """The default gate (:func:`default_gate_entries`) on ``retain_path``, read as gate-only text.
 
     The eraser gives it only the gate's split of the retain text (erasure/inputs.py), never rows a loss trains on.
@@ -358,4 +413,6 @@ def default_retain_gate(retain_path: str, tokenizer, max_relative_increase: floa
 
 
 def _format_scores(results: dict[str, dict[str, float]]) -> str:
-    return ", ".join(f"{label}/{name}={value:.6g}" for label, scores in results.items() for name, value in scores.items())
+    return ", ".join(
+        f"{label}/{name}={value:.6g}" for label, scores in results.items() for name, value in scores.items()
+    )

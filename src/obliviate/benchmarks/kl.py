@@ -39,9 +39,13 @@ from obliviate.metrics.teacher_forced import collate, suffix_logits
 class KLConfig(PerplexityConfig):
     """Options of ``kl_to_original`` (data options as ``perplexity``)."""
 
-    top_k: int | None = field(default=64, metadata={
-        "help": "cache the original's top-k log-probs per position (KL of the coarsened distributions, a lower "
-                "bound); null = the whole distribution (exact)."})
+    top_k: int | None = field(
+        default=64,
+        metadata={
+            "help": "cache the original's top-k log-probs per position (KL of the coarsened distributions, a lower "
+            "bound); null = the whole distribution (exact)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -95,7 +99,7 @@ class KLToOriginal(Perplexity):
         device = model_device(model)
         size = self.config.batch_size
         for start in range(0, len(prefixes), size):
-            p, s = prefixes[start:start + size], suffixes[start:start + size]
+            p, s = prefixes[start : start + size], suffixes[start : start + size]
             ids, mask, pos, first = collate(p, s, self.pad_token_id, "right")
             lengths = torch.tensor([len(x) for x in s])
             ids, mask, pos, first, lengths = (t.to(device) for t in (ids, mask, pos, first, lengths))
@@ -121,8 +125,10 @@ class KLToOriginal(Perplexity):
         for row, log_probs, n in self._rows(model):
             p_log, p_idx = self.original[row]
             if p_log.shape[0] != n:
-                raise BenchmarkError(f"kl_to_original: row {row} has {n} predicted tokens but the cached original "
-                                     f"{p_log.shape[0]}: the data or the context changed; call reset().")
+                raise BenchmarkError(
+                    f"kl_to_original: row {row} has {n} predicted tokens but the cached original "
+                    f"{p_log.shape[0]}: the data or the context changed; call reset()."
+                )
             device = log_probs.device
             kl = coarse_kl(p_log.to(device), None if p_idx is None else p_idx.to(device), log_probs)
             total += float(kl.double().sum())

@@ -47,10 +47,14 @@ class LmEvalConfig(BenchmarkConfig):
     num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples (default: each task's own)."})
     limit: float | None = field(default=None, metadata={"help": "examples per task (an int) or a fraction (< 1)."})
     metrics: list | None = field(default=None, metadata={"help": "keep only these metric names (default: all)."})
-    score: str | None = field(default=None, metadata={"help": "the score a gate tolerance applies to by default "
-                                                              "(default: the first one reported)."})
-    include_defaults: bool | None = field(default=None, metadata={"help": "index lm-eval's built-in tasks too "
-                                                                          "(default: only when a task is not in data)."})
+    score: str | None = field(
+        default=None,
+        metadata={"help": "the score a gate tolerance applies to by default (default: the first one reported)."},
+    )
+    include_defaults: bool | None = field(
+        default=None,
+        metadata={"help": "index lm-eval's built-in tasks too (default: only when a task is not in data)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,8 +90,10 @@ class LmEval(UtilityBenchmark):
         if self.config.data is not None:
             path = Path(self.config.data)
             if not path.exists():
-                raise FileNotFoundError(f"lm_eval include path {path} does not exist (a folder or YAML file of "
-                                        f"lm-eval task configs; relative paths start at {Path.cwd()}).")
+                raise FileNotFoundError(
+                    f"lm_eval include path {path} does not exist (a folder or YAML file of "
+                    f"lm-eval task configs; relative paths start at {Path.cwd()})."
+                )
             include_path = str(path.resolve())
         include_defaults = self.config.include_defaults
         if include_defaults is None:
@@ -97,8 +103,10 @@ class LmEval(UtilityBenchmark):
         known = self.task_manager.all_tasks
         for name in self.config.tasks:
             if name not in known:
-                raise BenchmarkError(f"unknown lm-eval task {name!r}.{nearest(name, known)} Local tasks come from "
-                                     f"the YAML files under `data:` ({include_path}); each needs a `task:` name.")
+                raise BenchmarkError(
+                    f"unknown lm-eval task {name!r}.{nearest(name, known)} Local tasks come from "
+                    f"the YAML files under `data:` ({include_path}); each needs a `task:` name."
+                )
         self._directions: dict[str, str] = {}
         self._outputs: list[str] = []
 
@@ -117,10 +125,19 @@ class LmEval(UtilityBenchmark):
         if limit is not None and limit >= 1:
             limit = int(limit)
         # Seeds left alone (None): the gate runs inside an erasure loop whose RNG must not be reset.
-        output = simple_evaluate(model=lm, tasks=list(self.config.tasks), task_manager=self.task_manager,
-                                 num_fewshot=self.config.num_fewshot, limit=limit, bootstrap_iters=0,
-                                 log_samples=False, random_seed=None, numpy_random_seed=None,
-                                 torch_random_seed=None, fewshot_random_seed=1234)
+        output = simple_evaluate(
+            model=lm,
+            tasks=list(self.config.tasks),
+            task_manager=self.task_manager,
+            num_fewshot=self.config.num_fewshot,
+            limit=limit,
+            bootstrap_iters=0,
+            log_samples=False,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+            fewshot_random_seed=1234,
+        )
         return self._flatten(output)
 
     def _wrap(self, model, tokenizer):
@@ -143,8 +160,12 @@ class LmEval(UtilityBenchmark):
         for task, values in results.items():
             for key, value in values.items():
                 metric, _, filt = key.partition(",")
-                if (not filt or metric.endswith("_stderr") or isinstance(value, bool)
-                        or not isinstance(value, numbers.Real)):
+                if (
+                    not filt
+                    or metric.endswith("_stderr")
+                    or isinstance(value, bool)
+                    or not isinstance(value, numbers.Real)
+                ):
                     continue
                 if self.config.metrics is not None and metric not in self.config.metrics:
                     continue
@@ -154,7 +175,8 @@ class LmEval(UtilityBenchmark):
                 scores[name] = float(value)
                 self._directions[name] = "higher" if better.get(task, {}).get(metric, True) else "lower"
         if not scores:
-            raise BenchmarkError(f"lm-eval returned no numeric metric for {self.config.tasks} "
-                                 f"(metrics filter: {self.config.metrics}).")
+            raise BenchmarkError(
+                f"lm-eval returned no numeric metric for {self.config.tasks} (metrics filter: {self.config.metrics})."
+            )
         self._outputs = list(scores)
         return scores

@@ -46,8 +46,9 @@ class Memorization(UtilityBenchmark):
         if data is None:
             raise BenchmarkError("memorization needs `data:`: a probes JSONL or flagged.jsonl (the forget set).")
         if isinstance(data, str) and not Path(data).is_file():
-            raise FileNotFoundError(f"memorization data file {data} does not exist (relative paths start at "
-                                    f"{Path.cwd()}).")
+            raise FileNotFoundError(
+                f"memorization data file {data} does not exist (relative paths start at {Path.cwd()})."
+            )
 
     def direction(self, score: str) -> str | None:
         return None if score.startswith("count/") else "lower"
@@ -63,12 +64,21 @@ class Memorization(UtilityBenchmark):
         if self.config.roles is not None:
             probes = probes.by_role(*self.config.roles)
         if not len(probes):
-            raise BenchmarkError(f"memorization data {data if isinstance(data, str) else ''} has no probes "
-                                 f"with roles {self.config.roles}.")
+            raise BenchmarkError(
+                f"memorization data {data if isinstance(data, str) else ''} has no probes "
+                f"with roles {self.config.roles}."
+            )
         self.probes = probes
 
     def compute(self, model, tokenizer) -> dict[str, float]:
-        rows = score_probes(model, tokenizer, self.probes, batch_size=self.config.batch_size, min_k=self.config.min_k,
-                            sampling=SamplingConfig(n=self.config.samples), truncate=self.config.truncate)
+        rows = score_probes(
+            model,
+            tokenizer,
+            self.probes,
+            batch_size=self.config.batch_size,
+            min_k=self.config.min_k,
+            sampling=SamplingConfig(n=self.config.samples),
+            truncate=self.config.truncate,
+        )
         self.last_rows = rows
         return {k: float(v) for k, v in summarize_scores(rows).items()}

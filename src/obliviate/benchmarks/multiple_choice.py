@@ -47,13 +47,19 @@ from obliviate.metrics.teacher_forced import token_statistics
 class MultipleChoiceConfig(BenchmarkConfig):
     """Options of the ``multiple_choice`` benchmark."""
 
-    target_delimiter: str = field(default="", metadata={"help": "text between context and each choice "
-                                                                "(lm-eval task YAMLs default to ' ')."})
+    target_delimiter: str = field(
+        default="", metadata={"help": "text between context and each choice (lm-eval task YAMLs default to ' ')."}
+    )
     max_samples: int | None = field(default=None, metadata={"help": "use a fixed random sample of this many rows."})
     seed: int = field(default=0, metadata={"help": "seed of the max_samples sample."})
-    truncate: bool = field(default=True, metadata={"help": "drop the oldest context tokens when context+choice "
-                                                           "overflows the model, keeping lm-eval's window "
-                                                           "(context+choice)[-(L+1):][:-1]; false raises."})
+    truncate: bool = field(
+        default=True,
+        metadata={
+            "help": "drop the oldest context tokens when context+choice "
+            "overflows the model, keeping lm-eval's window "
+            "(context+choice)[-(L+1):][:-1]; false raises."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,7 +79,7 @@ def encode_pair(tokenizer, context: str, continuation: str, prefix_token_id: int
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = encode(tokenizer, context + continuation)
     context_ids = encode(tokenizer, context)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 @register_benchmark("multiple_choice")
@@ -99,8 +105,9 @@ class MultipleChoice(UtilityBenchmark):
             if isinstance(label, bool) or not isinstance(label, int):
                 raise BenchmarkError(f"{where}: 'label' must be the integer index of the right choice, got {label!r}.")
             if not 0 <= label < len(choices):
-                raise BenchmarkError(f"{where}: label {label} is out of range for {len(choices)} choices "
-                                     f"(valid: 0..{len(choices) - 1}).")
+                raise BenchmarkError(
+                    f"{where}: label {label} is out of range for {len(choices)} choices (valid: 0..{len(choices) - 1})."
+                )
         keep = fixed_sample(len(rows), self.config.max_samples, self.config.seed)
         self.rows = [rows[i] for i in keep]
 
@@ -112,8 +119,9 @@ class MultipleChoice(UtilityBenchmark):
         self.pairs: list[tuple[list[int], list[int]]] = []
         for where, row in self.rows:
             for choice in row["choices"]:
-                context_ids, choice_ids = encode_pair(tokenizer, row["context"],
-                                                      self.config.target_delimiter + choice, prefix_token_id)
+                context_ids, choice_ids = encode_pair(
+                    tokenizer, row["context"], self.config.target_delimiter + choice, prefix_token_id
+                )
                 if not choice_ids:
                     raise BenchmarkError(f"{where}: choice {choice!r} tokenizes to nothing after the context.")
                 self.pairs.append((context_ids, choice_ids))
@@ -128,10 +136,12 @@ class MultipleChoice(UtilityBenchmark):
                 total = len(context_ids) + len(choice_ids)
                 if max_length is not None and total > max_length:
                     if len(choice_ids) > max_length or (total > max_length + 1 and not self.config.truncate):
-                        raise BenchmarkError(f"{where}: context+choice is {total} tokens (choice {len(choice_ids)}), "
-                                             f"longer than the model's context of {max_length}"
-                                             f"{'' if self.config.truncate else '; set truncate: true'}.")
-                    windows[k] = (context_ids + choice_ids)[-(max_length + 1):][:-1]
+                        raise BenchmarkError(
+                            f"{where}: context+choice is {total} tokens (choice {len(choice_ids)}), "
+                            f"longer than the model's context of {max_length}"
+                            f"{'' if self.config.truncate else '; set truncate: true'}."
+                        )
+                    windows[k] = (context_ids + choice_ids)[-(max_length + 1) :][:-1]
                 prefixes.append(context_ids)
                 suffixes.append(choice_ids)
             self._fitted[max_length] = (prefixes, suffixes, windows)
@@ -150,7 +160,7 @@ class MultipleChoice(UtilityBenchmark):
         model.eval()
         try:
             for start in range(0, len(keys), self.config.batch_size):
-                batch = keys[start:start + self.config.batch_size]
+                batch = keys[start : start + self.config.batch_size]
                 ids = torch.tensor([windows[k] for k in batch], device=model_device(model))
                 with torch.inference_mode():
                     logits = model(input_ids=ids, use_cache=False).logits
@@ -158,7 +168,7 @@ class MultipleChoice(UtilityBenchmark):
                     # The window ends one token short of the choice: its last m logits predict the m choice tokens.
                     choice = self.pairs[k][1]
                     targets = torch.tensor(choice, device=logits.device)
-                    stats = token_statistics(logits[row, -len(choice):], targets)
+                    stats = token_statistics(logits[row, -len(choice) :], targets)
                     out[k] = stats["target_log_prob"].double().sum().item()
         finally:
             model.train(was_training)
@@ -170,15 +180,20 @@ class MultipleChoice(UtilityBenchmark):
         fits = [k for k in range(len(prefixes)) if k not in windows]
         flat = [0.0] * len(prefixes)
         if fits:
-            scores = score_sequences(model, [prefixes[k] for k in fits], [suffixes[k] for k in fits],
-                                     self.pad_token_id, batch_size=self.config.batch_size)
+            scores = score_sequences(
+                model,
+                [prefixes[k] for k in fits],
+                [suffixes[k] for k in fits],
+                self.pad_token_id,
+                batch_size=self.config.batch_size,
+            )
             for k, value in zip(fits, scores["suffix_log_prob"].double().tolist()):
                 flat[k] = value
         for k, value in self._window_log_likelihoods(model, windows).items():
             flat[k] = value
         out, start = [], 0
         for _, row in self.rows:
-            out.append(flat[start:start + len(row["choices"])])
+            out.append(flat[start : start + len(row["choices"])])
             start += len(row["choices"])
         return out
 

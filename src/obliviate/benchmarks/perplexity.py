@@ -37,10 +37,15 @@ class PerplexityConfig(BenchmarkConfig):
     text_key: str = field(default="text", metadata={"help": "the field holding each row's text."})
     max_samples: int | None = field(default=None, metadata={"help": "score a fixed random sample of this many rows."})
     seed: int = field(default=0, metadata={"help": "seed of the max_samples sample (the same rows every run)."})
-    truncate: bool = field(default=False, metadata={"help": "keep the first context-length tokens of longer rows "
-                                                            "instead of raising."})
-    completion_only: bool = field(default=False, metadata={
-        "help": "rows are {prompt, completion}: score the completion's tokens given the prompt, not the prompt's."})
+    truncate: bool = field(
+        default=False, metadata={"help": "keep the first context-length tokens of longer rows instead of raising."}
+    )
+    completion_only: bool = field(
+        default=False,
+        metadata={
+            "help": "rows are {prompt, completion}: score the completion's tokens given the prompt, not the prompt's."
+        },
+    )
     prompt_key: str = field(default="prompt", metadata={"help": "completion_only: the prompt field."})
     completion_key: str = field(default="completion", metadata={"help": "completion_only: the completion field."})
 
@@ -79,7 +84,7 @@ class Perplexity(UtilityBenchmark):
             return encode(tokenizer, row[self.config.text_key]), 1
         prompt, completion = row[self.config.prompt_key], row[self.config.completion_key]
         head, full = encode(tokenizer, prompt), encode(tokenizer, prompt + completion)
-        if full[:len(head)] == head and len(full) > len(head):
+        if full[: len(head)] == head and len(full) > len(head):
             return full, len(head)
         # The boundary merged into one token: tokenize the two parts apart (as SFT on prompt/completion does).
         return head + encode(tokenizer, completion, special=False), len(head)
@@ -92,8 +97,10 @@ class Perplexity(UtilityBenchmark):
         # mean, so leave it out.
         self.encoded = [(where, ids, head) for where, ids, head in encoded if 1 <= head < len(ids)]
         if not self.encoded:
-            raise BenchmarkError(f"{self.name} data {self.config.data}: no row has a token to predict (every row is "
-                                 "one token, or an empty completion).")
+            raise BenchmarkError(
+                f"{self.name} data {self.config.data}: no row has a token to predict (every row is "
+                "one token, or an empty completion)."
+            )
         self._fitted: dict[int | None, tuple[list[list[int]], list[list[int]]]] = {}
 
     def _inputs(self, max_length: int | None) -> tuple[list[list[int]], list[list[int]]]:
@@ -103,8 +110,10 @@ class Perplexity(UtilityBenchmark):
             for where, ids, head in self.encoded:
                 if max_length is not None and len(ids) > max_length:
                     if not self.config.truncate or head >= max_length:
-                        raise BenchmarkError(f"{where}: the text is {len(ids)} tokens, longer than the model's "
-                                             f"context of {max_length}. Split it, or set `truncate: true`.")
+                        raise BenchmarkError(
+                            f"{where}: the text is {len(ids)} tokens, longer than the model's "
+                            f"context of {max_length}. Split it, or set `truncate: true`."
+                        )
                     ids = ids[:max_length]
                 prefixes.append(ids[:head])
                 suffixes.append(ids[head:])

@@ -22,8 +22,11 @@ class UnknownBenchmarkError(UnknownNameError):
 
 
 BENCHMARKS: Registry[UtilityBenchmark] = Registry(
-    "benchmark", key="name", error=UnknownBenchmarkError,
-    hint="A new one is a UtilityBenchmark subclass decorated @register_benchmark('name') (docs/benchmarks.md).")
+    "benchmark",
+    key="name",
+    error=UnknownBenchmarkError,
+    hint="A new one is a UtilityBenchmark subclass decorated @register_benchmark('name') (docs/benchmarks.md).",
+)
 """Every registered benchmark class by the ``name`` a recipe uses."""
 
 

@@ -24,8 +24,10 @@ from obliviate.config import check_keys, load_recipe
 def check_entries(entries: Any, where: str) -> list[dict]:
     """Validate the shape of a ``benchmarks:`` list (mappings with a ``name``)."""
     if not isinstance(entries, (list, tuple)) or not entries:
-        raise BenchmarkError(f"{where} needs `benchmarks:`, a non-empty list like "
-                             "[{name: perplexity, data: retain.jsonl}, {name: multiple_choice, data: mc.jsonl}].")
+        raise BenchmarkError(
+            f"{where} needs `benchmarks:`, a non-empty list like "
+            "[{name: perplexity, data: retain.jsonl}, {name: multiple_choice, data: mc.jsonl}]."
+        )
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry:
             raise BenchmarkError(f"{where}: benchmarks[{i}] must be a mapping with a `name:` key, got {entry!r}.")
@@ -45,8 +47,10 @@ def check_entry_keys(entry: dict, where: str, extra: Iterable[str] = ()) -> None
 class BenchConfig:
     """The ``bench`` recipe: which benchmarks to run (``obliviate bench --config``)."""
 
-    benchmarks: list = field(default_factory=list, metadata={"help": "entries {name, data, label?, ...}; name is "
-                                                                      "one of obliviate.benchmarks.BENCHMARKS."})
+    benchmarks: list = field(
+        default_factory=list,
+        metadata={"help": "entries {name, data, label?, ...}; name is one of obliviate.benchmarks.BENCHMARKS."},
+    )
 
     def __post_init__(self):
         self.benchmarks = check_entries(self.benchmarks, "the bench recipe")
@@ -80,8 +84,9 @@ class UtilitySuite:
         if isinstance(entries, BenchConfig):
             entries = entries.benchmarks
         entries = check_entries(entries, "the benchmark suite")
-        return cls(UtilityBenchmark.from_entry(entry, tokenizer, where=f"(benchmarks[{i}])")
-                   for i, entry in enumerate(entries))
+        return cls(
+            UtilityBenchmark.from_entry(entry, tokenizer, where=f"(benchmarks[{i}])") for i, entry in enumerate(entries)
+        )
 
     @classmethod
     def from_recipe(cls, path: str | os.PathLike, tokenizer=None) -> UtilitySuite:
@@ -104,8 +109,9 @@ class UtilitySuite:
     def labels(self) -> list[str]:
         return [b.label for b in self.benchmarks]
 
-    def run(self, model, tokenizer=None, labels: Iterable[str] | None = None,
-            progress: bool = False) -> dict[str, dict[str, float]]:
+    def run(
+        self, model, tokenizer=None, labels: Iterable[str] | None = None, progress: bool = False
+    ) -> dict[str, dict[str, float]]:
         """Run every benchmark (or those in ``labels``) on ``model``.
 
         Args:

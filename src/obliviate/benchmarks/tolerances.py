@@ -21,10 +21,16 @@ from dataclasses import dataclass, replace
 
 from obliviate.benchmarks.base import BenchmarkError, UtilityBenchmark
 
-TOLERANCE_KEYS = {"max_relative_increase": "lower", "max_absolute_increase": "lower",
-                  "max_absolute_drop": "higher", "max_relative_drop": "higher",
-                  "max_relative_decrease": "lower", "max_absolute_decrease": "lower",
-                  "max_relative_rise": "higher", "max_absolute_rise": "higher"}
+TOLERANCE_KEYS = {
+    "max_relative_increase": "lower",
+    "max_absolute_increase": "lower",
+    "max_absolute_drop": "higher",
+    "max_relative_drop": "higher",
+    "max_relative_decrease": "lower",
+    "max_absolute_decrease": "lower",
+    "max_relative_rise": "higher",
+    "max_absolute_rise": "higher",
+}
 """Tolerance kind -> the direction of the score it applies to."""
 UPPER_BOUNDS = {"max_relative_increase", "max_absolute_increase", "max_relative_rise", "max_absolute_rise"}
 """Kinds that bound a score from above (the rest bound it from below)."""
@@ -63,8 +69,10 @@ class Tolerance:
         if self.kind is not None and self.kind not in TOLERANCE_KEYS:
             raise GateError(f"unknown tolerance {self.kind!r}; use one of {', '.join(TOLERANCE_KEYS)}.")
         if (self.kind is None) != (self.value is None):
-            raise GateError(f"tolerance of {self.benchmark!r} needs both a kind and a value, e.g. "
-                            "Tolerance('retain', 'max_relative_increase', 0.02).")
+            raise GateError(
+                f"tolerance of {self.benchmark!r} needs both a kind and a value, e.g. "
+                "Tolerance('retain', 'max_relative_increase', 0.02)."
+            )
         if self.value is not None and not (isinstance(self.value, (int, float)) and self.value >= 0):
             raise GateError(f"tolerance {self.kind} of {self.benchmark!r} must be a number >= 0, got {self.value!r}.")
 
@@ -75,8 +83,13 @@ class Tolerance:
 
     def to_dict(self) -> dict:
         """JSON-ready, with the direction: what a report needs to draw the bound without guessing."""
-        return {"benchmark": self.benchmark, "kind": self.kind, "value": self.value, "score": self.score,
-                "direction": self.direction}
+        return {
+            "benchmark": self.benchmark,
+            "kind": self.kind,
+            "value": self.value,
+            "score": self.score,
+            "direction": self.direction,
+        }
 
     def resolved(self, bench: UtilityBenchmark, strict: bool, scores=()) -> Tolerance:
         """This tolerance with the default score and kind filled in, checked against the score's direction.
@@ -91,14 +104,17 @@ class Tolerance:
         direction = bench.direction(score) if score else None
         if score is None or direction is None:
             if strict:
-                raise GateError(f"cannot tell which score of {self.benchmark!r} to gate or its direction; name it "
-                                f"with `score:` (its scores: {', '.join(scores)}).")
+                raise GateError(
+                    f"cannot tell which score of {self.benchmark!r} to gate or its direction; name it "
+                    f"with `score:` (its scores: {', '.join(scores)})."
+                )
             return replace(self, score=score)
         kind, value = (self.kind, self.value) if self.kind is not None else DEFAULT_TOLERANCE[direction]
         if TOLERANCE_KEYS[kind] != direction:
             fits = [k for k, d in TOLERANCE_KEYS.items() if d == direction]
-            raise GateError(f"{self.benchmark}/{score} is {direction}-is-better, so {kind} does not apply; use "
-                            f"{' or '.join(fits)}.")
+            raise GateError(
+                f"{self.benchmark}/{score} is {direction}-is-better, so {kind} does not apply; use {' or '.join(fits)}."
+            )
         return replace(self, score=score, kind=kind, value=value)
 
     def limit(self, baseline: float) -> float:
@@ -138,7 +154,13 @@ def default_gate_entries(data, label: str = "gate") -> list[dict]:
         data: ``{"text"}`` JSONL path or a list of ``{"text"}`` rows.
         label: prefix of the entries' labels.
     """
-    return [{"name": "perplexity", "data": data, "label": f"{label}_ppl",
-             "max_relative_increase": DEFAULT_PERPLEXITY_INCREASE, "max_relative_decrease": DEFAULT_PERPLEXITY_DECREASE},
-            {"name": "kl_to_original", "data": data, "label": f"{label}_kl",
-             "max_absolute_increase": DEFAULT_KL_TOLERANCE}]
+    return [
+        {
+            "name": "perplexity",
+            "data": data,
+            "label": f"{label}_ppl",
+            "max_relative_increase": DEFAULT_PERPLEXITY_INCREASE,
+            "max_relative_decrease": DEFAULT_PERPLEXITY_DECREASE,
+        },
+        {"name": "kl_to_original", "data": data, "label": f"{label}_kl", "max_absolute_increase": DEFAULT_KL_TOLERANCE},
+    ]

@@ -1,6 +1,6 @@
 """Memorization tracking during fine-tuning: the callback, flag rule, budget and the ``track`` recipe.
 
-    obliviate track --config recipes/track-sft.yaml
+obliviate track --config recipes/track-sft.yaml
 """
 
 from obliviate.callbacks.budget import MemorizationBudget

@@ -16,13 +16,22 @@ class MemorizationBudget:
     """Optional limits on memorization during fine-tuning; ``None`` means no limit."""
 
     max_extraction_rate: float | None = field(
-        default=None, metadata={"help": "Stop when the exact-extraction rate of trained probes (members and "
-                                        "canaries) exceeds this fraction."})
+        default=None,
+        metadata={
+            "help": "Stop when the exact-extraction rate of trained probes (members and "
+            "canaries) exceeds this fraction."
+        },
+    )
     max_flagged: int | None = field(
-        default=None, metadata={"help": "Stop when more than this many probes have been flagged."})
+        default=None, metadata={"help": "Stop when more than this many probes have been flagged."}
+    )
     max_tail_p99: float | None = field(
-        default=None, metadata={"help": "Stop when the 99th percentile of prefix_match_length over trained "
-                                        "probes exceeds this many tokens (the tail is where the risk is)."})
+        default=None,
+        metadata={
+            "help": "Stop when the 99th percentile of prefix_match_length over trained "
+            "probes exceeds this many tokens (the tail is where the risk is)."
+        },
+    )
 
     def __post_init__(self):
         if self.max_extraction_rate is not None and not 0 <= self.max_extraction_rate <= 1:
@@ -54,5 +63,8 @@ class MemorizationBudget:
         return None
 
     def describe(self) -> dict:
-        return {"max_extraction_rate": self.max_extraction_rate, "max_flagged": self.max_flagged,
-                "max_tail_p99": self.max_tail_p99}
+        return {
+            "max_extraction_rate": self.max_extraction_rate,
+            "max_flagged": self.max_flagged,
+            "max_tail_p99": self.max_tail_p99,
+        }

@@ -1,6 +1,6 @@
 """``TrackConfig``: the ``tracking:`` section of a track recipe (the callback's settings).
 
-    python -c "from obliviate.callbacks import TrackConfig; print(TrackConfig(every_n_steps=25))"
+python -c "from obliviate.callbacks import TrackConfig; print(TrackConfig(every_n_steps=25))"
 """
 
 from __future__ import annotations
@@ -24,34 +24,54 @@ class TrackConfig:
     """How :class:`~obliviate.callbacks.MemorizationCallback` scores, flags and budgets during SFT."""
 
     every_n_steps: int | None = field(
-        default=100, metadata={"help": "Score the probes every this many optimizer steps (global_step); null "
-                                       "for none. 208 probes every 100 steps cost ~3.4% of toy SFT time."})
+        default=100,
+        metadata={
+            "help": "Score the probes every this many optimizer steps (global_step); null "
+            "for none. 208 probes every 100 steps cost ~3.4% of toy SFT time."
+        },
+    )
     every_epoch: bool = field(default=False, metadata={"help": "Also score at the end of every epoch."})
     score_on_start: bool = field(
-        default=False, metadata={"help": "Also score, flag and log before the first step. The flag rule's baseline "
-                                         "(step-0 scores) is taken at train begin whether or not this is set."})
+        default=False,
+        metadata={
+            "help": "Also score, flag and log before the first step. The flag rule's baseline "
+            "(step-0 scores) is taken at train begin whether or not this is set."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Probes per forward pass."})
     max_probes: int | None = field(
-        default=256, metadata={"help": "run_track keeps at most this many probes: members are subsampled (seeded), "
-                                       "canaries and controls always kept. null keeps all."})
+        default=256,
+        metadata={
+            "help": "run_track keeps at most this many probes: members are subsampled (seeded), "
+            "canaries and controls always kept. null keeps all."
+        },
+    )
     metrics: list[str] | None = field(
-        default=None, metadata={"help": "Per-probe metrics kept in history.jsonl; null keeps all of them."})
+        default=None, metadata={"help": "Per-probe metrics kept in history.jsonl; null keeps all of them."}
+    )
     samples: int = field(default=100, metadata={"help": "n of extraction_probability: the attacker's samples."})
     temperature: float = field(default=1.0, metadata={"help": "Attacker's sampling temperature."})
     top_k: int | None = field(default=None, metadata={"help": "Attacker's top-k (null: none)."})
     top_p: float | None = field(default=None, metadata={"help": "Attacker's top-p (null: none)."})
     min_k: float = field(default=0.2, metadata={"help": "Fraction of tokens for Min-K% and Min-K%++."})
     include_eos: bool = field(
-        default=False, metadata={"help": "Probes built from SFT rows keep the eos TRL appends to completions."})
+        default=False, metadata={"help": "Probes built from SFT rows keep the eos TRL appends to completions."}
+    )
     prefix_tokens: int = field(default=32, metadata={"help": "Prefix length of probes built from text rows."})
     suffix_tokens: int = field(default=32, metadata={"help": "Suffix length of probes built from text rows."})
     reference_model: str | None = field(
-        default=None, metadata={"help": "Model for reference_ratio and the flag rule's baseline (instead of the "
-                                        "step-0 scores): a path, or 'base' for the model before SFT. Doubles "
-                                        "the scoring cost."})
+        default=None,
+        metadata={
+            "help": "Model for reference_ratio and the flag rule's baseline (instead of the "
+            "step-0 scores): a path, or 'base' for the model before SFT. Doubles "
+            "the scoring cost."
+        },
+    )
     flag_rule: Any = field(default_factory=FlagRule, metadata={"help": "FlagRule fields (a mapping)."})
-    budget: Any = field(default_factory=MemorizationBudget,
-                        metadata={"help": "MemorizationBudget fields (a mapping); empty: no limits."})
+    budget: Any = field(
+        default_factory=MemorizationBudget,
+        metadata={"help": "MemorizationBudget fields (a mapping); empty: no limits."},
+    )
 
     def __post_init__(self):
         # The one place these settings are checked: a recipe's tracking: section and
@@ -60,10 +80,13 @@ class TrackConfig:
 
         self.flag_rule = section(FlagRule, self.flag_rule, "flag_rule")
         self.budget = section(MemorizationBudget, self.budget, "budget")
-        if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int)
-                                               or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1):
-            raise TrackingError(f"every_n_steps must be a positive number of optimizer steps (or None/null to score "
-                                f"only per epoch and at the end), got {self.every_n_steps!r}.")
+        if self.every_n_steps is not None and (
+            not isinstance(self.every_n_steps, int) or isinstance(self.every_n_steps, bool) or self.every_n_steps < 1
+        ):
+            raise TrackingError(
+                f"every_n_steps must be a positive number of optimizer steps (or None/null to score "
+                f"only per epoch and at the end), got {self.every_n_steps!r}."
+            )
         if self.max_probes is not None and self.max_probes < 1:
             raise TrackingError(f"max_probes must be >= 1 or null, got {self.max_probes}")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
@@ -95,8 +118,10 @@ def track_config(config: TrackConfig | None, **keywords) -> TrackConfig:
     given = {k: v for k, v in keywords.items() if v is not UNSET}
     if config is not None:
         if given:
-            raise TrackingError(f"{', '.join(given)} given both as keywords and in config=TrackConfig(...): set each "
-                                "setting in one place (dataclasses.replace(config, ...) changes a config).")
+            raise TrackingError(
+                f"{', '.join(given)} given both as keywords and in config=TrackConfig(...): set each "
+                "setting in one place (dataclasses.replace(config, ...) changes a config)."
+            )
         if not isinstance(config, TrackConfig):
             raise TrackingError(f"config must be a TrackConfig, got {type(config).__name__}.")
         return config

@@ -56,8 +56,9 @@ def shard_probes(probes, world_size: int, rank: int):
 
     positions, real = padded_shard(len(probes), world_size, rank)
     items = [probes[i] for i in positions[:real]]
-    items += [dataclasses.replace(probes[i], id=f"{probes[i].id}{PAD_SUFFIX}{k}")
-              for k, i in enumerate(positions[real:])]
+    items += [
+        dataclasses.replace(probes[i], id=f"{probes[i].id}{PAD_SUFFIX}{k}") for k, i in enumerate(positions[real:])
+    ]
     return ProbeSet(items), real
 
 

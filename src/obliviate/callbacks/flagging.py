@@ -59,8 +59,13 @@ class GroupCalibration:
     control_ma_threshold: float | None = None
 
     def to_dict(self) -> dict:
-        return {"controls": self.controls, "probes": self.probes, "judged_by": self.judged_by, "why": self.why,
-                "control_ma_threshold": self.control_ma_threshold}
+        return {
+            "controls": self.controls,
+            "probes": self.probes,
+            "judged_by": self.judged_by,
+            "why": self.why,
+            "control_ma_threshold": self.control_ma_threshold,
+        }
 
 
 class FlagResult(NamedTuple):
@@ -75,40 +80,63 @@ class FlagRule:
     """When a scored probe is flagged as memorized (any enabled criterion suffices)."""
 
     exact_extraction: bool = field(
-        default=True, metadata={"help": "Flag probes whose suffix greedy decoding reproduces exactly."})
+        default=True, metadata={"help": "Flag probes whose suffix greedy decoding reproduces exactly."}
+    )
     min_extraction_probability: float | None = field(
-        default=0.5, metadata={"help": "Flag probes with extraction_probability (n samples) at least this; "
-                                       "null turns the criterion off."})
+        default=0.5,
+        metadata={
+            "help": "Flag probes with extraction_probability (n samples) at least this; null turns the criterion off."
+        },
+    )
     control_ma_percentile: float | None = field(
-        default=99.0, metadata={"help": "Calibrated criterion: flag non-control probes whose memorization accuracy "
-                                        "exceeds this percentile of the MA of the controls of their own group at "
-                                        "the same step (and that gained min_ma_gain); null turns it off."})
+        default=99.0,
+        metadata={
+            "help": "Calibrated criterion: flag non-control probes whose memorization accuracy "
+            "exceeds this percentile of the MA of the controls of their own group at "
+            "the same step (and that gained min_ma_gain); null turns it off."
+        },
+    )
     min_controls: int = field(
-        default=10, metadata={"help": "Fewest controls a group needs for the calibrated criterion; a group with "
-                                      "fewer (or none) is judged by absolute evidence only, with a warning."})
+        default=10,
+        metadata={
+            "help": "Fewest controls a group needs for the calibrated criterion; a group with "
+            "fewer (or none) is judged by absolute evidence only, with a warning."
+        },
+    )
     min_ma_gain: float | None = field(
-        default=0.5, metadata={"help": "The calibrated criterion also needs MA - baseline MA >= this, the baseline "
-                                       "being the probe's MA at step 0 (or under the reference model): memorization "
-                                       "gained during this fine-tuning. 0.5 flagged no never-extractable toy member "
-                                       "(docs/callbacks.md). null drops the baseline: the criterion then flags "
-                                       "text that is merely predictable, as before groups and baselines existed."})
+        default=0.5,
+        metadata={
+            "help": "The calibrated criterion also needs MA - baseline MA >= this, the baseline "
+            "being the probe's MA at step 0 (or under the reference model): memorization "
+            "gained during this fine-tuning. 0.5 flagged no never-extractable toy member "
+            "(docs/callbacks.md). null drops the baseline: the criterion then flags "
+            "text that is merely predictable, as before groups and baselines existed."
+        },
+    )
 
     def __post_init__(self):
         if self.min_extraction_probability is not None and not 0 < self.min_extraction_probability <= 1:
-            raise ValueError(f"min_extraction_probability must be in (0, 1] or null, got "
-                             f"{self.min_extraction_probability}")
+            raise ValueError(
+                f"min_extraction_probability must be in (0, 1] or null, got {self.min_extraction_probability}"
+            )
         if self.control_ma_percentile is not None and not 0 <= self.control_ma_percentile <= 100:
             raise ValueError(f"control_ma_percentile must be in [0, 100] or null, got {self.control_ma_percentile}")
         if isinstance(self.min_controls, bool) or not isinstance(self.min_controls, int) or self.min_controls < 1:
             raise ValueError(f"min_controls must be an integer >= 1, got {self.min_controls!r}")
         if self.min_ma_gain is not None and not 0 <= self.min_ma_gain <= 1:
-            raise ValueError(f"min_ma_gain must be in [0, 1] (a gain of memorization accuracy) or null, got "
-                             f"{self.min_ma_gain}")
-        if not (self.exact_extraction or self.min_extraction_probability is not None
-                or self.control_ma_percentile is not None):
-            raise ValueError("the flag rule has every criterion turned off, so it can never flag anything; "
-                             "enable at least one of exact_extraction, min_extraction_probability, "
-                             "control_ma_percentile.")
+            raise ValueError(
+                f"min_ma_gain must be in [0, 1] (a gain of memorization accuracy) or null, got {self.min_ma_gain}"
+            )
+        if not (
+            self.exact_extraction
+            or self.min_extraction_probability is not None
+            or self.control_ma_percentile is not None
+        ):
+            raise ValueError(
+                "the flag rule has every criterion turned off, so it can never flag anything; "
+                "enable at least one of exact_extraction, min_extraction_probability, "
+                "control_ma_percentile."
+            )
 
     @property
     def needs_baseline(self) -> bool:
@@ -116,8 +144,9 @@ class FlagRule:
         return self.control_ma_percentile is not None and self.min_ma_gain is not None
 
     # -- groups -----------------------------------------------------------------------------------
-    def plan(self, members: Iterable[tuple[str | None, str]], has_baselines: bool = True
-             ) -> dict[str | None, GroupCalibration]:
+    def plan(
+        self, members: Iterable[tuple[str | None, str]], has_baselines: bool = True
+    ) -> dict[str | None, GroupCalibration]:
         """How each group is judged, from ``(group, role)`` pairs (probes or rows); no thresholds yet.
 
         Args:
@@ -174,11 +203,17 @@ class FlagRule:
         """
         if self.exact_extraction and row["exact_extraction"] == 1:
             return "exact_extraction"
-        if self.min_extraction_probability is not None and \
-                row["extraction_probability"] >= self.min_extraction_probability:
+        if (
+            self.min_extraction_probability is not None
+            and row["extraction_probability"] >= self.min_extraction_probability
+        ):
             return "extraction_probability"
-        if control_threshold is not None and row["role"] != "control" and \
-                row["memorization_accuracy"] > control_threshold and self.gained(row, baseline):
+        if (
+            control_threshold is not None
+            and row["role"] != "control"
+            and row["memorization_accuracy"] > control_threshold
+            and self.gained(row, baseline)
+        ):
             return "control_relative_ma"
         return None
 
@@ -210,11 +245,17 @@ class FlagRule:
         if self.control_ma_percentile is None:
             criterion = None
         else:
-            criterion = (f"memorization_accuracy > percentile {self.control_ma_percentile:g} of the MA of the controls "
-                         f"of the probe's own group at the same step (groups with >= {self.min_controls} controls)")
+            criterion = (
+                f"memorization_accuracy > percentile {self.control_ma_percentile:g} of the MA of the controls "
+                f"of the probe's own group at the same step (groups with >= {self.min_controls} controls)"
+            )
             if self.min_ma_gain is not None:
                 criterion += f", and memorization_accuracy - baseline >= {self.min_ma_gain:g}"
-        return {"exact_extraction": self.exact_extraction,
-                "min_extraction_probability": self.min_extraction_probability,
-                "control_ma_percentile": self.control_ma_percentile, "min_controls": self.min_controls,
-                "min_ma_gain": self.min_ma_gain, "control_relative_criterion": criterion}
+        return {
+            "exact_extraction": self.exact_extraction,
+            "min_extraction_probability": self.min_extraction_probability,
+            "control_ma_percentile": self.control_ma_percentile,
+            "min_controls": self.min_controls,
+            "min_ma_gain": self.min_ma_gain,
+            "control_relative_criterion": criterion,
+        }

@@ -51,15 +51,21 @@ def _find_tokenizer(trainer, probes, tokenizer=None):
     A plain ``Trainer`` is often built without ``processing_class``, the tokenizer going only to the data
     collator (``DataCollatorForLanguageModeling(tokenizer)``); the callback finds it there.
     """
-    candidates = (tokenizer, getattr(trainer, "processing_class", None), getattr(probes, "tokenizer", None),
-                  getattr(getattr(trainer, "data_collator", None), "tokenizer", None))
+    candidates = (
+        tokenizer,
+        getattr(trainer, "processing_class", None),
+        getattr(probes, "tokenizer", None),
+        getattr(getattr(trainer, "data_collator", None), "tokenizer", None),
+    )
     for found in candidates:
         found = getattr(found, "tokenizer", found)  # a processor wraps its tokenizer
         if found is not None and callable(found):
             return found
-    raise TrackingError("no tokenizer: the trainer has no processing_class and its data collator no tokenizer. "
-                        "Pass tokenizer=... to MemorizationCallback, or build the trainer with "
-                        "processing_class=tokenizer.")
+    raise TrackingError(
+        "no tokenizer: the trainer has no processing_class and its data collator no tokenizer. "
+        "Pass tokenizer=... to MemorizationCallback, or build the trainer with "
+        "processing_class=tokenizer."
+    )
 
 
 class MemorizationCallback(TrainerCallback):
@@ -98,17 +104,45 @@ class MemorizationCallback(TrainerCallback):
             trainer's ``max_length``.
     """
 
-    def __init__(self, trainer, probes, config: TrackConfig | None = None, *, every_n_steps=UNSET,
-                 every_epoch=UNSET, metrics=UNSET, flag_rule=UNSET, budget=UNSET, batch_size=UNSET, sampling=UNSET,
-                 min_k=UNSET, score_on_start=UNSET, output_dir: str | None = None, reference_model=None,
-                 tokenizer=None, progress: bool = False):
-        self.config = track_config(config, every_n_steps=every_n_steps, every_epoch=every_epoch, metrics=metrics,
-                                   flag_rule=flag_rule, budget=budget, batch_size=batch_size, sampling=sampling,
-                                   min_k=min_k, score_on_start=score_on_start)
+    def __init__(
+        self,
+        trainer,
+        probes,
+        config: TrackConfig | None = None,
+        *,
+        every_n_steps=UNSET,
+        every_epoch=UNSET,
+        metrics=UNSET,
+        flag_rule=UNSET,
+        budget=UNSET,
+        batch_size=UNSET,
+        sampling=UNSET,
+        min_k=UNSET,
+        score_on_start=UNSET,
+        output_dir: str | None = None,
+        reference_model=None,
+        tokenizer=None,
+        progress: bool = False,
+    ):
+        self.config = track_config(
+            config,
+            every_n_steps=every_n_steps,
+            every_epoch=every_epoch,
+            metrics=metrics,
+            flag_rule=flag_rule,
+            budget=budget,
+            batch_size=batch_size,
+            sampling=sampling,
+            min_k=min_k,
+            score_on_start=score_on_start,
+        )
         cfg = self.config
         self.trainer = trainer
-        self.every_n_steps, self.every_epoch, self.score_on_start = cfg.every_n_steps, cfg.every_epoch, \
-            cfg.score_on_start
+        self.every_n_steps, self.every_epoch, self.score_on_start = (
+            cfg.every_n_steps,
+            cfg.every_epoch,
+            cfg.score_on_start,
+        )
         self.metrics = tuple(cfg.metrics) if cfg.metrics else HISTORY_METRICS
         self.flag_rule, self.budget, self.sampling = cfg.flag_rule, cfg.budget, cfg.sampling
         self.batch_size, self.min_k, self.progress = cfg.batch_size, cfg.min_k, progress
@@ -166,7 +200,8 @@ class MemorizationCallback(TrainerCallback):
                     raise TrackingError(
                         f"probe {p.id!r} is {len(p)} tokens, longer than the trainer's max_length={max_length}: "
                         "training truncates such rows, so its end is never trained on. Raise max_length "
-                        "(SFTConfig) or shorten the probe.")
+                        "(SFTConfig) or shorten the probe."
+                    )
 
     def _check_writable(self) -> None:
         try:
@@ -174,16 +209,19 @@ class MemorizationCallback(TrainerCallback):
             with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".write-test-"):
                 pass
         except OSError as e:
-            raise TrackingError(f"cannot write the memorization files to {self.dir}: {e}. "
-                                "Give an output_dir you can write to.") from None
+            raise TrackingError(
+                f"cannot write the memorization files to {self.dir}: {e}. Give an output_dir you can write to."
+            ) from None
 
     # -- trainer events ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         flagged = self._prepare_files(state.global_step) if self.is_main else None
         self.flagged = broadcast_from_main(flagged, self.trainer.accelerator) or {}
         self._load_baselines(state)
-        self.groups = self.flag_rule.plan(((p.group, p.role) for p in self.probes), bool(self.baselines)
-                                          or (self.score_on_start and state.global_step == 0))
+        self.groups = self.flag_rule.plan(
+            ((p.group, p.role) for p in self.probes),
+            bool(self.baselines) or (self.score_on_start and state.global_step == 0),
+        )
         if self.is_main:
             self._warn_absolute_groups()
             self._write_meta()
@@ -247,16 +285,21 @@ class MemorizationCallback(TrainerCallback):
         self._keep_baselines(rows)
 
     def _keep_baselines(self, rows: list[dict]) -> None:
-        self.baselines = {r["id"]: {k: r[k] for k in BASELINE_FIELDS if k in r} for r in rows
-                          if "memorization_accuracy" in r}
+        self.baselines = {
+            r["id"]: {k: r[k] for k in BASELINE_FIELDS if k in r} for r in rows if "memorization_accuracy" in r
+        }
 
     def _history_baselines(self) -> list[dict]:
         rows = [r for r in read_jsonl(self.history_path) if r["step"] == 0] if self.history_path.exists() else []
         missing = [p.id for p in self.probes if p.id not in {r["id"] for r in rows}]
         if missing:
-            logger.warning("resuming without step-0 scores for %d probes (%s) in %s: those probes are judged by "
-                           "absolute evidence only (no baseline to measure what this fine-tuning added).",
-                           len(missing), ", ".join(missing[:5]), self.history_path)
+            logger.warning(
+                "resuming without step-0 scores for %d probes (%s) in %s: those probes are judged by "
+                "absolute evidence only (no baseline to measure what this fine-tuning added).",
+                len(missing),
+                ", ".join(missing[:5]),
+                self.history_path,
+            )
         return rows
 
     def _warn_absolute_groups(self) -> None:
@@ -264,22 +307,42 @@ class MemorizationCallback(TrainerCallback):
         for group, calibration in self.groups.items():
             if calibration.judged_by != "absolute" or rule.control_ma_percentile is None or not calibration.probes:
                 continue
-            advice = (f" Add at least {rule.min_controls} never-trained controls of this group (format) to calibrate "
-                      "it." if calibration.controls < rule.min_controls else "")
-            logger.warning("probe group %s has %d controls: its %d probes are judged by absolute evidence only "
-                           "(exact extraction, extraction probability >= %s), not against controls: %s.%s",
-                           group_key(group), calibration.controls, calibration.probes,
-                           rule.min_extraction_probability, calibration.why, advice)
+            advice = (
+                f" Add at least {rule.min_controls} never-trained controls of this group (format) to calibrate it."
+                if calibration.controls < rule.min_controls
+                else ""
+            )
+            logger.warning(
+                "probe group %s has %d controls: its %d probes are judged by absolute evidence only "
+                "(exact extraction, extraction probability >= %s), not against controls: %s.%s",
+                group_key(group),
+                calibration.controls,
+                calibration.probes,
+                rule.min_extraction_probability,
+                calibration.why,
+                advice,
+            )
 
     def _write_meta(self) -> None:
         model = self._model()
         thresholds = {**self.flag_rule.describe(), "sampling": vars(self.sampling), "min_k": self.min_k}
         groups = {group_key(g): c.to_dict() for g, c in self.groups.items()}
-        baseline = {"source": self.baseline_source if self.flag_rule.needs_baseline else None,
-                    "probes": len(self.baselines)}
-        write_meta(self.meta_path, getattr(model, "name_or_path", None) or None, self.tokenizer, thresholds,
-                   budget=self.budget.describe(), probes=len(self.probes), every_n_steps=self.every_n_steps,
-                   flagged=len(self.flagged), groups=groups, baseline=baseline)
+        baseline = {
+            "source": self.baseline_source if self.flag_rule.needs_baseline else None,
+            "probes": len(self.baselines),
+        }
+        write_meta(
+            self.meta_path,
+            getattr(model, "name_or_path", None) or None,
+            self.tokenizer,
+            thresholds,
+            budget=self.budget.describe(),
+            probes=len(self.probes),
+            every_n_steps=self.every_n_steps,
+            flagged=len(self.flagged),
+            groups=groups,
+            baseline=baseline,
+        )
 
     def score(self, model=None, with_reference: bool = True) -> list[dict]:
         """Score every probe on ``model`` (default: the current weights) -- this rank's shard, gathered.
@@ -293,11 +356,20 @@ class MemorizationCallback(TrainerCallback):
         model = model if model is not None else self._model()
         modes = [(m, m.training) for m in model.modules()]
         try:
-            rows = score_probes(model, self.tokenizer, shard, batch_size=self.batch_size,
-                                reference_model=self.reference_model if with_reference else None, min_k=self.min_k,
-                                sampling=self.sampling,
-                                progress="memorization probes" if self.progress and self.is_main else False) \
-                if len(shard) else []
+            rows = (
+                score_probes(
+                    model,
+                    self.tokenizer,
+                    shard,
+                    batch_size=self.batch_size,
+                    reference_model=self.reference_model if with_reference else None,
+                    min_k=self.min_k,
+                    sampling=self.sampling,
+                    progress="memorization probes" if self.progress and self.is_main else False,
+                )
+                if len(shard)
+                else []
+            )
         finally:
             for module, training in modes:
                 module.training = training
@@ -329,8 +401,13 @@ class MemorizationCallback(TrainerCallback):
         elapsed = time.perf_counter() - t0
         self.scoring_seconds += elapsed
         logs = {f"memorization/{k}": float(v) for k, v in summary.items()}
-        logs.update({"memorization/flagged": float(len(self.flagged)), "memorization/new_flagged": float(len(new)),
-                     "memorization/seconds": elapsed})
+        logs.update(
+            {
+                "memorization/flagged": float(len(self.flagged)),
+                "memorization/new_flagged": float(len(new)),
+                "memorization/seconds": elapsed,
+            }
+        )
         for group, calibration in result.groups.items():
             if calibration.control_ma_threshold is not None:
                 logs[f"memorization/control_ma_threshold/{group_key(group)}"] = calibration.control_ma_threshold
@@ -361,11 +438,23 @@ class MemorizationCallback(TrainerCallback):
         with open(self.history_path, "a") as f:
             for row in rows:
                 kept = {k: row[k] for k in fields if k in row}
-                f.write(json.dumps({"step": step, "epoch": epoch, "id": row["id"], "role": row["role"],
-                                    "group": row.get("group"), **kept}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "id": row["id"],
+                            "role": row["role"],
+                            "group": row.get("group"),
+                            **kept,
+                        }
+                    )
+                    + "\n"
+                )
 
-    def _write(self, rows: list[dict], summary: dict, new: dict[str, str], result: FlagResult,
-               step: int, epoch: float) -> None:
+    def _write(
+        self, rows: list[dict], summary: dict, new: dict[str, str], result: FlagResult, step: int, epoch: float
+    ) -> None:
         self._write_history(rows, step, epoch)
         with open(self.summaries_path, "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, **summary}) + "\n")
@@ -381,8 +470,9 @@ class MemorizationCallback(TrainerCallback):
                 baseline = self.baselines.get(pid)
                 if baseline is not None:
                     metrics["baseline_memorization_accuracy"] = baseline["memorization_accuracy"]
-                    metrics["memorization_accuracy_gain"] = metrics["memorization_accuracy"] - \
-                        baseline["memorization_accuracy"]
+                    metrics["memorization_accuracy_gain"] = (
+                        metrics["memorization_accuracy"] - baseline["memorization_accuracy"]
+                    )
                 out.append(flagged_row(self.probes[pid], step, reason, metrics, self.tokenizer))
             append_flagged(self.flagged_path, out)
             logger.info("step %d: flagged %d new probes (%s)", step, len(new), ", ".join(list(new)[:5]))

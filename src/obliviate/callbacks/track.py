@@ -71,14 +71,20 @@ class TrackRecipe:
             self.lora = _lora_config(self.lora) if self.lora else None
         for key in ("train_file", "probes", "controls"):
             if getattr(self, key) and not Path(getattr(self, key)).is_file():
-                raise FileNotFoundError(f"{key} {getattr(self, key)} does not exist (relative paths start at "
-                                        f"{Path.cwd()}). For the toy files run `obliviate toy --out runs/toy` first.")
+                raise FileNotFoundError(
+                    f"{key} {getattr(self, key)} does not exist (relative paths start at "
+                    f"{Path.cwd()}). For the toy files run `obliviate toy --out runs/toy` first."
+                )
 
     def record(self) -> dict[str, Any]:
         """The resolved recipe as ``track.json`` keeps it (every section as plain values)."""
         top = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("training", "lora", "tracking")}
-        return {**top, "training": self.training.to_dict(), "tracking": self.tracking.to_dict(),
-                "lora": self.lora.to_dict() if self.lora is not None else None}
+        return {
+            **top,
+            "training": self.training.to_dict(),
+            "tracking": self.tracking.to_dict(),
+            "lora": self.lora.to_dict() if self.lora is not None else None,
+        }
 
 
 def load_track_recipe(recipe: dict | str | os.PathLike, overrides: dict | None = None) -> TrackRecipe:
@@ -92,8 +98,13 @@ def _training_args(training: dict, output_dir: str):
 
     if "output_dir" in training:
         raise RecipeError("set output_dir at the top level, not under 'training'.")
-    defaults: dict[str, Any] = {"output_dir": output_dir, "report_to": ["none"], "save_strategy": "no",
-                                "packing": False, "logging_steps": 10}
+    defaults: dict[str, Any] = {
+        "output_dir": output_dir,
+        "report_to": ["none"],
+        "save_strategy": "no",
+        "packing": False,
+        "logging_steps": 10,
+    }
     if not _cuda():
         # SFTConfig's defaults (bf16, gradient checkpointing) are GPU defaults; on CPU they are slow or fail.
         defaults.update(bf16=False, use_cpu=True)
@@ -118,8 +129,9 @@ def _load_rows(settings: TrackRecipe) -> list[dict]:
     try:
         ds = load_dataset(settings.dataset_name, settings.dataset_config, split=settings.dataset_split)
     except Exception as e:  # datasets raises many types for a missing name; say what to do instead
-        raise RecipeError(f"cannot load dataset {settings.dataset_name!r}: {e}. Offline, give a local "
-                          "train_file (JSONL) instead.") from None
+        raise RecipeError(
+            f"cannot load dataset {settings.dataset_name!r}: {e}. Offline, give a local train_file (JSONL) instead."
+        ) from None
     return [dict(r) for r in ds]
 
 
@@ -152,8 +164,12 @@ def build_probes(settings: TrackRecipe, rows: list[dict], tokenizer):
     from obliviate.data.sft import probes_from_sft_rows
 
     cfg: TrackConfig = settings.tracking
-    kwargs = dict(include_eos=cfg.include_eos, prefix_tokens=cfg.prefix_tokens, suffix_tokens=cfg.suffix_tokens,
-                  text_field=settings.training.dataset_text_field)
+    kwargs = dict(
+        include_eos=cfg.include_eos,
+        prefix_tokens=cfg.prefix_tokens,
+        suffix_tokens=cfg.suffix_tokens,
+        text_field=settings.training.dataset_text_field,
+    )
     text_field = kwargs["text_field"]
 
     def from_rows(source: list[dict], **extra):
@@ -206,8 +222,9 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, c
     if cfg.reference_model:
         source = settings.model if cfg.reference_model == "base" else cfg.reference_model
         reference = load_model(source, settings.dtype, args.device.type)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=settings.lora)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=settings.lora
+    )
     for extra in callbacks:
         if isinstance(extra, (ProgressCallback, PrinterCallback)):
             trainer.remove_callback(ProgressCallback)
@@ -223,9 +240,13 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, c
         tokenizer.save_pretrained(str(out / "model"))
         record = {
             "recipe": settings.record(),
-            "global_step": trainer.state.global_step, "train_seconds": train_seconds,
-            "scoring_seconds": callback.scoring_seconds, "stop_reason": callback.stop_reason,
-            "flagged": len(callback.flagged), "probes": len(probes), "final_summary": callback.last_summary,
+            "global_step": trainer.state.global_step,
+            "train_seconds": train_seconds,
+            "scoring_seconds": callback.scoring_seconds,
+            "stop_reason": callback.stop_reason,
+            "flagged": len(callback.flagged),
+            "probes": len(probes),
+            "final_summary": callback.last_summary,
         }
         (out / "track.json").write_text(json.dumps(record, indent=2, default=str))
     return out

@@ -35,16 +35,24 @@ def run_notes(paths: dict, config) -> list[str]:
         if getattr(config, "gate", None) is None:
             notes.append("note: no utility gate (--no-gate / gate: null): no erasure step is checked or rolled back.")
         else:
-            notes.append("WARNING: no utility gate: without --retain (or a `gate:` section) no erasure step is "
-                         "checked or rolled back. Pass --retain FILE ({\"text\"} JSONL) for the default gate "
-                         "(retain perplexity +2% at most), or --no-gate to erase ungated on purpose.")
+            notes.append(
+                "WARNING: no utility gate: without --retain (or a `gate:` section) no erasure step is "
+                'checked or rolled back. Pass --retain FILE ({"text"} JSONL) for the default gate '
+                "(retain perplexity +2% at most), or --no-gate to erase ungated on purpose."
+            )
     thresholds = getattr(config, "thresholds", "auto")
-    if thresholds == "absolute" or (thresholds == "auto" and not paths.get("controls")
-                                    and paths.get("forget") and not _forget_has_controls(paths["forget"])):
-        notes.append(f"WARNING: no controls: without --controls (or control rows in {paths.get('forget')}) "
-                     f"'forgotten' means below ABSOLUTE thresholds (MA < {getattr(config, 'max_memorization_accuracy', '?')}, "
-                     f"extraction probability < {getattr(config, 'max_extraction_probability', '?')}), not below the "
-                     "never-trained controls' level. Pass --controls FILE (role=control probes) for the latter.")
+    if thresholds == "absolute" or (
+        thresholds == "auto"
+        and not paths.get("controls")
+        and paths.get("forget")
+        and not _forget_has_controls(paths["forget"])
+    ):
+        notes.append(
+            f"WARNING: no controls: without --controls (or control rows in {paths.get('forget')}) "
+            f"'forgotten' means below ABSOLUTE thresholds (MA < {getattr(config, 'max_memorization_accuracy', '?')}, "
+            f"extraction probability < {getattr(config, 'max_extraction_probability', '?')}), not below the "
+            "never-trained controls' level. Pass --controls FILE (role=control probes) for the latter."
+        )
     return notes
 
 
@@ -66,8 +74,10 @@ def resume_note(out: str | os.PathLike) -> str | None:
     if state is None:
         return None
     done = int(state.get("next_chunk", 0))
-    return (f"resuming the interrupted run from {partial_dir(out)}: {done} chunk{'s' if done != 1 else ''} "
-            "already done (the result is the same as an uninterrupted run).")
+    return (
+        f"resuming the interrupted run from {partial_dir(out)}: {done} chunk{'s' if done != 1 else ''} "
+        "already done (the result is the same as an uninterrupted run)."
+    )
 
 
 def interrupted_note(out: str | os.PathLike) -> str:
@@ -76,11 +86,12 @@ def interrupted_note(out: str | os.PathLike) -> str:
 
     state = _state(out)
     if state is None:
-        return ("interrupted before the first chunk finished; nothing was saved. Rerun the same command to "
-                "start again.")
+        return "interrupted before the first chunk finished; nothing was saved. Rerun the same command to start again."
     done = int(state.get("next_chunk", 0))
-    return (f"interrupted after chunk {done}; its state is in {partial_dir(out)}. Rerun the same command to "
-            "resume from there.")
+    return (
+        f"interrupted after chunk {done}; its state is in {partial_dir(out)}. Rerun the same command to "
+        "resume from there."
+    )
 
 
 def closing_notes(report: dict, notes: list[str]) -> list[str]:
@@ -89,4 +100,3 @@ def closing_notes(report: dict, notes: list[str]) -> list[str]:
     if report.get("resumed_from_chunk"):
         lines.append(f"resumed from chunk {report['resumed_from_chunk']} of an interrupted run")
     return lines
-

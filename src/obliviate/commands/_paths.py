@@ -33,13 +33,15 @@ def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> Path:
     if node.exists() and not node.is_dir():
         raise NotADirectoryError(f"{flag} {out} cannot be created: {node} is a file, not a directory.")
     if not os.access(node, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {out} cannot be written: {node} is not writable by this user. "
-                              "Choose a directory you can write to.")
+        raise PermissionError(
+            f"{flag} {out} cannot be written: {node} is not writable by this user. Choose a directory you can write to."
+        )
     return out
 
 
-def check_not_inside(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
-                     flag: str = "--out") -> None:
+def check_not_inside(
+    out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], flag: str = "--out"
+) -> None:
     """Refuse an output directory that is (or is inside) an input directory: inputs are never modified.
 
     Args:
@@ -52,12 +54,15 @@ def check_not_inside(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
             continue
         source = Path(path).expanduser().resolve()
         if target == source or source in target.parents:
-            raise ValueError(f"{flag} {out} is inside the input {what} directory {path}; inputs are never "
-                             "modified: write the output elsewhere.")
+            raise ValueError(
+                f"{flag} {out} is inside the input {what} directory {path}; inputs are never "
+                "modified: write the output elsewhere."
+            )
 
 
-def claim_outputs(out: str | os.PathLike, names: Iterable[str], overwrite: bool, command: str,
-                  ours: bool = True, remove: bool = False) -> list[Path]:
+def claim_outputs(
+    out: str | os.PathLike, names: Iterable[str], overwrite: bool, command: str, ours: bool = True, remove: bool = False
+) -> list[Path]:
     """The files/directories ``names`` under ``out`` that the command is about to write, checked for overwrites.
 
     Args:
@@ -81,11 +86,15 @@ def claim_outputs(out: str | os.PathLike, names: Iterable[str], overwrite: bool,
         return []
     listed = ", ".join(p.name for p in existing)
     if not ours:
-        raise FileExistsError(f"{out} already holds {listed}, not written by `obliviate {command}`; it is never "
-                              "replaced. Choose another --out.")
+        raise FileExistsError(
+            f"{out} already holds {listed}, not written by `obliviate {command}`; it is never "
+            "replaced. Choose another --out."
+        )
     if not overwrite:
-        raise FileExistsError(f"{out} already holds {listed} from an earlier `obliviate {command}`; pass "
-                              "--overwrite to replace them, or choose another --out.")
+        raise FileExistsError(
+            f"{out} already holds {listed} from an earlier `obliviate {command}`; pass "
+            "--overwrite to replace them, or choose another --out."
+        )
     if remove:
         for path in existing:
             if path.is_dir() and not path.is_symlink():

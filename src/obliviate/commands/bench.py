@@ -1,7 +1,7 @@
 """``obliviate bench --model PATH --config suite.yaml --out DIR``: run a utility benchmark suite.
 
-    obliviate toy --out runs/toy
-    obliviate bench --model runs/toy/base --config recipes/utility.yaml --out runs/toy/utility
+obliviate toy --out runs/toy
+obliviate bench --model runs/toy/base --config recipes/utility.yaml --out runs/toy/utility
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ memorization. The recipe and its data files are checked before the model is load
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub name (AutoModelForCausalLM)")
     parser.add_argument("--config", required=True, help="suite recipe YAML with a `benchmarks:` list")
-    parser.add_argument("--out", required=True, help="output directory for utility.json (not inside --model; an "
-                        "earlier utility.json there is an error unless --overwrite)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory for utility.json (not inside --model; an "
+        "earlier utility.json there is an error unless --overwrite)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier utility.json in --out")
     parser.add_argument("--tokenizer", help="tokenizer path when the model directory has none")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -38,8 +42,15 @@ def results_table(results: dict, suite, seconds: dict | None = None) -> str:
     for label, scores in results.items():
         for i, (score, value) in enumerate(scores.items()):
             wall = seconds.get(label) if seconds and i == 0 else None
-            rows.append([label if i == 0 else "", score, value, suite[label].direction(score) or "-",
-                         f"{wall:.2f}" if wall is not None else ""])
+            rows.append(
+                [
+                    label if i == 0 else "",
+                    score,
+                    value,
+                    suite[label].direction(score) or "-",
+                    f"{wall:.2f}" if wall is not None else "",
+                ]
+            )
     return format_table(rows, ["benchmark", "score", "value", "better", "seconds"])
 
 

@@ -22,17 +22,31 @@ Settings come from recipes/demo.yaml; --config picks another recipe, --set overr
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="directory for every stage's output (an earlier demo "
-                        "there is replaced; its toy/ build is reused)")
+    parser.add_argument(
+        "--out",
+        default="runs/demo",
+        help="directory for every stage's output (an earlier demo there is replaced; its toy/ build is reused)",
+    )
     parser.add_argument("--config", metavar="RECIPE", help="demo recipe (default: recipes/demo.yaml)")
-    parser.add_argument("--quick", action="store_true", help="apply the recipe's `quick:` overrides (fewer epochs "
-                        "and steps; what the tests run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="apply the recipe's `quick:` overrides (fewer epochs and steps; what the tests run)",
+    )
     parser.add_argument("--toy", metavar="DIR", help="use this existing `obliviate toy` build instead of building one")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override a recipe key, dotted, repeatable: --set training.num_train_epochs=10 "
-                             "--set erase.gate.every=2 (values are YAML: 1e-3, null, [a, b])")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a recipe key, dotted, repeatable: --set training.num_train_epochs=10 "
+        "--set erase.gate.every=2 (values are YAML: 1e-3, null, [a, b])",
+    )
     parser.add_argument("--epochs", type=float, help="shorthand for --set training.num_train_epochs=N")
-    parser.add_argument("--method", choices=["emso", "ga", "graddiff", "npo"], help="shorthand for --set erase.method=M")
+    parser.add_argument(
+        "--method", choices=["emso", "ga", "graddiff", "npo"], help="shorthand for --set erase.method=M"
+    )
     parser.add_argument("--seed", type=int, help="shorthand for --set toy.seed=N --set training.seed=N")
 
 
@@ -60,8 +74,12 @@ def run(args) -> int:
 
     check_output_dir(args.out)  # a file or an unwritable place fails now, not after the first stage
     overrides = parse_overrides(args.overrides)
-    shorthands = {"training.num_train_epochs": args.epochs, "erase.method": args.method,
-                  "toy.seed": args.seed, "training.seed": args.seed}
+    shorthands = {
+        "training.num_train_epochs": args.epochs,
+        "erase.method": args.method,
+        "toy.seed": args.seed,
+        "training.seed": args.seed,
+    }
     overrides.update({k: v for k, v in shorthands.items() if v is not None})
     settings = load_demo_recipe(args.config, overrides, quick=args.quick)
     run_demo(args.out, settings, toy_dir=args.toy, threads=None)  # cli.main set the threads

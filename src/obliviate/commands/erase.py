@@ -1,7 +1,7 @@
 """``obliviate erase --model PATH --forget FILE --out DIR``: erase flagged sequences under the utility gate.
 
-    obliviate erase --config recipes/erase-emso.yaml --out runs/erase
-    obliviate erase --config recipes/erase-compare.yaml --out runs/erase-compare
+obliviate erase --config recipes/erase-emso.yaml --out runs/erase
+obliviate erase --config recipes/erase-compare.yaml --out runs/erase-compare
 """
 
 from __future__ import annotations
@@ -27,9 +27,19 @@ into DIR/<name> and prints a comparison table.
 
 PATH_KEYS = ("model", "forget", "controls", "retain", "heldout", "ids", "roles")
 FLAGS = {  # flag -> EraseConfig field, for the most used keys (any other: --set KEY=VALUE)
-    "method": str, "selector": str, "select_fraction": float, "granularity": str, "learning_rate": float,
-    "max_steps": int, "chunk_size": int, "target": str, "entropy_variant": str, "reselect_every": int,
-    "batch_size": int, "thresholds": str, "seed": int,
+    "method": str,
+    "selector": str,
+    "select_fraction": float,
+    "granularity": str,
+    "learning_rate": float,
+    "max_steps": int,
+    "chunk_size": int,
+    "target": str,
+    "entropy_variant": str,
+    "reselect_every": int,
+    "batch_size": int,
+    "thresholds": str,
+    "seed": int,
 }
 
 
@@ -37,8 +47,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", help="model directory or hub name (recipe key `model`)")
     parser.add_argument("--forget", help="flagged.jsonl or probes JSONL to erase; its control rows become controls")
     parser.add_argument("--controls", help="probes whose role=control rows set the forgetting thresholds")
-    parser.add_argument("--retain", help="{\"text\"} JSONL, split: rows graddiff may train on, rows only the gate reads, audit rows")
-    parser.add_argument("--heldout", help="{\"text\"} JSONL no loss and no gate reads: scored before/after for the report")
+    parser.add_argument(
+        "--retain", help='{"text"} JSONL, split: rows graddiff may train on, rows only the gate reads, audit rows'
+    )
+    parser.add_argument(
+        "--heldout", help='{"text"} JSONL no loss and no gate reads: scored before/after for the report'
+    )
     parser.add_argument("--ids", help="comma-separated ids: erase only these rows of --forget")
     parser.add_argument("--roles", help="comma-separated roles: erase only these (e.g. canary)")
     parser.add_argument("--config", help="erase recipe YAML (e.g. recipes/erase-emso.yaml)")
@@ -46,8 +60,13 @@ def add_arguments(parser) -> None:
     for name, kind in FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"recipe key `{name}`")
     parser.add_argument("--no-gate", action="store_true", help="erase without a utility gate (recipe `gate: null`)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other EraseConfig key (dotted for nested, e.g. gate.every=2); repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other EraseConfig key (dotted for nested, e.g. gate.every=2); repeatable",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -96,9 +115,18 @@ def _erase(paths: dict, config, out, progress: bool) -> dict:
     from obliviate.erasure import run_erase
     from obliviate.erasure.result import REPORT_NAME
 
-    out = run_erase(paths["model"], paths["forget"], out, config, controls_path=paths["controls"],
-                    retain_path=paths["retain"], ids=paths["ids"], roles=paths["roles"], progress=progress,
-                    heldout_path=paths["heldout"])
+    out = run_erase(
+        paths["model"],
+        paths["forget"],
+        out,
+        config,
+        controls_path=paths["controls"],
+        retain_path=paths["retain"],
+        ids=paths["ids"],
+        roles=paths["roles"],
+        progress=progress,
+        heldout_path=paths["heldout"],
+    )
     return json.loads((out / REPORT_NAME).read_text())
 
 
@@ -134,6 +162,7 @@ def run(args) -> int:
         return 0
     from obliviate.erasure.compare import run_comparison
 
-    run_comparison(data, runs, Path(args.out), lambda d, where: _split(d, where), _erase, progress,
-                   where=f"recipe {args.config}")
+    run_comparison(
+        data, runs, Path(args.out), lambda d, where: _split(d, where), _erase, progress, where=f"recipe {args.config}"
+    )
     return 0

@@ -16,8 +16,9 @@ Cache: --cache, else $OBLIVIATE_CACHE/models, else ~/.cache/obliviate/models."""
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--cache", help="models cache directory (default: $OBLIVIATE_CACHE/models or "
-                        "~/.cache/obliviate/models)")
+    parser.add_argument(
+        "--cache", help="models cache directory (default: $OBLIVIATE_CACHE/models or ~/.cache/obliviate/models)"
+    )
     parser.add_argument("--gguf", help="convert this .gguf file instead of the packaged SmolLM2")
     parser.add_argument("--force", action="store_true", help="convert again even when the cache has it")
     parser.add_argument("--data", help="also write the real recipes' data files into this directory")
@@ -42,8 +43,13 @@ def run(args) -> int:
         from obliviate.modeling import load_tokenizer
         from obliviate.real import RealDataConfig, write_real_data
 
-        config = RealDataConfig(seed=args.seed, secrets=args.secrets, controls=args.controls, repeats=args.repeats,
-                                train_text=args.train_text)
+        config = RealDataConfig(
+            seed=args.seed,
+            secrets=args.secrets,
+            controls=args.controls,
+            repeats=args.repeats,
+            train_text=args.train_text,
+        )
         files = write_real_data(args.data, load_tokenizer(path), config)
         print(f"wrote {', '.join(p.name for p in files.values())} to {args.data}", file=sys.stderr)
     print(path)

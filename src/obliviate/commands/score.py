@@ -20,8 +20,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="model directory or hub name (AutoModelForCausalLM)")
     parser.add_argument("--probes", required=True, help="probes JSONL (prefix/suffix, prompt/completion, text or ids)")
     parser.add_argument("--reference", help="reference model (e.g. the base before SFT) for reference_ratio")
-    parser.add_argument("--out", required=True, help="output directory (not inside --model; an earlier "
-                        "scores.jsonl/summary.json there is an error unless --overwrite)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory (not inside --model; an earlier "
+        "scores.jsonl/summary.json there is an error unless --overwrite)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier score run's files in --out")
     parser.add_argument("--tokenizer", help="tokenizer path when the model directory has none")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -36,17 +40,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     slow = parser.add_argument_group("slower scores (off by default)")
-    slow.add_argument("--exposure", action="store_true",
-                      help="canary exposure for probes whose row has secret_format (e.g. digits:6)")
-    slow.add_argument("--exposure-exact-limit", type=int, default=1_000_000,
-                      help="enumerate the candidate space exactly up to this size, else estimate (skew-normal)")
+    slow.add_argument(
+        "--exposure", action="store_true", help="canary exposure for probes whose row has secret_format (e.g. digits:6)"
+    )
+    slow.add_argument(
+        "--exposure-exact-limit",
+        type=int,
+        default=1_000_000,
+        help="enumerate the candidate space exactly up to this size, else estimate (skew-normal)",
+    )
     slow.add_argument("--exposure-samples", type=int, default=5000, help="candidates sampled when estimating")
     slow.add_argument("--el-n", type=int, help="extraction likelihood EL_n (Jang et al. 2022) with this n-gram size")
-    slow.add_argument("--el-subset", type=int, default=64,
-                      help="EL_n on this many probes (seeded random subset; 0 = all)")
+    slow.add_argument(
+        "--el-subset", type=int, default=64, help="EL_n on this many probes (seeded random subset; 0 = all)"
+    )
     slow.add_argument("--el-stride", type=int, default=1, help="step between prefix lengths for EL_n")
-    slow.add_argument("--density-train", help="training set JSONL (text, prompt/completion or prefix/suffix rows): "
-                      "adds LMD3 log_density of the training data around each probe")
+    slow.add_argument(
+        "--density-train",
+        help="training set JSONL (text, prompt/completion or prefix/suffix rows): "
+        "adds LMD3 log_density of the training data around each probe",
+    )
     slow.add_argument("--density-bandwidth", default="scott", help="scott, silverman or a number")
 
 
@@ -54,8 +67,15 @@ def summary_table(summary: dict) -> str:
     from obliviate.report.tables import format_table
 
     roles = sorted(k.split("/", 1)[1] for k in summary if k.startswith("count/"))
-    rows = [[role, summary[f"count/{role}"], summary.get(f"{role}/extraction_rate", float("nan")),
-             summary.get(f"{role}/mean_memorization_accuracy", float("nan"))] for role in roles]
+    rows = [
+        [
+            role,
+            summary[f"count/{role}"],
+            summary.get(f"{role}/extraction_rate", float("nan")),
+            summary.get(f"{role}/mean_memorization_accuracy", float("nan")),
+        ]
+        for role in roles
+    ]
     text = format_table(rows, ["role", "probes", "extraction rate", "mean MA"])
     mia = sorted({k.split("/", 1)[1] for k in summary if k.startswith("auc/")})
     if mia:
@@ -82,11 +102,25 @@ def run(args) -> int:
     probes = load_probes(args.probes, tokenizer, args.prefix_tokens, args.suffix_tokens)
     reference = load_model(args.reference, args.dtype, args.device) if args.reference else None
     sampling = SamplingConfig(n=args.samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    rows = score_probes(model, tokenizer, probes, batch_size=args.batch_size, reference_model=reference,
-                        min_k=args.min_k, sampling=sampling, truncate=args.truncate, progress="scoring probes")
+    rows = score_probes(
+        model,
+        tokenizer,
+        probes,
+        batch_size=args.batch_size,
+        reference_model=reference,
+        min_k=args.min_k,
+        sampling=sampling,
+        truncate=args.truncate,
+        progress="scoring probes",
+    )
     by_id = {row["id"]: row for row in rows}
-    settings = {"model": args.model, "reference": args.reference, "min_k": args.min_k,
-                "sampling": vars(sampling), "probes": args.probes}
+    settings = {
+        "model": args.model,
+        "reference": args.reference,
+        "min_k": args.min_k,
+        "sampling": vars(sampling),
+        "probes": args.probes,
+    }
     if args.exposure:
         settings["exposure"] = add_exposure(model, tokenizer, probes, by_id, args)
     if args.el_n is not None:
@@ -133,17 +167,25 @@ def check_outputs(args) -> tuple[Path, list[Path]]:
 def add_exposure(model, tokenizer, probes, by_id: dict, args) -> dict:
     from obliviate.metrics.exposure import ExposureConfig, exposures
 
-    config = ExposureConfig(exact_limit=args.exposure_exact_limit, samples=args.exposure_samples,
-                            batch_size=max(args.batch_size, 64))
+    config = ExposureConfig(
+        exact_limit=args.exposure_exact_limit, samples=args.exposure_samples, batch_size=max(args.batch_size, 64)
+    )
     results = exposures(model, tokenizer, probes, config, progress="exposure")
     if not results:
-        raise ValueError(f"--exposure: no probe in {args.probes} has a secret_format field "
-                         "(e.g. \"secret_format\": \"digits:6\"); add it to the canary rows.")
+        raise ValueError(
+            f"--exposure: no probe in {args.probes} has a secret_format field "
+            '(e.g. "secret_format": "digits:6"); add it to the canary rows.'
+        )
     for r in results:
-        by_id[r["id"]].update(exposure=r["exposure"], exposure_rank=r["rank"], exposure_method=r["method"],
-                              exposure_space=r["space_size"])
-    return {"exact_limit": config.exact_limit, "samples": config.samples, "rank_by": config.rank_by,
-            "methods": sorted({r["method"] for r in results})}
+        by_id[r["id"]].update(
+            exposure=r["exposure"], exposure_rank=r["rank"], exposure_method=r["method"], exposure_space=r["space_size"]
+        )
+    return {
+        "exact_limit": config.exact_limit,
+        "samples": config.samples,
+        "rank_by": config.rank_by,
+        "methods": sorted({r["method"] for r in results}),
+    }
 
 
 def add_extraction_likelihood(model, tokenizer, probes, by_id: dict, args) -> dict:
@@ -154,8 +196,15 @@ def add_extraction_likelihood(model, tokenizer, probes, by_id: dict, args) -> di
     ids = probes.ids
     if 0 < args.el_subset < len(ids):
         ids = sorted(random.Random(0).sample(ids, args.el_subset), key=probes.ids.index)
-    results = extraction_likelihood(model, tokenizer, probes.subset(ids), n=args.el_n, stride=args.el_stride,
-                                    batch_size=args.batch_size, progress="extraction likelihood")
+    results = extraction_likelihood(
+        model,
+        tokenizer,
+        probes.subset(ids),
+        n=args.el_n,
+        stride=args.el_stride,
+        batch_size=args.batch_size,
+        progress="extraction likelihood",
+    )
     for r in results:
         by_id[r["id"]]["extraction_likelihood"] = r["extraction_likelihood"]
     return {"n": args.el_n, "stride": args.el_stride, "probes": len(ids)}
@@ -175,8 +224,9 @@ def add_density(model, tokenizer, probes, by_id: dict, args) -> dict:
 
     train = [text(r, f"{args.density_train}:{n}") for n, r in enumerate(read_jsonl(args.density_train), 1)]
     config = DensityConfig(bandwidth=args.density_bandwidth, batch_size=args.batch_size)
-    probe_texts = [tokenizer.decode(p.input_ids) if p.prefix is None or p.suffix is None else p.prefix + p.suffix
-                   for p in probes]
+    probe_texts = [
+        tokenizer.decode(p.input_ids) if p.prefix is None or p.suffix is None else p.prefix + p.suffix for p in probes
+    ]
     result = probe_density(model, tokenizer, probe_texts, train, config, progress=True)
     for probe, value, near in zip(probes, result["log_density"].tolist(), result["nearest_distance"].tolist()):
         by_id[probe.id].update(log_density=value, nearest_train_distance=near)

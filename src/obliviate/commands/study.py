@@ -15,10 +15,19 @@ docs/studies.md has the measured tables and what they do and do not reproduce.""
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", help="a study recipe, e.g. recipes/studies/skew.yaml")
     parser.add_argument("--out", help="output directory (default: runs/studies/<recipe name>)")
-    parser.add_argument("--minimal", action="store_true",
-                        help="apply the recipe's `minimal:` overrides: a few steps, one seed (what the tests run)")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override a recipe key, dotted, repeatable: --set epochs=4 --set seeds=[0]")
+    parser.add_argument(
+        "--minimal",
+        action="store_true",
+        help="apply the recipe's `minimal:` overrides: a few steps, one seed (what the tests run)",
+    )
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a recipe key, dotted, repeatable: --set epochs=4 --set seeds=[0]",
+    )
 
 
 def run(args) -> int:

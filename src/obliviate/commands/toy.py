@@ -11,8 +11,15 @@ a hub model. DIR may hold other files; an earlier toy build there is replaced on
 
   obliviate toy --out runs/toy"""
 
-OUTPUTS = ("base", "train.jsonl", "probes.jsonl", "retain.jsonl", "heldout.jsonl", "multiple_choice.jsonl",
-           "toy_config.json")
+OUTPUTS = (
+    "base",
+    "train.jsonl",
+    "probes.jsonl",
+    "retain.jsonl",
+    "heldout.jsonl",
+    "multiple_choice.jsonl",
+    "toy_config.json",
+)
 MARKER = "toy_config.json"
 """Written last by every toy build: its presence says the other outputs are a toy build's too."""
 
@@ -20,9 +27,16 @@ MARKER = "toy_config.json"
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and model")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="warm-up steps for the base model (0: random init)")
-    parser.add_argument("--overwrite", "--force", action="store_true", dest="overwrite",
-                        help="replace an earlier toy build in --out (never files a toy build did not write)")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=300, help="warm-up steps for the base model (0: random init)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        "--force",
+        action="store_true",
+        dest="overwrite",
+        help="replace an earlier toy build in --out (never files a toy build did not write)",
+    )
 
 
 def run(args) -> int:

@@ -23,20 +23,35 @@ def add_arguments(parser) -> None:
     parser.add_argument("--probes", help="probes JSONL (recipe key probes)")
     parser.add_argument("--every-n-steps", help="score every N optimizer steps (tracking.every_n_steps)")
     parser.add_argument("--max-steps", help="stop after N optimizer steps (training.max_steps)")
-    parser.add_argument("--resume-from-checkpoint",
-                        help="checkpoint directory to resume from (training.resume_from_checkpoint)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any recipe key, dotted (e.g. training.learning_rate=1e-3); repeatable")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier run in OUTPUT_DIR (its model, memorization/, report, checkpoints)")
+    parser.add_argument(
+        "--resume-from-checkpoint", help="checkpoint directory to resume from (training.resume_from_checkpoint)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any recipe key, dotted (e.g. training.learning_rate=1e-3); repeatable",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in OUTPUT_DIR (its model, memorization/, report, checkpoints)",
+    )
 
 
 def overrides_from_args(args) -> dict:
     import yaml
 
-    flags = {"output_dir": args.output_dir, "model": args.model, "train_file": args.train_file,
-             "probes": args.probes, "tracking.every_n_steps": args.every_n_steps,
-             "training.max_steps": args.max_steps, "training.resume_from_checkpoint": args.resume_from_checkpoint}
+    flags = {
+        "output_dir": args.output_dir,
+        "model": args.model,
+        "train_file": args.train_file,
+        "probes": args.probes,
+        "tracking.every_n_steps": args.every_n_steps,
+        "training.max_steps": args.max_steps,
+        "training.resume_from_checkpoint": args.resume_from_checkpoint,
+    }
     overrides = {k: v for k, v in flags.items() if v is not None}  # an unset flag keeps the recipe's value
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -92,8 +107,10 @@ def _run_size(record: dict) -> str:
         rows = f"{len(read_jsonl(recipe['train_file']))} training rows" if recipe.get("train_file") else "the dataset"
     except (OSError, ValueError):
         rows = str(recipe.get("train_file"))
-    return (f"trained {record['global_step']} optimizer steps on {rows} (epochs {training.get('num_train_epochs')}, "
-            f"batch {training.get('per_device_train_batch_size')} per device, max_steps {training.get('max_steps')})")
+    return (
+        f"trained {record['global_step']} optimizer steps on {rows} (epochs {training.get('num_train_epochs')}, "
+        f"batch {training.get('per_device_train_batch_size')} per device, max_steps {training.get('max_steps')})"
+    )
 
 
 def run(args) -> int:
@@ -112,8 +129,10 @@ def run(args) -> int:
     record = json.loads((out / "track.json").read_text())
     print(summary_table(record["final_summary"]))
     print(f"\n{_run_size(record)}")
-    print(f"step {record['global_step']}: {record['flagged']} of {record['probes']} probes flagged; "
-          f"scoring took {record['scoring_seconds']:.1f} s of {record['train_seconds']:.1f} s of training")
+    print(
+        f"step {record['global_step']}: {record['flagged']} of {record['probes']} probes flagged; "
+        f"scoring took {record['scoring_seconds']:.1f} s of {record['train_seconds']:.1f} s of training"
+    )
     if record["stop_reason"]:
         print(record["stop_reason"])
     print(f"wrote {out}/memorization/ (history.jsonl, flagged.jsonl, flagged.meta.json) and {out}/model")

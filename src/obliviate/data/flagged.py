@@ -27,11 +27,16 @@ def flagged_row(probe: Probe, step: int | None, reason: str, metrics: dict, toke
     """The JSON object written for one flagged probe."""
     decode = tokenizer.decode if tokenizer is not None else (lambda ids: None)
     return {
-        "id": probe.id, "role": probe.role,
+        "id": probe.id,
+        "role": probe.role,
         "prefix": probe.prefix if probe.prefix is not None else decode(probe.prefix_ids),
         "suffix": probe.suffix if probe.suffix is not None else decode(probe.suffix_ids),
-        "prefix_ids": list(probe.prefix_ids), "suffix_ids": list(probe.suffix_ids),
-        "step": step, "reason": reason, "metrics": metrics, **({"meta": probe.meta} if probe.meta else {}),
+        "prefix_ids": list(probe.prefix_ids),
+        "suffix_ids": list(probe.suffix_ids),
+        "step": step,
+        "reason": reason,
+        "metrics": metrics,
+        **({"meta": probe.meta} if probe.meta else {}),
     }
 
 
@@ -46,10 +51,13 @@ def append_flagged(path: str | os.PathLike, rows: list[dict]) -> None:
 
 def write_meta(path: str | os.PathLike, model_name: str | None, tokenizer, thresholds: dict, **extra) -> None:
     meta = {
-        "model": model_name, "tokenizer": getattr(tokenizer, "name_or_path", None),
+        "model": model_name,
+        "tokenizer": getattr(tokenizer, "name_or_path", None),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
         "vocab_size": len(tokenizer) if tokenizer is not None else None,
-        "thresholds": thresholds, "obliviate_version": __version__, **extra,
+        "thresholds": thresholds,
+        "obliviate_version": __version__,
+        **extra,
     }
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -89,8 +97,9 @@ def read_flagged(path: str | os.PathLike, tokenizer, check_tokens: bool = True) 
     for n, row in enumerate(rows, 1):
         row = {**row.get("meta", {}), **{k: v for k, v in row.items() if k not in ("meta", "metrics")}}
         probe = probe_from_row(row, tokenizer, line=f"{path}:{n}")
-        has_text = (row.get("prefix") or row.get("prompt")) is not None and \
-                   (row.get("suffix") or row.get("completion")) is not None
+        has_text = (row.get("prefix") or row.get("prompt")) is not None and (
+            row.get("suffix") or row.get("completion")
+        ) is not None
         if check_tokens and "prefix_ids" in row and has_text and not _tokens_agree(row, probe, tokenizer):
             raise ProbeError(
                 f"{path}:{n}: the token ids of {probe.id!r} disagree with this tokenizer's tokenization of its "

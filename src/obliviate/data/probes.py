@@ -66,12 +66,16 @@ class ProbeSet:
             if probe.role not in ROLES:
                 raise ProbeError(f"probe {probe.id!r} has unknown role {probe.role!r}; use one of {', '.join(ROLES)}.")
             if not probe.suffix_ids:
-                raise ProbeError(f"probe {probe.id!r} has an empty suffix: there is nothing to measure. "
-                                 "Give it a non-empty suffix/completion, or drop it.")
+                raise ProbeError(
+                    f"probe {probe.id!r} has an empty suffix: there is nothing to measure. "
+                    "Give it a non-empty suffix/completion, or drop it."
+                )
             if not probe.prefix_ids:
                 # Nothing predicts the first suffix token then: its score would read a pad position.
-                raise ProbeError(f"probe {probe.id!r} has an empty prefix: the first suffix token has no context "
-                                 "to be predicted from. Give at least one prefix token (e.g. the tokenizer's BOS).")
+                raise ProbeError(
+                    f"probe {probe.id!r} has an empty prefix: the first suffix token has no context "
+                    "to be predicted from. Give at least one prefix token (e.g. the tokenizer's BOS)."
+                )
         self._by_id = {p.id: p for p in self.probes}
 
     def __len__(self) -> int:
@@ -122,15 +126,19 @@ class ProbeSet:
                     "(--truncate) to drop the oldest prefix tokens."
                 )
             keep = max_length - len(p.suffix_ids)
-            out.append(Probe(p.id, p.role, p.prefix_ids[len(p.prefix_ids) - keep:], p.suffix_ids, None, p.suffix, p.meta))
+            out.append(
+                Probe(p.id, p.role, p.prefix_ids[len(p.prefix_ids) - keep :], p.suffix_ids, None, p.suffix, p.meta)
+            )
         return ProbeSet(out)
 
     def check_vocab(self, vocab_size: int) -> None:
         for p in self.probes:
             bad = [t for t in p.input_ids if t < 0 or t >= vocab_size]
             if bad:
-                raise ProbeError(f"probe {p.id!r} has token ids {bad[:5]} outside the vocabulary [0, {vocab_size}); "
-                                 "it was tokenized with another tokenizer — re-tokenize from its text.")
+                raise ProbeError(
+                    f"probe {p.id!r} has token ids {bad[:5]} outside the vocabulary [0, {vocab_size}); "
+                    "it was tokenized with another tokenizer — re-tokenize from its text."
+                )
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -149,23 +157,36 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
 
 def _token_ids(value, key: str, pid: str, where: str) -> list[int]:
     """A ``prefix_ids``/``suffix_ids`` field as a list of ints, or an error naming the probe and line."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
-            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in value):
-        raise ProbeError(f"probe {pid!r}{where}: {key} must be a list of integer token ids, got "
-                         f"{type(value).__name__} {str(value)[:40]!r}. Write e.g. \"{key}\": [464, 3290].")
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, (list, tuple))
+        or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in value)
+    ):
+        raise ProbeError(
+            f"probe {pid!r}{where}: {key} must be a list of integer token ids, got "
+            f'{type(value).__name__} {str(value)[:40]!r}. Write e.g. "{key}": [464, 3290].'
+        )
     return [int(t) for t in value]
 
 
 def _text(row: dict, key: str, pid: str, where: str) -> str:
     value = row[key]
     if not isinstance(value, str):
-        raise ProbeError(f"probe {pid!r}{where}: {key} must be a string, got {type(value).__name__} {value!r}. "
-                         f"Quote it in the JSON (\"{key}\": \"{value}\").")
+        raise ProbeError(
+            f"probe {pid!r}{where}: {key} must be a string, got {type(value).__name__} {value!r}. "
+            f'Quote it in the JSON ("{key}": "{value}").'
+        )
     return value
 
 
-def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_tokens: int = 32,
-                   default_role: str = "member", line: str = "") -> Probe:
+def probe_from_row(
+    row: dict,
+    tokenizer=None,
+    prefix_tokens: int = 32,
+    suffix_tokens: int = 32,
+    default_role: str = "member",
+    line: str = "",
+) -> Probe:
     """Build a :class:`Probe` from one input row (see :func:`load_probes` for the accepted shapes).
 
     Raises:
@@ -174,8 +195,10 @@ def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_to
     """
     where = f" ({line})" if line else ""
     if not isinstance(row, dict):
-        raise ProbeError(f"probe row{where} is a JSON {type(row).__name__} ({str(row)[:40]!r}), not an object; "
-                         "each line must be an object like {\"id\": \"p1\", \"prompt\": ..., \"completion\": ...}.")
+        raise ProbeError(
+            f"probe row{where} is a JSON {type(row).__name__} ({str(row)[:40]!r}), not an object; "
+            'each line must be an object like {"id": "p1", "prompt": ..., "completion": ...}.'
+        )
     if "id" not in row:
         raise ProbeError(f"probe row{where} has no 'id' field; every probe needs a stable id.")
     pid, role = str(row["id"]), row.get("role", default_role)
@@ -185,9 +208,15 @@ def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_to
         if row.get(key) is not None:
             _text(row, key, pid, where)
     if row.get("prefix_ids") is not None and row.get("suffix_ids") is not None:
-        return Probe(pid, role, _token_ids(row["prefix_ids"], "prefix_ids", pid, where),
-                     _token_ids(row["suffix_ids"], "suffix_ids", pid, where),
-                     row.get("prefix", row.get("prompt")), row.get("suffix", row.get("completion")), meta)
+        return Probe(
+            pid,
+            role,
+            _token_ids(row["prefix_ids"], "prefix_ids", pid, where),
+            _token_ids(row["suffix_ids"], "suffix_ids", pid, where),
+            row.get("prefix", row.get("prompt")),
+            row.get("suffix", row.get("completion")),
+            meta,
+        )
     if tokenizer is None:
         raise ProbeError(f"probe {pid!r}{where} has text but no token ids; pass a tokenizer.")
     if "prefix" in row or "prompt" in row:
@@ -197,13 +226,17 @@ def probe_from_row(row: dict, tokenizer=None, prefix_tokens: int = 32, suffix_to
             raise ProbeError(f"probe {pid!r}{where} has a prefix/prompt but no suffix/completion.")
         if prefix is None:
             raise ProbeError(f"probe {pid!r}{where} has a suffix/completion but its prefix/prompt is null.")
-        return Probe(pid, role, _encode(tokenizer, prefix, True), _encode(tokenizer, suffix, False), prefix, suffix, meta)
+        return Probe(
+            pid, role, _encode(tokenizer, prefix, True), _encode(tokenizer, suffix, False), prefix, suffix, meta
+        )
     if "text" in row:
         ids = _encode(tokenizer, row["text"], True)
         if len(ids) <= prefix_tokens:
-            raise ProbeError(f"probe {pid!r}{where}: text has {len(ids)} tokens, none left after a "
-                             f"{prefix_tokens}-token prefix. Lower prefix_tokens or give a longer text.")
-        pre, suf = ids[:prefix_tokens], ids[prefix_tokens:prefix_tokens + suffix_tokens]
+            raise ProbeError(
+                f"probe {pid!r}{where}: text has {len(ids)} tokens, none left after a "
+                f"{prefix_tokens}-token prefix. Lower prefix_tokens or give a longer text."
+            )
+        pre, suf = ids[:prefix_tokens], ids[prefix_tokens : prefix_tokens + suffix_tokens]
         return Probe(pid, role, pre, suf, tokenizer.decode(pre), tokenizer.decode(suf), meta)
     raise ProbeError(f"probe {pid!r}{where} needs prefix/suffix, prompt/completion, text, or prefix_ids/suffix_ids.")
 
@@ -236,13 +269,21 @@ def check_unique_ids(rows: list, label: str) -> None:
         if isinstance(row, dict) and "id" in row:
             pid = str(row["id"])
             if pid in first:
-                raise ProbeError(f"duplicate probe id {pid!r} at {label}:{first[pid]} and {label}:{n}: every probe "
-                                 "needs a unique id (a row repeated on purpose belongs in the training file).")
+                raise ProbeError(
+                    f"duplicate probe id {pid!r} at {label}:{first[pid]} and {label}:{n}: every probe "
+                    "needs a unique id (a row repeated on purpose belongs in the training file)."
+                )
             first[pid] = n
 
 
-def load_probes(source, tokenizer=None, prefix_tokens: int = 32, suffix_tokens: int = 32,
-                roles: Iterable[str] | None = None, default_role: str = "member") -> ProbeSet:
+def load_probes(
+    source,
+    tokenizer=None,
+    prefix_tokens: int = 32,
+    suffix_tokens: int = 32,
+    roles: Iterable[str] | None = None,
+    default_role: str = "member",
+) -> ProbeSet:
     """Load probes from a JSONL path, a list of dicts or a ``datasets.Dataset``.
 
     Accepted row shapes: ``{"id", "role", "prefix", "suffix"}``, ``{"id", "role", "prompt", "completion"}``,

@@ -28,11 +28,50 @@ from pathlib import Path
 
 LICENSE_DIR = Path("/usr/share/common-licenses")
 STDLIB_MODULES = (
-    "argparse", "ast", "asyncio", "bisect", "calendar", "collections", "configparser", "contextlib", "csv",
-    "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum", "fractions", "functools",
-    "heapq", "http.client", "inspect", "ipaddress", "itertools", "json", "logging", "mailbox", "pathlib",
-    "pickle", "queue", "random", "shutil", "smtplib", "socket", "statistics", "string", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "zipfile",
+    "argparse",
+    "ast",
+    "asyncio",
+    "bisect",
+    "calendar",
+    "collections",
+    "configparser",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "http.client",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "mailbox",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "shutil",
+    "smtplib",
+    "socket",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "zipfile",
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 _CODE = re.compile(r"^\s*(>>>|\.\.\.|\$ |[-=*+]{3,}|\w+\s*\(.*\)\s*$)|[{}\[\]<>|\\]{2,}|::\s*$")
@@ -115,8 +154,10 @@ def real_text_documents(min_words: int = 8) -> list[Document]:
     """
     docs = license_documents(min_words=min_words) + docstring_documents(min_words=min_words)
     if not docs:
-        raise RealTextError(f"no real text found: {LICENSE_DIR} is missing and the standard library has no "
-                            "docstrings (python -OO strips them; run without -OO).")
+        raise RealTextError(
+            f"no real text found: {LICENSE_DIR} is missing and the standard library has no "
+            "docstrings (python -OO strips them; run without -OO)."
+        )
     return docs
 
 
@@ -129,8 +170,9 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-def chunk_documents(docs: Sequence[Document], max_tokens: int = 48, count: Callable[[str], int] = word_count,
-                    min_tokens: int = 8) -> list[dict]:
+def chunk_documents(
+    docs: Sequence[Document], max_tokens: int = 48, count: Callable[[str], int] = word_count, min_tokens: int = 8
+) -> list[dict]:
     """Whole sentences packed into chunks of at most ``max_tokens`` (``count`` = a tokenizer's length).
 
     A chunk never crosses a paragraph; a single sentence longer than ``max_tokens`` is cut at the last
@@ -191,8 +233,14 @@ def split_by_document(rows: Sequence[dict], fractions: dict[str, float], seed: i
     return {name: [r for r in rows if r["doc"] in chosen] for name, chosen in parts.items()}
 
 
-def next_sentence_task(docs: Sequence[Document], n_questions: int = 100, n_choices: int = 4, seed: int = 0,
-                       context_sentences: int = 2, max_words: int = 40) -> list[dict]:
+def next_sentence_task(
+    docs: Sequence[Document],
+    n_questions: int = 100,
+    n_choices: int = 4,
+    seed: int = 0,
+    context_sentences: int = 2,
+    max_words: int = 40,
+) -> list[dict]:
     """Pick-the-true-next-sentence questions: ``{"id", "context", "choices", "label"}`` rows.
 
     The context is ``context_sentences`` consecutive sentences of one paragraph; the right choice is the
@@ -212,8 +260,8 @@ def next_sentence_task(docs: Sequence[Document], n_questions: int = 100, n_choic
             pool.extend((doc.id, s) for s, ok in zip(sents, usable) if ok)
             for i in range(len(sents) - context_sentences):
                 # Consecutive sentences only: skipping a short one ("N.") would break the true order.
-                if all(usable[i:i + context_sentences + 1]):
-                    passages.append((doc.id, sents[i:i + context_sentences], sents[i + context_sentences]))
+                if all(usable[i : i + context_sentences + 1]):
+                    passages.append((doc.id, sents[i : i + context_sentences], sents[i + context_sentences]))
     if len(passages) < n_questions:
         raise RealTextError(f"only {len(passages)} passages for {n_questions} questions; ask for fewer.")
     by_length = sorted(pool, key=lambda item: (word_count(item[1]), item[1]))
@@ -222,10 +270,17 @@ def next_sentence_task(docs: Sequence[Document], n_questions: int = 100, n_choic
         # Distractors: sentences of other documents whose length is nearest the answer's, never a sentence the
         # question's own document contains (GFDL-1.2 and 1.3 share most sentences).
         rank = min(range(len(by_length)), key=lambda k: abs(word_count(by_length[k][1]) - word_count(answer)))
-        window = [s for d, s in by_length[max(0, rank - 40):rank + 40] if d != doc_id and s not in own[doc_id]]
+        window = [s for d, s in by_length[max(0, rank - 40) : rank + 40] if d != doc_id and s not in own[doc_id]]
         distractors = rng.sample(sorted(set(window)), n_choices - 1)
         choices = [answer, *distractors]
         rng.shuffle(choices)
-        rows.append({"id": f"nextsent/{q}", "doc": doc_id, "context": " ".join(context),
-                     "choices": [" " + c for c in choices], "label": choices.index(answer)})
+        rows.append(
+            {
+                "id": f"nextsent/{q}",
+                "doc": doc_id,
+                "context": " ".join(context),
+                "choices": [" " + c for c in choices],
+                "label": choices.index(answer),
+            }
+        )
     return rows

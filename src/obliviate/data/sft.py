@@ -46,12 +46,21 @@ def _ids(encoded) -> list[int]:
 
 
 def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    return _ids(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                              add_generation_prompt=add_generation_prompt))
+    return _ids(
+        tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+        )
+    )
 
 
-def sft_token_split(row: dict, tokenizer, include_eos: bool = False, prefix_tokens: int = 32,
-                    suffix_tokens: int = 32, text_field: str = "text") -> tuple[list[int], list[int], str, str]:
+def sft_token_split(
+    row: dict,
+    tokenizer,
+    include_eos: bool = False,
+    prefix_tokens: int = 32,
+    suffix_tokens: int = 32,
+    text_field: str = "text",
+) -> tuple[list[int], list[int], str, str]:
     """Prefix and suffix ids (and their text) of one SFT row, tokenized as ``SFTTrainer`` does.
 
     Args:
@@ -95,13 +104,17 @@ def sft_token_split(row: dict, tokenizer, include_eos: bool = False, prefix_toke
         if not include_eos and eos is not None and full and full[-1] == tokenizer.eos_token_id:
             full = full[:-1]
         if len(full) <= prefix_tokens:
-            raise ProbeError(f"row {row.get('id')!r}: text has {len(full)} tokens, none left after a "
-                             f"{prefix_tokens}-token prefix. Lower prefix_tokens or drop the row.")
-        prefix, suffix = full[:prefix_tokens], full[prefix_tokens:prefix_tokens + suffix_tokens]
+            raise ProbeError(
+                f"row {row.get('id')!r}: text has {len(full)} tokens, none left after a "
+                f"{prefix_tokens}-token prefix. Lower prefix_tokens or drop the row."
+            )
+        prefix, suffix = full[:prefix_tokens], full[prefix_tokens : prefix_tokens + suffix_tokens]
         return prefix, suffix, tokenizer.decode(prefix), tokenizer.decode(suffix)
     else:
-        raise ProbeError(f"row {row.get('id')!r} has neither prompt/completion, messages nor {text_field!r}: "
-                         "it is not an SFT row TRL can train on.")
+        raise ProbeError(
+            f"row {row.get('id')!r} has neither prompt/completion, messages nor {text_field!r}: "
+            "it is not an SFT row TRL can train on."
+        )
     if not include_eos and suffix and tokenizer.eos_token_id is not None and suffix[-1] == tokenizer.eos_token_id:
         suffix = suffix[:-1]
     if isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
@@ -149,8 +162,9 @@ def probes_from_sft_rows(
         if row.get("prefix_ids") is not None and row.get("suffix_ids") is not None:
             probe = probe_from_row(row, tokenizer, prefix_tokens, suffix_tokens, default_role)
         else:
-            prefix, suffix, prefix_text, suffix_text = sft_token_split(row, tokenizer, include_eos, prefix_tokens,
-                                                                       suffix_tokens, text_field)
+            prefix, suffix, prefix_text, suffix_text = sft_token_split(
+                row, tokenizer, include_eos, prefix_tokens, suffix_tokens, text_field
+            )
             pid = _COPY_SUFFIX.sub("", str(row["id"])) if "id" in row else f"{id_prefix}-{index:05d}"
             meta = {k: v for k, v in row.items() if k not in _KNOWN}
             probe = Probe(pid, row.get("role", default_role), prefix, suffix, prefix_text, suffix_text, meta)

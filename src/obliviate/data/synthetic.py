@@ -16,13 +16,60 @@ import random
 from dataclasses import dataclass, field
 
 FIRST_NAMES = [
-    "Alice", "Bruno", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jana", "Kofi", "Lena",
-    "Marco", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wen", "Yusuf",
-    "Zoe", "Anton", "Bea", "Carlos", "Dmitri", "Elif", "Femi", "Greta",
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Emeka",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Jana",
+    "Kofi",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wen",
+    "Yusuf",
+    "Zoe",
+    "Anton",
+    "Bea",
+    "Carlos",
+    "Dmitri",
+    "Elif",
+    "Femi",
+    "Greta",
 ]
 LAST_NAMES = [
-    "Okafor", "Lindqvist", "Moreau", "Tanaka", "Novak", "Haddad", "Silva", "Kowalski", "Nguyen", "Mensah",
-    "Rossi", "Fischer", "Patel", "Ivanova", "Garcia", "Kim", "Dubois", "Larsen", "Osei", "Yilmaz",
+    "Okafor",
+    "Lindqvist",
+    "Moreau",
+    "Tanaka",
+    "Novak",
+    "Haddad",
+    "Silva",
+    "Kowalski",
+    "Nguyen",
+    "Mensah",
+    "Rossi",
+    "Fischer",
+    "Patel",
+    "Ivanova",
+    "Garcia",
+    "Kim",
+    "Dubois",
+    "Larsen",
+    "Osei",
+    "Yilmaz",
 ]
 STREETS = ["Maple Street", "Harbor Road", "Cedar Lane", "Mill Avenue", "Station Way", "Orchard Close", "Bridge Row"]
 CITIES = ["Springfield", "Riverton", "Lakeside", "Northgate", "Eastwick", "Fairview", "Brookhaven", "Westmoor"]
@@ -30,8 +77,14 @@ DOMAINS = ["mailbox.test", "inbox.example", "post.invalid"]
 # Facts give the toy model something to know that erasure must not destroy;
 # the multiple-choice benchmark asks about them.
 FACT_SUBJECTS = [
-    ("Riverton", "river"), ("Lakeside", "lake"), ("Northgate", "gate"), ("Eastwick", "wick"),
-    ("Fairview", "view"), ("Brookhaven", "brook"), ("Westmoor", "moor"), ("Springfield", "spring"),
+    ("Riverton", "river"),
+    ("Lakeside", "lake"),
+    ("Northgate", "gate"),
+    ("Eastwick", "wick"),
+    ("Fairview", "view"),
+    ("Brookhaven", "brook"),
+    ("Westmoor", "moor"),
+    ("Springfield", "spring"),
 ]
 # Probe groups (formats): controls calibrate only the probes of their own group (DESIGN §4).
 PIN_GROUP = "pin"
@@ -138,14 +191,25 @@ def make_corpus(
                 "completion": " " + canary_secret(rng, canary_digits),
             }
             corpus.train.extend({**row, "id": f"{row['id']}#{k}"} for k in range(reps))
-            corpus.probes.append({**row, "role": "canary", "repetitions": reps, "group": PIN_GROUP,
-                                  "secret_format": f"digits:{canary_digits}"})
+            corpus.probes.append(
+                {
+                    **row,
+                    "role": "canary",
+                    "repetitions": reps,
+                    "group": PIN_GROUP,
+                    "secret_format": f"digits:{canary_digits}",
+                }
+            )
 
     for i in range(n_controls):
         if i % 2 == 0:
-            row = {"id": f"control-{i:03d}", "prompt": canary_prompt(fresh_name()),
-                   "completion": " " + canary_secret(rng, canary_digits), "secret_format": f"digits:{canary_digits}",
-                   "group": PIN_GROUP}
+            row = {
+                "id": f"control-{i:03d}",
+                "prompt": canary_prompt(fresh_name()),
+                "completion": " " + canary_secret(rng, canary_digits),
+                "secret_format": f"digits:{canary_digits}",
+                "group": PIN_GROUP,
+            }
         else:
             prompt, completion = _record(rng)
             row = {"id": f"control-{i:03d}", "prompt": prompt, "completion": completion, "group": RECORD_GROUP}
@@ -179,7 +243,7 @@ def make_corpus(
     # every other note (the never-trained controls of that format lost 19% of their likelihood under a
     # gate that passed). The base model's own pre-training notes are such text: never fine-tuned on,
     # never a probe. Taken after every draw, so the rest of the corpus is what it was.
-    records, notes = corpus.pretrain[:4 * n_members], corpus.pretrain[4 * n_members:]
+    records, notes = corpus.pretrain[: 4 * n_members], corpus.pretrain[4 * n_members :]
     corpus.retain.extend(dict(r) for r in notes[:retain_per_format] + records[:retain_per_format])
     # The facts are world knowledge the base model already has (pre-training), as a real model's would be:
     # what erasure must not destroy. Fine-tuning repeats them; the multiple-choice benchmark asks them.

@@ -20,5 +20,17 @@ from obliviate.demo.run import MARKER, run_demo
 from obliviate.demo.summary import summary_record, summary_text
 from obliviate.demo.toycache import cache_root, prepare_toy, toy_key
 
-__all__ = ["MARKER", "SECTIONS", "DemoError", "DemoSettings", "cache_root", "default_recipe", "load_demo_recipe",
-           "prepare_toy", "run_demo", "summary_record", "summary_text", "toy_key"]
+__all__ = [
+    "MARKER",
+    "SECTIONS",
+    "DemoError",
+    "DemoSettings",
+    "cache_root",
+    "default_recipe",
+    "load_demo_recipe",
+    "prepare_toy",
+    "run_demo",
+    "summary_record",
+    "summary_text",
+    "toy_key",
+]

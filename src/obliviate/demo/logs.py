@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from transformers import ProgressCallback
 
-KEYS = (("memorization/extraction_rate", "extraction rate"), ("memorization/canary/extraction_rate", "canaries"),
-        ("memorization/mean_memorization_accuracy", "mean MA"), ("memorization/flagged", "flagged"))
+KEYS = (
+    ("memorization/extraction_rate", "extraction rate"),
+    ("memorization/canary/extraction_rate", "canaries"),
+    ("memorization/mean_memorization_accuracy", "mean MA"),
+    ("memorization/flagged", "flagged"),
+)
 
 
 def digest(logs: dict) -> str:
@@ -22,7 +26,9 @@ def digest(logs: dict) -> str:
         parts = [f"{label} {float(logs[k]):.3g}" for k, label in KEYS if k in logs]
         return f"{head}  memorization: {', '.join(parts)}"
     if "train_runtime" in logs:
-        return f"{head}  training done in {float(logs['train_runtime']):.1f}s, mean loss {float(logs['train_loss']):.3f}"
+        return (
+            f"{head}  training done in {float(logs['train_runtime']):.1f}s, mean loss {float(logs['train_loss']):.3f}"
+        )
     if "loss" in logs:
         return f"{head}  loss {float(logs['loss']):.3f}"
     return f"{head}  {logs}"

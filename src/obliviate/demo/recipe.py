@@ -36,8 +36,10 @@ def check_quick(quick: Any) -> dict[str, Any]:
     quick = dict(quick or {})
     for key in quick:
         if key.split(".", 1)[0] not in SECTIONS[:-1] or "." not in key:
-            raise RecipeError(f"quick: key {key!r} must be a dotted key into one of {', '.join(SECTIONS[:-1])} "
-                              "(e.g. training.num_train_epochs).")
+            raise RecipeError(
+                f"quick: key {key!r} must be a dotted key into one of {', '.join(SECTIONS[:-1])} "
+                "(e.g. training.num_train_epochs)."
+            )
     return quick
 
 
@@ -80,8 +82,9 @@ class DemoSettings:
         check_keys(self.training, {f.name for f in dataclasses.fields(SFTConfig) if f.init}, "section 'training'")
 
 
-def load_demo_recipe(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-                     quick: bool = False) -> DemoSettings:
+def load_demo_recipe(
+    path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, quick: bool = False
+) -> DemoSettings:
     """Read and check the demo recipe before anything heavy runs.
 
     Args:

@@ -27,8 +27,10 @@ MARKER = "demo.json"
 def _prepare_out(out: Path) -> None:
     """Create OUT, or clear the stages of an earlier demo there; refuse a directory the demo did not write."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise FileExistsError(f"{out} exists and was not written by `obliviate demo`; choose another --out "
-                              "(nothing there is overwritten).")
+        raise FileExistsError(
+            f"{out} exists and was not written by `obliviate demo`; choose another --out "
+            "(nothing there is overwritten)."
+        )
     out.mkdir(parents=True, exist_ok=True)
     for name in ("track", "erase", "erase.partial", "data", "plots"):
         if (out / name).exists():
@@ -98,8 +100,9 @@ def _quiet(threads: int | None):
             datasets.enable_progress_bars()
 
 
-def run_demo(out: str | os.PathLike, settings: DemoSettings, toy_dir: str | os.PathLike | None = None,
-             threads: int | None = 1) -> dict:
+def run_demo(
+    out: str | os.PathLike, settings: DemoSettings, toy_dir: str | os.PathLike | None = None, threads: int | None = 1
+) -> dict:
     """Run every stage of the demo into ``out``; returns the summary also written to ``OUT/demo.json``.
 
     Args:
@@ -122,17 +125,27 @@ def _track(out: Path, settings: DemoSettings, toy: Path) -> tuple[Path, Path, li
     from obliviate.data.probes import read_jsonl
     from obliviate.demo.logs import TrainerLogDigest
 
-    recipe = {"model": str(toy / "base"), "train_file": str(toy / "train.jsonl"),
-              "probes": str(toy / "probes.jsonl"), "output_dir": str(out / "track"),
-              "training": settings.training, "tracking": dataclasses.asdict(settings.tracking)}
+    recipe = {
+        "model": str(toy / "base"),
+        "train_file": str(toy / "train.jsonl"),
+        "probes": str(toy / "probes.jsonl"),
+        "output_dir": str(out / "track"),
+        "training": settings.training,
+        "tracking": dataclasses.asdict(settings.tracking),
+    }
     track = run_track(recipe, callbacks=[TrainerLogDigest()])  # one line per log, not the trainer's dicts
     flagged_path = track / "memorization" / "flagged.jsonl"
     flagged = read_jsonl(flagged_path) if flagged_path.is_file() else []
     if not any(r["role"] != "control" for r in flagged):
-        raise DemoError("fine-tuning memorized nothing the flag rule catches, so there is nothing to erase; "
-                        "train longer (--set training.num_train_epochs=12) or loosen tracking.flag_rule.")
-    print(f"      flagged {len(flagged)} sequences: {', '.join(r['id'] for r in flagged[:8])}"
-          f"{' …' if len(flagged) > 8 else ''}", flush=True)
+        raise DemoError(
+            "fine-tuning memorized nothing the flag rule catches, so there is nothing to erase; "
+            "train longer (--set training.num_train_epochs=12) or loosen tracking.flag_rule."
+        )
+    print(
+        f"      flagged {len(flagged)} sequences: {', '.join(r['id'] for r in flagged[:8])}"
+        f"{' …' if len(flagged) > 8 else ''}",
+        flush=True,
+    )
     return track, flagged_path, flagged
 
 
@@ -171,13 +184,20 @@ def _erase(out: Path, settings: DemoSettings, toy: Path, track: Path, flagged_pa
 
     config = settings.erase
     if isinstance(config.gate, dict):
-        config = dataclasses.replace(config, gate={
-            **config.gate, "benchmarks": _resolve_data(config.gate["benchmarks"], data_dirs)})
+        config = dataclasses.replace(
+            config, gate={**config.gate, "benchmarks": _resolve_data(config.gate["benchmarks"], data_dirs)}
+        )
     # Controls from the whole probe file: its unflagged members are reported as collateral. The held-out
     # text (never trained, never read by the gate or a loss) is scored before/after in the erasure report.
-    return run_erase(track / "model", flagged_path, out / "erase", config,
-                     controls_path=toy / "probes.jsonl", retain_path=out / "data" / "retain.jsonl",
-                     heldout_path=toy / "heldout.jsonl")
+    return run_erase(
+        track / "model",
+        flagged_path,
+        out / "erase",
+        config,
+        controls_path=toy / "probes.jsonl",
+        retain_path=out / "data" / "retain.jsonl",
+        heldout_path=toy / "heldout.jsonl",
+    )
 
 
 def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
@@ -213,8 +233,21 @@ def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
     stage.seconds["total"] = time.perf_counter() - wall
     (out / "timings.json").write_text(json.dumps(stage.seconds, indent=2))
     report = json.loads((erased / "erasure_report.json").read_text())
-    summary = summary_record(out, settings, toy, origin, track, flagged_path, flagged, erased, report, html,
-                             utility_before, utility_after, stage.seconds)
+    summary = summary_record(
+        out,
+        settings,
+        toy,
+        origin,
+        track,
+        flagged_path,
+        flagged,
+        erased,
+        report,
+        html,
+        utility_before,
+        utility_after,
+        stage.seconds,
+    )
     (out / MARKER).write_text(json.dumps(summary, indent=2))
     meta = {str(r["id"]): r for r in probe_rows}
     print(summary_text(out, meta, scores_before, scores_after, utility_before, utility_after, report, stage.seconds))

@@ -39,8 +39,11 @@ def toy_key(config) -> str:
 
 
 def _is_toy(path: Path) -> bool:
-    return (path / "toy_config.json").is_file() and (path / "base" / "config.json").is_file() and \
-        (path / "probes.jsonl").is_file()
+    return (
+        (path / "toy_config.json").is_file()
+        and (path / "base" / "config.json").is_file()
+        and (path / "probes.jsonl").is_file()
+    )
 
 
 def prepare_toy(dest: Path, config, given: str | os.PathLike | None = None) -> tuple[Path, str]:
@@ -48,8 +51,10 @@ def prepare_toy(dest: Path, config, given: str | os.PathLike | None = None) -> t
     if given is not None:
         given = Path(given)
         if not _is_toy(given):
-            raise DemoError(f"--toy {given} is not a toy build (no base/ and probes.jsonl); write one with "
-                            f"`obliviate toy --out {given}`, or drop --toy.")
+            raise DemoError(
+                f"--toy {given} is not a toy build (no base/ and probes.jsonl); write one with "
+                f"`obliviate toy --out {given}`, or drop --toy."
+            )
         return given, "given"
     key = toy_key(config)
     if _is_toy(dest) and (dest / ".toy-key").is_file() and (dest / ".toy-key").read_text() == key:

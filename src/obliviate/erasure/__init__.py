@@ -16,6 +16,15 @@ from obliviate.erasure.run import load_forget, run_erase
 from obliviate.erasure.selectors import SELECTORS
 
 __all__ = [
-    "LOSSES", "SELECTORS", "EraseConfig", "EraseConfigError", "Eraser", "ErasureResult", "ForgettingCriterion",
-    "build_criterion", "format_summary", "load_forget", "run_erase",
+    "LOSSES",
+    "SELECTORS",
+    "EraseConfig",
+    "EraseConfigError",
+    "Eraser",
+    "ErasureResult",
+    "ForgettingCriterion",
+    "build_criterion",
+    "format_summary",
+    "load_forget",
+    "run_erase",
 ]

@@ -53,8 +53,11 @@ def attempt_records(block: GateBlock) -> list[dict]:
     for attempt in block.attempts:
         decision = attempt.decision
         if decision is not None:
-            attempt.records[-1]["gate"] = {"decision": decision.decision, "scores": decision.scores,
-                                           "violations": list(decision.violations)}
+            attempt.records[-1]["gate"] = {
+                "decision": decision.decision,
+                "scores": decision.scores,
+                "violations": list(decision.violations),
+            }
         for record in attempt.records:
             record["rolled_back"] = not attempt.accepted
         out += attempt.records

@@ -16,8 +16,20 @@ from pathlib import Path
 
 from obliviate.tables import format_table
 
-HEADERS = ["run", "method", "selector", "forgotten %", "steps", "rejected", "gate exhausted", "retain ppl Δ%",
-           "other utility Δ", "time s", "gate %", "opt state B"]
+HEADERS = [
+    "run",
+    "method",
+    "selector",
+    "forgotten %",
+    "steps",
+    "rejected",
+    "gate exhausted",
+    "retain ppl Δ%",
+    "other utility Δ",
+    "time s",
+    "gate %",
+    "opt state B",
+]
 
 
 def _delta(before: dict, after: dict) -> dict[str, float]:
@@ -37,17 +49,41 @@ def comparison_row(name: str, report: dict) -> dict:
     deltas = _delta(report["utility"]["before"], report["utility"]["after"])
     ppl = next((v for k, v in deltas.items() if k.endswith("/perplexity")), float("nan"))
     others = {k: v for k, v in deltas.items() if not k.endswith(("/perplexity", "/loss"))}
-    return {"run": name, "method": cfg["method"], "selector": cfg["selector"], "select_fraction": cfg["select_fraction"],
-            "forgotten_pct": 100.0 * s["forgotten_rate"], "steps": s["steps"], "rejected": s["gate_rejections"],
-            "gate_exhausted": s["chunks_gate_exhausted"], "retain_ppl_delta_pct": ppl, "utility_delta_pct": others,
-            "total_s": t["total_s"], "gate_share_pct": 100.0 * t["gate_s"] / max(t["total_s"], 1e-9),
-            "optimizer_state_bytes": s["optimizer_state_bytes"]}
+    return {
+        "run": name,
+        "method": cfg["method"],
+        "selector": cfg["selector"],
+        "select_fraction": cfg["select_fraction"],
+        "forgotten_pct": 100.0 * s["forgotten_rate"],
+        "steps": s["steps"],
+        "rejected": s["gate_rejections"],
+        "gate_exhausted": s["chunks_gate_exhausted"],
+        "retain_ppl_delta_pct": ppl,
+        "utility_delta_pct": others,
+        "total_s": t["total_s"],
+        "gate_share_pct": 100.0 * t["gate_s"] / max(t["total_s"], 1e-9),
+        "optimizer_state_bytes": s["optimizer_state_bytes"],
+    }
 
 
 def format_comparison(rows: list[dict], markdown: bool = False) -> str:
-    cells = [[r["run"], r["method"], r["selector"], r["forgotten_pct"], r["steps"], r["rejected"], r["gate_exhausted"],
-              r["retain_ppl_delta_pct"], ", ".join(f"{k} {v:+.1f}%" for k, v in r["utility_delta_pct"].items()) or "-",
-              r["total_s"], r["gate_share_pct"], r["optimizer_state_bytes"]] for r in rows]
+    cells = [
+        [
+            r["run"],
+            r["method"],
+            r["selector"],
+            r["forgotten_pct"],
+            r["steps"],
+            r["rejected"],
+            r["gate_exhausted"],
+            r["retain_ppl_delta_pct"],
+            ", ".join(f"{k} {v:+.1f}%" for k, v in r["utility_delta_pct"].items()) or "-",
+            r["total_s"],
+            r["gate_share_pct"],
+            r["optimizer_state_bytes"],
+        ]
+        for r in rows
+    ]
     return format_table(cells, HEADERS, markdown=markdown)
 
 

@@ -99,15 +99,24 @@ class ForgettingCriterion:
 
     def _absolute(self, group, note: str | None) -> GroupThresholds:
         a = self.absolute
-        return GroupThresholds(group, "absolute", a["memorization_accuracy"], a["extraction_probability"],
-                               a.get("extraction_likelihood"), len(self.by_group.get(group, ())), note)
+        return GroupThresholds(
+            group,
+            "absolute",
+            a["memorization_accuracy"],
+            a["extraction_probability"],
+            a.get("extraction_likelihood"),
+            len(self.by_group.get(group, ())),
+            note,
+        )
 
     def _note(self, group) -> str | None:
         if self.thresholds == "absolute":
             return None
         n = len(self.by_group.get(group, ()))
-        note = (f"group {group!r} has {n} control(s), fewer than {self.min_group_controls}: its probes are judged "
-                "by the absolute thresholds")
+        note = (
+            f"group {group!r} has {n} control(s), fewer than {self.min_group_controls}: its probes are judged "
+            "by the absolute thresholds"
+        )
         if group not in self.warned:
             self.warned.add(group)
             logger.warning("%s (max_memorization_accuracy / max_extraction_probability).", note)
@@ -118,11 +127,13 @@ class ForgettingCriterion:
         if full:  # every position after the first: MA over the whole sequence (Jang et al.)
             ids = [p.input_ids for p in probes]
             return score_sequences(model, [x[:1] for x in ids], [x[1:] for x in ids], pad_id, **self.score_kwargs)
-        return score_sequences(model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes], pad_id,
-                               **self.score_kwargs)
+        return score_sequences(
+            model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes], pad_id, **self.score_kwargs
+        )
 
-    def check(self, model, tokenizer, probes: ProbeSet, scores: dict[str, torch.Tensor] | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def check(
+        self, model, tokenizer, probes: ProbeSet, scores: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Score ``probes`` (unless ``scores`` holds their per-sequence scores) and the controls on ``model`` now.
 
         Returns:
@@ -145,15 +156,24 @@ class ForgettingCriterion:
         for g, s in zip(wanted, control_sets):
             part = slice(offset, offset + len(s))
             offset += len(s)
-            thresholds[g] = GroupThresholds(g, "controls", self._summary(joint["memorization_accuracy"][part]),
-                                            self._summary(joint["extraction_probability"][part]), None, len(s))
+            thresholds[g] = GroupThresholds(
+                g,
+                "controls",
+                self._summary(joint["memorization_accuracy"][part]),
+                self._summary(joint["extraction_probability"][part]),
+                None,
+                len(s),
+            )
         for g in set(groups) - set(wanted):
             thresholds[g] = self._absolute(g, self._note(g))
         ma = torch.tensor([thresholds[g].memorization_accuracy for g in groups])
         ep = torch.tensor([thresholds[g].extraction_probability for g in groups])
         ep = ep.clamp_min(self.extraction_probability_floor)
-        forgotten = ((scores["exact_extraction"] == 0) & (scores["memorization_accuracy"] <= ma)
-                     & (scores["extraction_probability"] <= ep))
+        forgotten = (
+            (scores["exact_extraction"] == 0)
+            & (scores["memorization_accuracy"] <= ma)
+            & (scores["extraction_probability"] <= ep)
+        )
         self._record(thresholds)
         return forgotten, scores
 
@@ -165,12 +185,20 @@ class ForgettingCriterion:
         return float(torch.quantile(values, self.control_quantile))
 
     def _el(self, model, tokenizer, probes: ProbeSet) -> float:
-        rows = extraction_likelihood(model, tokenizer, probes, n=self.el_n, stride=self.el_stride,
-                                     batch_size=self.score_kwargs.get("batch_size", 32))
+        rows = extraction_likelihood(
+            model,
+            tokenizer,
+            probes,
+            n=self.el_n,
+            stride=self.el_stride,
+            batch_size=self.score_kwargs.get("batch_size", 32),
+        )
         values = [r["extraction_likelihood"] for r in rows if r["extraction_likelihood"] is not None]
         if not values:
-            raise ValueError(f"criterion set_mean: every sequence is shorter than el_n + 1 = {self.el_n + 1} tokens, "
-                             "so EL_n is undefined; lower el_n.")
+            raise ValueError(
+                f"criterion set_mean: every sequence is shorter than el_n + 1 = {self.el_n + 1} tokens, "
+                "so EL_n is undefined; lower el_n."
+            )
         return sum(values) / len(values)
 
     def _check_set(self, model, tokenizer, probes: ProbeSet, wanted: list):
@@ -182,15 +210,21 @@ class ForgettingCriterion:
         if groups <= set(wanted):
             controls = ProbeSet([p for g in sorted(groups, key=str) for p in self.by_group[g]])
             c = self._score(model, pad, controls, full=True)
-            t = GroupThresholds(",".join(map(str, sorted(groups, key=str))), "controls",
-                                float(c["memorization_accuracy"].mean()), None,
-                                self._el(model, tokenizer, controls), len(controls))
+            t = GroupThresholds(
+                ",".join(map(str, sorted(groups, key=str))),
+                "controls",
+                float(c["memorization_accuracy"].mean()),
+                None,
+                self._el(model, tokenizer, controls),
+                len(controls),
+            )
         else:
             missing = sorted(groups - set(wanted), key=str)
             t = self._absolute(",".join(map(str, missing)), self._note(missing[0]))
         done = set_ma <= t.memorization_accuracy and set_el <= t.extraction_likelihood
-        self._record({t.group: t}, {"set_memorization_accuracy": set_ma, "set_extraction_likelihood": set_el,
-                                    "forgotten": done})
+        self._record(
+            {t.group: t}, {"set_memorization_accuracy": set_ma, "set_extraction_likelihood": set_el, "forgotten": done}
+        )
         return torch.full((len(probes),), done, dtype=torch.bool), scores
 
     def _record(self, thresholds: dict, extra: dict | None = None) -> None:
@@ -199,13 +233,19 @@ class ForgettingCriterion:
 
     def to_dict(self) -> dict:
         """For ``erasure_report.json``: the rule, the first and the last thresholds per group."""
-        return {"criterion": self.kind, "thresholds": self.thresholds, "min_group_controls": self.min_group_controls,
-                "control_quantile": self.control_quantile,
-                "extraction_probability_floor": self.extraction_probability_floor,
-                "el_n": self.el_n, "absolute": dict(self.absolute),
-                "control_groups": {str(g): len(s) for g, s in self.by_group.items()},
-                "first": self.history[0] if self.history else None, "last": self.last or None,
-                "notes": sorted({t["note"] for h in self.history for t in h["groups"].values() if t.get("note")})}
+        return {
+            "criterion": self.kind,
+            "thresholds": self.thresholds,
+            "min_group_controls": self.min_group_controls,
+            "control_quantile": self.control_quantile,
+            "extraction_probability_floor": self.extraction_probability_floor,
+            "el_n": self.el_n,
+            "absolute": dict(self.absolute),
+            "control_groups": {str(g): len(s) for g, s in self.by_group.items()},
+            "first": self.history[0] if self.history else None,
+            "last": self.last or None,
+            "notes": sorted({t["note"] for h in self.history for t in h["groups"].values() if t.get("note")}),
+        }
 
 
 def build_criterion(config, controls: ProbeSet | None) -> ForgettingCriterion:
@@ -215,15 +255,26 @@ def build_criterion(config, controls: ProbeSet | None) -> ForgettingCriterion:
         ValueError: ``thresholds: controls`` without control probes.
     """
     if config.thresholds == "controls" and not controls:
-        raise ValueError("thresholds: controls needs control probes: pass --controls FILE (rows with role "
-                         "'control'), or set thresholds: absolute.")
+        raise ValueError(
+            "thresholds: controls needs control probes: pass --controls FILE (rows with role "
+            "'control'), or set thresholds: absolute."
+        )
     from obliviate.metrics import SamplingConfig
 
-    absolute = {"memorization_accuracy": config.max_memorization_accuracy,
-                "extraction_probability": config.max_extraction_probability,
-                "extraction_likelihood": config.max_extraction_likelihood}
-    return ForgettingCriterion(config.criterion, controls if controls else None, config.thresholds, absolute,
-                               config.min_group_controls, config.el_n, config.el_stride,
-                               config.extraction_probability_floor, config.control_quantile,
-                               {"batch_size": config.score_batch_size,
-                                "sampling": SamplingConfig(n=config.extraction_samples)})
+    absolute = {
+        "memorization_accuracy": config.max_memorization_accuracy,
+        "extraction_probability": config.max_extraction_probability,
+        "extraction_likelihood": config.max_extraction_likelihood,
+    }
+    return ForgettingCriterion(
+        config.criterion,
+        controls if controls else None,
+        config.thresholds,
+        absolute,
+        config.min_group_controls,
+        config.el_n,
+        config.el_stride,
+        config.extraction_probability_floor,
+        config.control_quantile,
+        {"batch_size": config.score_batch_size, "sampling": SamplingConfig(n=config.extraction_samples)},
+    )

@@ -86,9 +86,21 @@ class Eraser:
             timings); ``erase()``'s report is ``build_report(eraser.log)``.
     """
 
-    def __init__(self, model, tokenizer, forget: ProbeSet, config: EraseConfig | None = None, gate=None,
-                 controls: ProbeSet | None = None, retain=None, checkpoint_dir=None, progress: bool = False,
-                 accelerator=None, heldout=None, collateral: ProbeSet | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        forget: ProbeSet,
+        config: EraseConfig | None = None,
+        gate=None,
+        controls: ProbeSet | None = None,
+        retain=None,
+        checkpoint_dir=None,
+        progress: bool = False,
+        accelerator=None,
+        heldout=None,
+        collateral: ProbeSet | None = None,
+    ):
         from accelerate import Accelerator
 
         self.config = config = config or EraseConfig()
@@ -110,34 +122,49 @@ class Eraser:
         # `contrastive_retain` is obliviate's extension with lambda = retain_contrast.
         self.selector = get_selector(config)
         if "retain_nll" in self.selector.needs and not retain:
-            raise ValueError(f"selector {config.selector} contrasts with the retain NLL: pass --retain FILE, or use "
-                             "selector contrastive (forget set only).")
+            raise ValueError(
+                f"selector {config.selector} contrasts with the retain NLL: pass --retain FILE, or use "
+                "selector contrastive (forget set only)."
+            )
         uses_retain = self.loss.needs_retain or "retain_nll" in self.selector.needs
         if uses_retain and not retain:
-            raise ValueError(f"method {config.method!r} needs retained text: pass --retain FILE ({{\"text\"}} JSONL).")
+            raise ValueError(f'method {config.method!r} needs retained text: pass --retain FILE ({{"text"}} JSONL).')
         self.heldout_texts = read_heldout(heldout, self.forget, tokenizer) if heldout is not None else None
         texts = read_retain(retain)
-        self.split = split_retain(texts, config.gate_fraction, 0.0 if heldout is not None else config.audit_fraction,
-                                  uses_retain) if texts else None
+        self.split = (
+            split_retain(
+                texts, config.gate_fraction, 0.0 if heldout is not None else config.audit_fraction, uses_retain
+            )
+            if texts
+            else None
+        )
         # Losses and the selector see only their part; the gate and the audit never see it.
         self.retain_texts = self.split.loss if self.split is not None else []
         if gate is None:
             gate = build_gate(config, tokenizer, self.split or RetainSplit([], [], []))
         self.gate = gate
-        self.audit = audit_suite(self.gate, self.heldout_texts if self.heldout_texts is not None
-                                 else (self.split.audit if self.split is not None else []), tokenizer)
+        self.audit = audit_suite(
+            self.gate,
+            self.heldout_texts
+            if self.heldout_texts is not None
+            else (self.split.audit if self.split is not None else []),
+            tokenizer,
+        )
         self.checkpoint_dir = checkpoint_dir
         self.accelerator = accelerator or Accelerator()
         self.sampling = SamplingConfig(n=config.extraction_samples)
-        self.log = ErasureLog(config=config.to_dict(), retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
-                              groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s
-                                      for p in s},
-                              retain_split=self.split.to_dict() if self.split is not None else None)
+        self.log = ErasureLog(
+            config=config.to_dict(),
+            retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
+            groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s for p in s},
+            retain_split=self.split.to_dict() if self.split is not None else None,
+        )
 
     # ---------------------------------------------------------------- setup
     def _prepare_model(self) -> None:
-        self.model, self.candidates, self._requires_grad = prepare_target(self.model, self.config,
-                                                                          self.accelerator.device)
+        self.model, self.candidates, self._requires_grad = prepare_target(
+            self.model, self.config, self.accelerator.device
+        )
         self.all_params = dict(self.model.named_parameters())
         self.last_selection = None
 
@@ -154,8 +181,9 @@ class Eraser:
 
     def _score_rows(self, probes: ProbeSet) -> list[dict]:
         start = time.perf_counter()
-        rows = score_probes(self.model, self.tokenizer, probes, batch_size=self.config.score_batch_size,
-                            sampling=self.sampling)
+        rows = score_probes(
+            self.model, self.tokenizer, probes, batch_size=self.config.score_batch_size, sampling=self.sampling
+        )
         self.log.add_time("scoring_s", time.perf_counter() - start)
         return rows
 
@@ -177,28 +205,37 @@ class Eraser:
         n = min(self.config.retain_batch_size, len(self.retain_texts))
         pick = torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
         limit = context_length(self.model)
-        rows = [self.tokenizer(self.retain_texts[i], truncation=bool(limit), max_length=limit or None)["input_ids"]
-                for i in pick]
+        rows = [
+            self.tokenizer(self.retain_texts[i], truncation=bool(limit), max_length=limit or None)["input_ids"]
+            for i in pick
+        ]
         return [list(r) for r in rows if len(r) >= 2] or [list(rows[0]) * 2]
 
     def _retain_nll_terms(self, generator: torch.Generator):
         """Token-bounded shares of the retain NLL of one seeded draw of retain rows (losses/base.py)."""
         rows = self._retain_rows(generator)
-        return retain_nll_terms(self.model, rows, self.tokenizer.pad_token_id,
-                                self._rows_per_pass(max(len(r) for r in rows)))
+        return retain_nll_terms(
+            self.model, rows, self.tokenizer.pad_token_id, self._rows_per_pass(max(len(r) for r in rows))
+        )
 
-    def _losses(self, probes: ProbeSet, active: list[int], reference: torch.Tensor | None, generator,
-                kinds: tuple[str, ...]):
+    def _losses(
+        self, probes: ProbeSet, active: list[int], reference: torch.Tensor | None, generator, kinds: tuple[str, ...]
+    ):
         """Yield ``{kind: scalar}`` per micro-batch of this process's shard; each sums to the global mean."""
         total = len(active)
         local, weights = self._shard(active)
-        size = self._rows_per_pass(max((len(probes[i].prefix_ids) + len(probes[i].suffix_ids) for i in active),
-                                       default=1))
+        size = self._rows_per_pass(
+            max((len(probes[i].prefix_ids) + len(probes[i].suffix_ids) for i in active), default=1)
+        )
         for start in range(0, len(local), size):
-            batch = local[start:start + size]
-            out = forward_suffix(self.model, [probes[i].prefix_ids for i in batch],
-                                 [probes[i].suffix_ids for i in batch], self.tokenizer.pad_token_id)
-            keep = (lambda v: v) if weights is None else (lambda v, w=weights[start:start + size]: v * w)
+            batch = local[start : start + size]
+            out = forward_suffix(
+                self.model,
+                [probes[i].prefix_ids for i in batch],
+                [probes[i].suffix_ids for i in batch],
+                self.tokenizer.pad_token_id,
+            )
+            keep = (lambda v: v) if weights is None else (lambda v, w=weights[start : start + size]: v * w)
             terms = {}
             if "loss" in kinds:
                 ref = reference[batch] if reference is not None else None
@@ -218,8 +255,7 @@ class Eraser:
     def _gradients(self, probes, active, reference, generator, streams) -> dict[str, dict[str, torch.Tensor]]:
         """Each selector stream's gradient w.r.t. every candidate, summed over processes (see ``selection``)."""
         kinds = tuple(dict.fromkeys(kind for combo in streams.values() for kind in combo))
-        grads = accumulate_streams(self._losses(probes, active, reference, generator, kinds), self.candidates,
-                                   streams)
+        grads = accumulate_streams(self._losses(probes, active, reference, generator, kinds), self.candidates, streams)
         if self.accelerator.num_processes > 1:
             for per_name in grads.values():
                 for n in per_name:  # one tensor at a time: the reduce's copy is never more than one parameter
@@ -262,8 +298,17 @@ class Eraser:
         probes = self.forget.subset(ids)
         reference = torch.tensor([reference_all[i] for i in ids]) if reference_all is not None else None
         state = ChunkState(ids, self._judge(probes)[0], self.log.global_step)
-        record = {"index": index, "ids": list(ids), "status": None, "steps": 0, "attempted_steps": 0,
-                  "rejections": 0, "optimizer_state_bytes": 0, "selected": 0, "candidates": 0}
+        record = {
+            "index": index,
+            "ids": list(ids),
+            "status": None,
+            "steps": 0,
+            "attempted_steps": 0,
+            "rejections": 0,
+            "optimizer_state_bytes": 0,
+            "selected": 0,
+            "candidates": 0,
+        }
         lr, since_select, update = config.learning_rate, 0, None
         bar = tqdm(total=config.max_steps, desc=f"chunk {index}", disable=not self.progress, leave=False)
         while record["status"] is None:
@@ -298,22 +343,33 @@ class Eraser:
             n = min(n, self.config.reselect_every - since_select)
         return n
 
-    def _block(self, update: SelectedUpdate, probes, reference, index: int, state: ChunkState, lr: float,
-               n_steps: int) -> GateBlock:
+    def _block(
+        self, update: SelectedUpdate, probes, reference, index: int, state: ChunkState, lr: float, n_steps: int
+    ) -> GateBlock:
         """``n_steps`` optimizer steps, run by the gate (rolled back and retried at a lower lr when it rejects them).
 
         Each step's record goes into the log, rolled-back ones marked; the last of each attempt carries the
         gate's decision. A rollback restores the trainable copies bitwise, so they are scattered into the
         weights again (``write_back``) and the chunk's forgotten flags go back to where the block began.
         """
+
         def step(lr: float) -> dict:
             active = state.active
             loss, norm = self._step(update, probes, active, reference, index)
             self.log.global_step += 1
             state.state_bytes = max(state.state_bytes, update.state_bytes())
-            return {"step": self.log.global_step, "chunk": index, "loss": loss, "learning_rate": lr,
-                    "grad_norm": norm, "active": len(active), "selected": dict(update.selection.counts),
-                    "forget": None, "gate": None, "rolled_back": False}
+            return {
+                "step": self.log.global_step,
+                "chunk": index,
+                "loss": loss,
+                "learning_rate": lr,
+                "grad_norm": norm,
+                "active": len(active),
+                "selected": dict(update.selection.counts),
+                "forget": None,
+                "gate": None,
+                "rolled_back": False,
+            }
 
         def judge(step_record: dict) -> bool:
             forgotten, scores = self._judge(probes)
@@ -326,10 +382,20 @@ class Eraser:
             block = ungated_block(n_steps, step, judge, lr, self.config.score_every)
         else:
             block = self.gate.run_block(
-                self.model, n_steps, step, judge, lr, update.trainables, update.optimizer,
-                judge_every=self.config.score_every, after_restore=lambda: (update.write_back(), state.load(saved)),
-                position=lambda: self.log.global_step, chunk=index, lr_ceiling=self.config.learning_rate,
-                lr_recovery=self.config.lr_recovery)
+                self.model,
+                n_steps,
+                step,
+                judge,
+                lr,
+                update.trainables,
+                update.optimizer,
+                judge_every=self.config.score_every,
+                after_restore=lambda: (update.write_back(), state.load(saved)),
+                position=lambda: self.log.global_step,
+                chunk=index,
+                lr_ceiling=self.config.learning_rate,
+                lr_recovery=self.config.lr_recovery,
+            )
         self.log.steps.extend(attempt_records(block))
         return block
 
@@ -347,10 +413,17 @@ class Eraser:
 
     def _checkpoint(self, key: str, next_chunk: int, start: float) -> None:
         log = self.log
-        save_checkpoint(self.checkpoint_dir, {n: self.all_params[n] for n in sorted(log.touched)},
-                        {"fingerprint": key, "next_chunk": next_chunk, **log.checkpoint(),
-                         "gate_decisions": self.gate.decisions if self.gate is not None else [],
-                         "timings": {**log.timings, **self._elapsed(start)}})
+        save_checkpoint(
+            self.checkpoint_dir,
+            {n: self.all_params[n] for n in sorted(log.touched)},
+            {
+                "fingerprint": key,
+                "next_chunk": next_chunk,
+                **log.checkpoint(),
+                "gate_decisions": self.gate.decisions if self.gate is not None else [],
+                "timings": {**log.timings, **self._elapsed(start)},
+            },
+        )
 
     def _measure(self, when: str, extra) -> None:
         """Score every probe set and the utility suites on the model as it is now (``when``: before/after)."""
@@ -364,8 +437,11 @@ class Eraser:
         extra_scores = extra.run(self.model) if extra is not None else {}
         utility = {**utility, **extra_scores}
         # Each score's direction as its benchmark declares it: the report's units, never guessed from a name.
-        for suite, results in ((self.gate and self.gate.suite, utility), (self.audit, log.heldout[when]),
-                               (extra, extra_scores)):
+        for suite, results in (
+            (self.gate and self.gate.suite, utility),
+            (self.audit, log.heldout[when]),
+            (extra, extra_scores),
+        ):
             if suite is not None:
                 own = {label: results[label] for label in suite.labels if label in results}
                 log.utility["directions"].update(suite.directions(own))
@@ -383,14 +459,20 @@ class Eraser:
             extra = UtilitySuite.from_config(config.utility, self.tokenizer)
         self._measure("before", extra)
         self.criterion = build_criterion(config, self.controls)
-        reference = ({r["id"]: r["suffix_log_prob"] for r in log.scores.forget_before}
-                     if self.loss.needs_reference else None)
-        chunks = [self.forget.ids[i:i + config.chunk_size] for i in range(0, len(self.forget), config.chunk_size)]
+        reference = (
+            {r["id"]: r["suffix_log_prob"] for r in log.scores.forget_before} if self.loss.needs_reference else None
+        )
+        chunks = [self.forget.ids[i : i + config.chunk_size] for i in range(0, len(self.forget), config.chunk_size)]
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
         key = fingerprint(log.config, self.forget.ids, name, sum(p.numel() for p in self.all_params.values()))
         first_chunk = self._resume(key)
-        for index in tqdm(range(first_chunk, len(chunks)), desc="erasing", disable=not self.progress,
-                          initial=first_chunk, total=len(chunks)):
+        for index in tqdm(
+            range(first_chunk, len(chunks)),
+            desc="erasing",
+            disable=not self.progress,
+            initial=first_chunk,
+            total=len(chunks),
+        ):
             log.chunks.append(self._erase_chunk(index, chunks[index], reference))
             if self.checkpoint_dir is not None and self.accelerator.is_main_process:
                 self._checkpoint(key, index + 1, start)

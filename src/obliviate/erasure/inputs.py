@@ -35,7 +35,7 @@ def read_retain(retain) -> list[str]:
         rows = read_jsonl(retain)
         bad = [n for n, r in enumerate(rows, 1) if not isinstance(r, dict) or not isinstance(r.get("text"), str)]
         if bad:
-            raise ProbeError(f"{retain}:{bad[0]}: retain rows need a \"text\" string field.")
+            raise ProbeError(f'{retain}:{bad[0]}: retain rows need a "text" string field.')
         return [r["text"] for r in rows]
     return [str(t) for t in retain]
 
@@ -68,8 +68,10 @@ def split_retain(texts: list[str], gate_fraction: float, audit_fraction: float, 
     n = len(order)
     need = 2 if loss_uses_retain else 1
     if n < need:
-        raise ProbeError(f"the retain text has {n} distinct row(s); the gate needs rows no loss trains on"
-                         f"{' and the retain loss rows of its own' if loss_uses_retain else ''}: give at least {need}.")
+        raise ProbeError(
+            f"the retain text has {n} distinct row(s); the gate needs rows no loss trains on"
+            f"{' and the retain loss rows of its own' if loss_uses_retain else ''}: give at least {need}."
+        )
     n_gate = max(1, round(n * gate_fraction)) if loss_uses_retain else n
     n_audit = round(n * audit_fraction)
     if loss_uses_retain:
@@ -78,15 +80,18 @@ def split_retain(texts: list[str], gate_fraction: float, audit_fraction: float, 
     else:
         n_audit = min(n_audit, n - 1)
         n_gate = n - n_audit
-    audit, gate, loss = (set(order[:n_audit]), set(order[n_audit:n_audit + n_gate]),
-                         set(order[n_audit + n_gate:]))
+    audit, gate, loss = (set(order[:n_audit]), set(order[n_audit : n_audit + n_gate]), set(order[n_audit + n_gate :]))
     keep = list(dict.fromkeys(texts))  # the caller's order within each part
     return RetainSplit([t for t in keep if t in loss], [t for t in keep if t in gate], [t for t in keep if t in audit])
 
 
 def _forget_texts(forget, tokenizer) -> dict[str, str]:
-    return {p.id: (p.prefix + p.suffix if p.prefix is not None and p.suffix is not None
-                   else tokenizer.decode(p.input_ids)).strip() for p in forget}
+    return {
+        p.id: (
+            p.prefix + p.suffix if p.prefix is not None and p.suffix is not None else tokenizer.decode(p.input_ids)
+        ).strip()
+        for p in forget
+    }
 
 
 def read_heldout(path, forget, tokenizer) -> list[str]:
@@ -98,14 +103,16 @@ def read_heldout(path, forget, tokenizer) -> list[str]:
     """
     texts = read_retain(path)
     if not texts:
-        raise ProbeError(f"--heldout {path} has no rows; give {{\"text\"}} rows the erasure never trains on.")
+        raise ProbeError(f'--heldout {path} has no rows; give {{"text"}} rows the erasure never trains on.')
     erased = _forget_texts(forget, tokenizer)
     clashes = [(n, i) for n, text in enumerate(texts, 1) for i, f in erased.items() if f and f in text]
     if clashes:
         shown = "; ".join(f"{path}:{n} holds {i}" for n, i in clashes[:8])
-        raise ProbeError(f"--heldout overlaps the forget set in {len(clashes)} row(s): {shown}"
-                         f"{' …' if len(clashes) > 8 else ''}. Held-out text must not contain what is being erased; "
-                         "remove those rows.")
+        raise ProbeError(
+            f"--heldout overlaps the forget set in {len(clashes)} row(s): {shown}"
+            f"{' …' if len(clashes) > 8 else ''}. Held-out text must not contain what is being erased; "
+            "remove those rows."
+        )
     return texts
 
 
@@ -153,9 +160,11 @@ def gate_entries(config, split: RetainSplit) -> list[dict] | None:
         reads = _entry_texts(entry)
         clash = sorted(trained & set(reads or ()))
         if clash:
-            raise ProbeError(f"gate benchmark {entry.get('label') or entry['name']!r} reads {len(clash)} row(s) the "
-                             f"erasure's retain loss trains on (e.g. {clash[0][:60]!r}): a gate on trained rows "
-                             "protects only them. Use `- default` (the gate-only split of --retain) or other text.")
+            raise ProbeError(
+                f"gate benchmark {entry.get('label') or entry['name']!r} reads {len(clash)} row(s) the "
+                f"erasure's retain loss trains on (e.g. {clash[0][:60]!r}): a gate on trained rows "
+                "protects only them. Use `- default` (the gate-only split of --retain) or other text."
+            )
     return entries
 
 

@@ -63,8 +63,7 @@ class ErasureLog:
     global_step: int = 0
     touched: set[str] = field(default_factory=set)
     selections: int = 0
-    timings: dict[str, float] = field(default_factory=lambda: {"scoring_s": 0.0, "update_s": 0.0,
-                                                               "selection_s": 0.0})
+    timings: dict[str, float] = field(default_factory=lambda: {"scoring_s": 0.0, "update_s": 0.0, "selection_s": 0.0})
     prior: dict[str, float] = field(default_factory=lambda: {"total_s": 0.0, "gate_s": 0.0})
     groups: dict[str, str | None] = field(default_factory=dict)
     scores: ScoredSets = field(default_factory=ScoredSets)
@@ -83,8 +82,12 @@ class ErasureLog:
 
     def checkpoint(self) -> dict[str, Any]:
         """What a resumed run needs of the log (JSON-ready; see erasure/state.py)."""
-        return {"global_step": self.global_step, "steps": self.steps, "chunks": self.chunks,
-                "forgotten_steps": self.forgotten_steps}
+        return {
+            "global_step": self.global_step,
+            "steps": self.steps,
+            "chunks": self.chunks,
+            "forgotten_steps": self.forgotten_steps,
+        }
 
     def resume(self, payload: dict[str, Any], touched: set[str]) -> None:
         """Continue from a checkpoint's payload: its records, step counter and the time already spent."""

@@ -23,8 +23,10 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     scored = [s for s in report["steps"] if s.get("forget")]
-    for key, label, color in (("extraction_rate", "extraction rate (chunk)", "tab:red"),
-                              ("mean_memorization_accuracy", "mean MA (chunk)", "tab:blue")):
+    for key, label, color in (
+        ("extraction_rate", "extraction rate (chunk)", "tab:red"),
+        ("mean_memorization_accuracy", "mean MA (chunk)", "tab:blue"),
+    ):
         kept = [s for s in scored if not s["rolled_back"]]
         ax.plot([s["step"] for s in kept], [s["forget"][key] for s in kept], ".-", color=color, label=label)
         back = [s for s in scored if s["rolled_back"]]
@@ -34,8 +36,13 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     groups = ((report.get("thresholds") or {}).get("last") or {}).get("groups") or {}
     thresholds = next(iter(groups.values())) if len(groups) == 1 else {}
     if "memorization_accuracy" in thresholds:
-        ax.axhline(thresholds["memorization_accuracy"], color="tab:blue", ls=":", lw=1,
-                   label=f"MA threshold ({thresholds.get('source')})")
+        ax.axhline(
+            thresholds["memorization_accuracy"],
+            color="tab:blue",
+            ls=":",
+            lw=1,
+            label=f"MA threshold ({thresholds.get('source')})",
+        )
     for s in report["steps"]:
         if s.get("gate"):
             accepted = s["gate"]["decision"] == "accepted"
@@ -62,8 +69,13 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         b = [max(s["before"][key], 1e-30) if log else s["before"][key] for s in seqs]
         a = [max(s["after"][key], 1e-30) if log else s["after"][key] for s in seqs]
         ax.bar([i - 0.2 for i in x], b, width=0.4, label="before", color="tab:gray")
-        ax.bar([i + 0.2 for i in x], a, width=0.4, label="after",
-               color=["tab:green" if s["forgotten"] else "tab:red" for s in seqs])
+        ax.bar(
+            [i + 0.2 for i in x],
+            a,
+            width=0.4,
+            label="after",
+            color=["tab:green" if s["forgotten"] else "tab:red" for s in seqs],
+        )
         if thresholds.get(key) is not None:
             ax.axhline(thresholds[key], color="black", ls=":", lw=1, label="threshold")
         if log:

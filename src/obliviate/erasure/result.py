@@ -27,9 +27,12 @@ def _metrics(row: dict) -> dict:
 def control_summary(rows: list[dict] | None) -> dict | None:
     if not rows:
         return None
-    return {"count": len(rows), "mean_memorization_accuracy": set_mean(rows, "memorization_accuracy"),
-            "mean_extraction_probability": set_mean(rows, "extraction_probability"),
-            "extraction_rate": set_statistics(rows)["extraction_rate"]}
+    return {
+        "count": len(rows),
+        "mean_memorization_accuracy": set_mean(rows, "memorization_accuracy"),
+        "mean_extraction_probability": set_mean(rows, "extraction_probability"),
+        "extraction_rate": set_statistics(rows)["extraction_rate"],
+    }
 
 
 def group_change(before: list[dict] | None, after: list[dict] | None, groups: dict[str, str | None]) -> dict | None:
@@ -43,10 +46,16 @@ def group_change(before: list[dict] | None, after: list[dict] | None, groups: di
         a = [after_by_id[r["id"]] for r in b]
         sb, sa = set_statistics(b), set_statistics(a)
         ma_b, ma_a = sb["mean_memorization_accuracy"], sa["mean_memorization_accuracy"]
-        out[str(g)] = {"count": len(b), "memorization_accuracy_before": ma_b, "memorization_accuracy_after": ma_a,
-                       "memorization_accuracy_kept": ma_a / ma_b if ma_b > 0 else None,
-                       "loss_before": set_mean(b, "loss"), "loss_after": set_mean(a, "loss"),
-                       "extraction_rate_before": sb["extraction_rate"], "extraction_rate_after": sa["extraction_rate"]}
+        out[str(g)] = {
+            "count": len(b),
+            "memorization_accuracy_before": ma_b,
+            "memorization_accuracy_after": ma_a,
+            "memorization_accuracy_kept": ma_a / ma_b if ma_b > 0 else None,
+            "loss_before": set_mean(b, "loss"),
+            "loss_after": set_mean(a, "loss"),
+            "extraction_rate_before": sb["extraction_rate"],
+            "extraction_rate_after": sa["extraction_rate"],
+        }
     return out
 
 
@@ -60,10 +69,18 @@ def _sequences(log: ErasureLog) -> list[dict]:
     out = []
     for row in log.scores.forget_before:
         forgotten = bool(log.final_forgotten[row["id"]])
-        out.append({"id": row["id"], "role": row["role"], "group": log.groups.get(row["id"]),
-                    "chunk": chunk_of.get(row["id"]), "before": _metrics(row), "after": _metrics(after_by_id[row["id"]]),
-                    "forgotten_step": log.forgotten_steps.get(row["id"]) if forgotten else None,
-                    "forgotten": forgotten})
+        out.append(
+            {
+                "id": row["id"],
+                "role": row["role"],
+                "group": log.groups.get(row["id"]),
+                "chunk": chunk_of.get(row["id"]),
+                "before": _metrics(row),
+                "after": _metrics(after_by_id[row["id"]]),
+                "forgotten_step": log.forgotten_steps.get(row["id"]) if forgotten else None,
+                "forgotten": forgotten,
+            }
+        )
     return out
 
 
@@ -71,25 +88,31 @@ def _summary(log: ErasureLog, sequences: list[dict], controls_change: dict | Non
     chunks, config, n_forgotten = log.chunks, log.config, sum(s["forgotten"] for s in sequences)
     floor = config["min_controls_ma_kept"]
     return {
-        "sequences": len(sequences), "forgotten": n_forgotten, "forgotten_rate": n_forgotten / len(sequences),
+        "sequences": len(sequences),
+        "forgotten": n_forgotten,
+        "forgotten_rate": n_forgotten / len(sequences),
         "extraction_rate_before": set_statistics(log.scores.forget_before)["extraction_rate"],
         "extraction_rate_after": set_statistics(log.scores.forget_after)["extraction_rate"],
-        "chunks": len(chunks), **{f"chunks_{s}": sum(c["status"] == s for c in chunks)
-                                  for s in ("erased", "max_steps", "gate_exhausted")},
-        "steps": sum(c["steps"] for c in chunks), "attempted_steps": sum(c["attempted_steps"] for c in chunks),
+        "chunks": len(chunks),
+        **{f"chunks_{s}": sum(c["status"] == s for c in chunks) for s in ("erased", "max_steps", "gate_exhausted")},
+        "steps": sum(c["steps"] for c in chunks),
+        "attempted_steps": sum(c["attempted_steps"] for c in chunks),
         "gate_rejections": sum(c["rejections"] for c in chunks),
         "optimizer_state_bytes": max((c["optimizer_state_bytes"] for c in chunks), default=0),
         "selected_weights": max((c["selected"] for c in chunks), default=0),
         "candidate_weights": max((c["candidates"] for c in chunks), default=0),
-        "touched_tensors": len(log.touched), "target": config["target"],
-        "retain_contrast": log.retain_contrast, "selector": config["selector"],
+        "touched_tensors": len(log.touched),
+        "target": config["target"],
+        "retain_contrast": log.retain_contrast,
+        "selector": config["selector"],
         "not_erased": not_erased_reason(chunks),
         "format_damage": [
             f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
             f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
             f"{100 * floor:.0f}% required)"
             for g, c in (controls_change or {}).items()
-            if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor],
+            if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor
+        ],
     }
 
 
@@ -100,21 +123,35 @@ def build_report(log: ErasureLog) -> dict:
     controls_change = group_change(scores.controls_before, scores.controls_after, log.groups)
     gate = dict(log.gate) if log.gate is not None else None
     return {
-        "config": log.config, "summary": _summary(log, sequences, controls_change), "sequences": sequences,
-        "steps": log.steps, "chunks": log.chunks, "gate_decisions": list(gate.pop("decisions")) if gate else [],
+        "config": log.config,
+        "summary": _summary(log, sequences, controls_change),
+        "sequences": sequences,
+        "steps": log.steps,
+        "chunks": log.chunks,
+        "gate_decisions": list(gate.pop("decisions")) if gate else [],
         # The gate as it ran: schedule, tolerances as resolved (kind, value, score, direction), each baseline
         # score's direction, time spent. Reports and plots read bounds and units from here, never from names.
         "gate": gate,
         "utility": log.utility,
-        "controls": {"before": control_summary(scores.controls_before), "after": control_summary(scores.controls_after)},
+        "controls": {
+            "before": control_summary(scores.controls_before),
+            "after": control_summary(scores.controls_after),
+        },
         # Collateral damage per group: never-trained controls, and trained probes that were not erased.
-        "collateral": {"controls": controls_change,
-                       "not_erased": group_change(scores.collateral_before, scores.collateral_after, log.groups)},
+        "collateral": {
+            "controls": controls_change,
+            "not_erased": group_change(scores.collateral_before, scores.collateral_after, log.groups),
+        },
         # The gate's text scores on held-out text it never read (--heldout, else the audit split of --retain).
-        "heldout": {"before": log.heldout["before"], "after": log.heldout["after"],
-                    "source": log.heldout_source if log.heldout["before"] else None},
+        "heldout": {
+            "before": log.heldout["before"],
+            "after": log.heldout["after"],
+            "source": log.heldout_source if log.heldout["before"] else None,
+        },
         "retain_split": log.retain_split,
-        "thresholds": log.thresholds, "timings": dict(log.timings), "resumed_from_chunk": log.resumed_from,
+        "thresholds": log.thresholds,
+        "timings": dict(log.timings),
+        "resumed_from_chunk": log.resumed_from,
     }
 
 
@@ -124,8 +161,10 @@ def not_erased_reason(chunks: list[dict]) -> str | None:
     capped = [c["index"] for c in chunks if c["status"] == "max_steps"]
     parts = []
     if exhausted:
-        parts.append(f"chunk(s) {', '.join(map(str, exhausted))} could not be erased within the utility gate: every "
-                     "retry of the last block broke a gated score (see gate_decisions for which)")
+        parts.append(
+            f"chunk(s) {', '.join(map(str, exhausted))} could not be erased within the utility gate: every "
+            "retry of the last block broke a gated score (see gate_decisions for which)"
+        )
     if capped:
         parts.append(f"chunk(s) {', '.join(map(str, capped))} reached max_steps before every sequence was forgotten")
     return "; ".join(parts) or None
@@ -133,31 +172,56 @@ def not_erased_reason(chunks: list[dict]) -> str | None:
 
 def format_summary(report: dict) -> str:
     """Terminal text: chunk table, totals, utility before/after."""
-    rows = [[c["index"], len(c["ids"]), c["status"], c["steps"], c["rejections"],
-             sum(1 for s in report["sequences"] if s["chunk"] == c["index"] and s["forgotten"])]
-            for c in report["chunks"]]
+    rows = [
+        [
+            c["index"],
+            len(c["ids"]),
+            c["status"],
+            c["steps"],
+            c["rejections"],
+            sum(1 for s in report["sequences"] if s["chunk"] == c["index"] and s["forgotten"]),
+        ]
+        for c in report["chunks"]
+    ]
     text = format_table(rows, ["chunk", "sequences", "status", "steps", "rejections", "forgotten"])
     s, t = report["summary"], report["timings"]
-    text += (f"\n\nforgotten {s['forgotten']}/{s['sequences']} ({100 * s['forgotten_rate']:.1f}%); extraction rate "
-             f"{s['extraction_rate_before']:.3f} -> {s['extraction_rate_after']:.3f}; {s['steps']} steps "
-             f"({s['gate_rejections']} rejected by the gate); {s['selected_weights']}/{s['candidate_weights']} "
-             f"weights selected; optimizer state {s['optimizer_state_bytes']} bytes")
-    text += (f"\ntime {t['total_s']:.1f}s (gate {t['gate_s']:.1f}s, scoring {t['scoring_s']:.1f}s, "
-             f"update {t['update_s']:.1f}s, selection {t['selection_s']:.1f}s)")
+    text += (
+        f"\n\nforgotten {s['forgotten']}/{s['sequences']} ({100 * s['forgotten_rate']:.1f}%); extraction rate "
+        f"{s['extraction_rate_before']:.3f} -> {s['extraction_rate_after']:.3f}; {s['steps']} steps "
+        f"({s['gate_rejections']} rejected by the gate); {s['selected_weights']}/{s['candidate_weights']} "
+        f"weights selected; optimizer state {s['optimizer_state_bytes']} bytes"
+    )
+    text += (
+        f"\ntime {t['total_s']:.1f}s (gate {t['gate_s']:.1f}s, scoring {t['scoring_s']:.1f}s, "
+        f"update {t['update_s']:.1f}s, selection {t['selection_s']:.1f}s)"
+    )
     before, after = report["utility"]["before"], report["utility"]["after"]
     held = report.get("heldout") or {}
     before = {**before, **(held.get("before") or {})}
     after = {**after, **(held.get("after") or {})}
-    util = [[f"{b}/{k}", v, after.get(b, {}).get(k, float("nan"))] for b, scores in before.items()
-            for k, v in scores.items()]
+    util = [
+        [f"{b}/{k}", v, after.get(b, {}).get(k, float("nan"))]
+        for b, scores in before.items()
+        for k, v in scores.items()
+    ]
     if util:
         text += "\n\n" + format_table(util, ["utility (heldout_*: text the gate never saw)", "before", "after"])
     controls = (report.get("collateral") or {}).get("controls")
     if controls:
-        rows = [[g, c["count"], c["memorization_accuracy_before"], c["memorization_accuracy_after"],
-                 c["loss_before"], c["loss_after"]] for g, c in controls.items()]
-        text += "\n\n" + format_table(rows, ["controls' group", "n", "MA before", "MA after", "loss before",
-                                             "loss after"])
+        rows = [
+            [
+                g,
+                c["count"],
+                c["memorization_accuracy_before"],
+                c["memorization_accuracy_after"],
+                c["loss_before"],
+                c["loss_after"],
+            ]
+            for g, c in controls.items()
+        ]
+        text += "\n\n" + format_table(
+            rows, ["controls' group", "n", "MA before", "MA after", "loss before", "loss after"]
+        )
     return text
 
 
@@ -168,20 +232,26 @@ def last_line(report: dict) -> str:
     if s["forgotten"] == s["sequences"] and not damage:
         return f"erased all {s['sequences']} sequences within the utility gate."
     if s["forgotten"] == s["sequences"]:
-        return (f"FORMAT DAMAGED: all {s['sequences']} sequences are forgotten, but so is text of their format the "
-                f"model never saw: {'; '.join(damage)}.")
+        return (
+            f"FORMAT DAMAGED: all {s['sequences']} sequences are forgotten, but so is text of their format the "
+            f"model never saw: {'; '.join(damage)}."
+        )
     reason = s.get("not_erased") or "the final check on the erased model found some still memorized"
     extra = f"; also {'; '.join(damage)}" if damage else ""
-    return (f"NOT ERASED: {s['sequences'] - s['forgotten']} of {s['sequences']} sequences are still memorized: "
-            f"{reason}{extra}.")
+    return (
+        f"NOT ERASED: {s['sequences'] - s['forgotten']} of {s['sequences']} sequences are still memorized: "
+        f"{reason}{extra}."
+    )
 
 
 def check_new_dir(out: str | os.PathLike) -> Path:
     """``out`` as a Path, raising when it exists (nothing is ever overwritten)."""
     out = Path(out)
     if out.exists():
-        raise FileExistsError(f"{out} already exists; erasure writes a new directory and never overwrites. "
-                              "Choose another --out, or remove it first.")
+        raise FileExistsError(
+            f"{out} already exists; erasure writes a new directory and never overwrites. "
+            "Choose another --out, or remove it first."
+        )
     return out
 
 

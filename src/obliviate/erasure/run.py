@@ -24,8 +24,9 @@ def partial_dir(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.name}.partial")
 
 
-def load_forget(path, tokenizer, controls_path=None, ids: Iterable[str] | None = None,
-                roles: Iterable[str] | None = None) -> tuple[ProbeSet, ProbeSet | None]:
+def load_forget(
+    path, tokenizer, controls_path=None, ids: Iterable[str] | None = None, roles: Iterable[str] | None = None
+) -> tuple[ProbeSet, ProbeSet | None]:
     """The forget set (roles other than control) and the controls (``controls_path``, else the file's controls).
 
     Raises:
@@ -49,12 +50,16 @@ def load_forget(path, tokenizer, controls_path=None, ids: Iterable[str] | None =
         ids = list(ids)
         unknown = [i for i in ids if i not in forget]
         if unknown:
-            raise ProbeError(f"unknown forget ids {unknown[:5]}{' …' if len(unknown) > 5 else ''}: not among the "
-                             f"{len(forget)} non-control rows of {path} (ids look like {', '.join(forget.ids[:3])}).")
+            raise ProbeError(
+                f"unknown forget ids {unknown[:5]}{' …' if len(unknown) > 5 else ''}: not among the "
+                f"{len(forget)} non-control rows of {path} (ids look like {', '.join(forget.ids[:3])})."
+            )
         forget = forget.subset(ids)
     if len(forget) == 0:
-        raise ProbeError(f"the forget set from {path} is empty (it holds only control rows, or --ids/--roles selected none): "
-                         "there is nothing to erase.")
+        raise ProbeError(
+            f"the forget set from {path} is empty (it holds only control rows, or --ids/--roles selected none): "
+            "there is nothing to erase."
+        )
     return forget, controls
 
 
@@ -70,20 +75,31 @@ def filter_retain(retain_path, forget: ProbeSet, tokenizer) -> tuple[list[str], 
     rows = read_jsonl(retain_path)
     bad = [n for n, r in enumerate(rows, 1) if not isinstance(r, dict) or not isinstance(r.get("text"), str)]
     if bad:
-        raise ProbeError(f"{retain_path}:{bad[0]}: retain rows need a \"text\" string field.")
-    erased = {(p.prefix + p.suffix if p.prefix is not None and p.suffix is not None
-               else tokenizer.decode(p.input_ids)).strip() for p in forget}
+        raise ProbeError(f'{retain_path}:{bad[0]}: retain rows need a "text" string field.')
+    erased = {
+        (
+            p.prefix + p.suffix if p.prefix is not None and p.suffix is not None else tokenizer.decode(p.input_ids)
+        ).strip()
+        for p in forget
+    }
     kept = [r["text"] for r in rows if r["text"].strip() not in erased]
     if not kept:
         raise ProbeError(f"every row of {retain_path} is a sequence being erased: give retain text to keep.")
     return kept, {"path": str(retain_path), "rows": len(rows), "dropped": len(rows) - len(kept)}
 
 
-def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out_dir: str | os.PathLike,
-              config: EraseConfig | None = None, controls_path: str | os.PathLike | None = None,
-              retain_path: str | os.PathLike | None = None, ids: Iterable[str] | None = None,
-              roles: Iterable[str] | None = None, progress: bool = True,
-              heldout_path: str | os.PathLike | None = None):
+def run_erase(
+    model_path: str | os.PathLike,
+    forget_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: EraseConfig | None = None,
+    controls_path: str | os.PathLike | None = None,
+    retain_path: str | os.PathLike | None = None,
+    ids: Iterable[str] | None = None,
+    roles: Iterable[str] | None = None,
+    progress: bool = True,
+    heldout_path: str | os.PathLike | None = None,
+):
     """Erase the sequences of ``forget_path`` from the model at ``model_path`` into the new ``out_dir``.
 
     Args:
@@ -107,32 +123,50 @@ def run_erase(model_path: str | os.PathLike, forget_path: str | os.PathLike, out
 
     config = config or EraseConfig()
     out = check_new_dir(out_dir)
-    for path, what in ((forget_path, "forget"), (controls_path, "controls"), (retain_path, "retain"),
-                       (heldout_path, "heldout")):
+    for path, what in (
+        (forget_path, "forget"),
+        (controls_path, "controls"),
+        (retain_path, "retain"),
+        (heldout_path, "heldout"),
+    ):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{what} file {path} does not exist.")
     if config.method == "graddiff" and retain_path is None:
-        raise ValueError("method graddiff needs retained text: pass --retain FILE ({\"text\"} JSONL).")
+        raise ValueError('method graddiff needs retained text: pass --retain FILE ({"text"} JSONL).')
     model_dir = Path(model_path).expanduser()
     if model_dir.is_dir():
         resolved = out.expanduser().resolve()
         if resolved == model_dir.resolve() or model_dir.resolve() in resolved.parents:
-            raise ValueError(f"--out {out} is inside the input model directory {model_dir}; the input is never "
-                             "modified: write the erased model elsewhere.")
+            raise ValueError(
+                f"--out {out} is inside the input model directory {model_dir}; the input is never "
+                "modified: write the erased model elsewhere."
+            )
     model, tokenizer = load_model_and_tokenizer(model_path, config.dtype)
     forget, controls = load_forget(forget_path, tokenizer, controls_path, ids, roles)
     collateral = None
     if controls_path is not None:
         from obliviate.data import load_probes
 
-        collateral = ProbeSet(p for p in load_probes(controls_path, tokenizer, roles=("member", "canary"))
-                              if p.id not in forget) or None
+        collateral = (
+            ProbeSet(p for p in load_probes(controls_path, tokenizer, roles=("member", "canary")) if p.id not in forget)
+            or None
+        )
     retain, retain_info = retain_path, None
     if retain_path is not None:
         retain, retain_info = filter_retain(retain_path, forget, tokenizer)
     partial = partial_dir(out)
-    eraser = Eraser(model, tokenizer, forget, config, controls=controls, retain=retain,
-                    checkpoint_dir=partial, progress=progress, heldout=heldout_path, collateral=collateral)
+    eraser = Eraser(
+        model,
+        tokenizer,
+        forget,
+        config,
+        controls=controls,
+        retain=retain,
+        checkpoint_dir=partial,
+        progress=progress,
+        heldout=heldout_path,
+        collateral=collateral,
+    )
     result = eraser.erase()
     result.report["retain"] = retain_info
     if eraser.accelerator.is_main_process:

@@ -88,8 +88,9 @@ def _cut(hist: torch.Tensor, need: int) -> tuple[int, int]:
     return b, int(running[pos]) - int(hist[b])
 
 
-def threshold_key(keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], target: int,
-                  group: ShardGroup | None = None) -> tuple[int, int]:
+def threshold_key(
+    keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], target: int, group: ShardGroup | None = None
+) -> tuple[int, int]:
     """The key ``T`` of the unit where the best-first element count reaches ``target``, and the count strictly above.
 
     Args:
@@ -111,8 +112,9 @@ def threshold_key(keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], tar
     return (high - BINS // 2) * BINS + low, above + more
 
 
-def top_units(keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], target: int,
-              group: ShardGroup | None = None) -> dict[str, torch.Tensor]:
+def top_units(
+    keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], target: int, group: ShardGroup | None = None
+) -> dict[str, torch.Tensor]:
     """Sorted indices of the selected units of each parameter (parameters with none are left out).
 
     The units a stable descending sort of all scores would take best-first until they hold ``target``
@@ -142,8 +144,11 @@ def top_units(keys: dict[str, torch.Tensor], unit_sizes: dict[str, int], target:
     return chosen
 
 
-def accumulate_streams(terms: Iterable[dict[str, torch.Tensor]], params: dict[str, torch.nn.Parameter],
-                       streams: dict[str, dict[str, float]]) -> dict[str, dict[str, torch.Tensor]]:
+def accumulate_streams(
+    terms: Iterable[dict[str, torch.Tensor]],
+    params: dict[str, torch.nn.Parameter],
+    streams: dict[str, dict[str, float]],
+) -> dict[str, dict[str, torch.Tensor]]:
     """Gradients of each stream w.r.t. ``params``, summed over the micro-batches ``terms`` yields.
 
     Args:
@@ -176,8 +181,11 @@ def accumulate_streams(terms: Iterable[dict[str, torch.Tensor]], params: dict[st
                 stream, coefficient = feeds[kind]
                 for p, g in zip(tensors, acc[stream]):
                     p.grad = g
-                torch.autograd.backward(value * coefficient if coefficient != 1.0 else value, inputs=tensors,
-                                        retain_graph=j < len(items) - 1)
+                torch.autograd.backward(
+                    value * coefficient if coefficient != 1.0 else value,
+                    inputs=tensors,
+                    retain_graph=j < len(items) - 1,
+                )
                 acc[stream] = [p.grad for p in tensors]
             for p in tensors:
                 p.grad = None
@@ -185,5 +193,7 @@ def accumulate_streams(terms: Iterable[dict[str, torch.Tensor]], params: dict[st
         for p, g in zip(tensors, saved):
             p.requires_grad_(False)
             p.grad = g
-    return {s: {n: g if g is not None else torch.zeros_like(p) for n, p, g in zip(names, tensors, grads)}
-            for s, grads in acc.items()}
+    return {
+        s: {n: g if g is not None else torch.zeros_like(p) for n, p, g in zip(names, tensors, grads)}
+        for s, grads in acc.items()
+    }

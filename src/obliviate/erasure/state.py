@@ -29,8 +29,9 @@ class ResumeError(ValueError):
 def fingerprint(config: dict, forget_ids: list[str], model_name: str | None, n_params: int) -> str:
     """What must match for a partial state to be resumed: the config, the forget ids, the model."""
     keep = {k: v for k, v in config.items() if k not in ("plots",)}
-    blob = json.dumps({"config": keep, "ids": forget_ids, "model": model_name, "n_params": n_params},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"config": keep, "ids": forget_ids, "model": model_name, "n_params": n_params}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -63,14 +64,17 @@ def load_checkpoint(directory: str | os.PathLike, expected_fingerprint: str) -> 
         return None
     payload = json.loads(state_file.read_text())
     if payload.get("version") != STATE_VERSION or payload.get("fingerprint") != expected_fingerprint:
-        raise ResumeError(f"{directory} holds the resume state of a different erasure run (other config, forget "
-                          "set or model). Delete it to start over, or rerun with the same options to resume.")
+        raise ResumeError(
+            f"{directory} holds the resume state of a different erasure run (other config, forget "
+            "set or model). Delete it to start over, or rerun with the same options to resume."
+        )
     tensors = load_file(str(directory / payload["weights"]))
     return payload, tensors
 
 
-def resume(directory: str | os.PathLike, expected_fingerprint: str, params: dict[str, torch.nn.Parameter], log,
-           gate=None) -> int:
+def resume(
+    directory: str | os.PathLike, expected_fingerprint: str, params: dict[str, torch.nn.Parameter], log, gate=None
+) -> int:
     """Load a partial state into a run: weights into ``params``, records into ``log``, decisions into ``gate``.
 
     Args:

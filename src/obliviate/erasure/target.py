@@ -32,21 +32,26 @@ def prepare_target(model, config, device) -> tuple[torch.nn.Module, dict[str, to
         from peft import PeftModel, get_peft_model
 
         if isinstance(model, PeftModel):
-            raise ValueError("target: lora needs a plain model, got a PEFT model; merge its adapter first "
-                             "(model.merge_and_unload()) or erase with target: full.")
+            raise ValueError(
+                "target: lora needs a plain model, got a PEFT model; merge its adapter first "
+                "(model.merge_and_unload()) or erase with target: full."
+            )
         model = get_peft_model(model, config.lora_config())
     model.eval()  # no dropout: the loop is deterministic, so a resumed run ends where an uninterrupted one does
     named = dict(model.named_parameters())
     requires_grad = {n: p.requires_grad for n, p in named.items()}
     patterns = config.target_modules
     candidates = {
-        n: p for n, p in named.items()
+        n: p
+        for n, p in named.items()
         if p.is_floating_point()
         and (config.target != "lora" or p.requires_grad)
-        and (patterns is None or any(re.search(pat, n) for pat in patterns))}
+        and (patterns is None or any(re.search(pat, n) for pat in patterns))
+    }
     if not candidates:
-        raise ValueError(f"target_modules {patterns} matched no parameter; names look like "
-                         f"{', '.join(list(named)[:4])} …")
+        raise ValueError(
+            f"target_modules {patterns} matched no parameter; names look like {', '.join(list(named)[:4])} …"
+        )
     for p in named.values():
         p.requires_grad_(False)
     return model, candidates, requires_grad

@@ -28,8 +28,9 @@ class SelectedUpdate:
         accelerator: sums gradients over processes (a no-op with one).
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], selection: Selection, config, lr: float,
-                 accelerator=None):
+    def __init__(
+        self, params: dict[str, torch.nn.Parameter], selection: Selection, config, lr: float, accelerator=None
+    ):
         self.selection, self.config, self.accelerator = selection, config, accelerator
         self.entries: list[tuple[str, torch.nn.Parameter, torch.Tensor | None, torch.nn.Parameter]] = []
         for name, idx in selection.indices.items():
@@ -46,8 +47,13 @@ class SelectedUpdate:
             self.optimizer = torch.optim.SGD(trainables, lr=lr, weight_decay=config.weight_decay)
         else:
             # AdamW: weight decay is decoupled and, like the moments, exists only for the selected entries.
-            self.optimizer = torch.optim.AdamW(trainables, lr=lr, betas=(config.adam_beta1, config.adam_beta2),
-                                               eps=config.adam_epsilon, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                trainables,
+                lr=lr,
+                betas=(config.adam_beta1, config.adam_beta2),
+                eps=config.adam_epsilon,
+                weight_decay=config.weight_decay,
+            )
 
     @property
     def trainables(self) -> list[torch.nn.Parameter]:
@@ -98,4 +104,3 @@ class SelectedUpdate:
                 if isinstance(value, torch.Tensor):
                     total += value.numel() * value.element_size()
         return total
-

@@ -15,10 +15,26 @@ from obliviate.metrics.scorer import (
 from obliviate.metrics.teacher_forced import SamplingConfig
 
 __all__ = [
-    "METRIC_NAMES", "MIA_SCORES", "SamplingConfig", "context_length", "score_probes", "score_sequences",
+    "METRIC_NAMES",
+    "MIA_SCORES",
+    "SamplingConfig",
+    "context_length",
+    "score_probes",
+    "score_sequences",
     "zlib_length",
     # slower scores: exposure, generation, density, GradNorm, ReCaLL
-    "gradnorm_scores", "score_gradnorm", "score_recall",
-    "DensityConfig", "ExposureConfig", "SecretFormat", "canary_exposure", "embed_texts", "exposures",
-    "extraction_likelihood", "greedy_continuations", "greedy_suffix", "parse_format", "probe_density",
+    "gradnorm_scores",
+    "score_gradnorm",
+    "score_recall",
+    "DensityConfig",
+    "ExposureConfig",
+    "SecretFormat",
+    "canary_exposure",
+    "embed_texts",
+    "exposures",
+    "extraction_likelihood",
+    "greedy_continuations",
+    "greedy_suffix",
+    "parse_format",
+    "probe_density",
 ]

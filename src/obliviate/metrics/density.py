@@ -47,15 +47,22 @@ class DensityConfig:
             try:
                 self.bandwidth = float(self.bandwidth)
             except ValueError:
-                raise ValueError(f"bandwidth must be one of {BANDWIDTH_RULES} or a positive number, "
-                                 f"got {self.bandwidth!r}") from None
+                raise ValueError(
+                    f"bandwidth must be one of {BANDWIDTH_RULES} or a positive number, got {self.bandwidth!r}"
+                ) from None
         if not isinstance(self.bandwidth, str) and not self.bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
 
 
 @torch.inference_mode()
-def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
-                progress: bool | str = False) -> torch.Tensor:
+def embed_texts(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    max_length: int | None = None,
+    progress: bool | str = False,
+) -> torch.Tensor:
     """``(N, d)`` float32 CPU embeddings: attention-masked mean of the last hidden states.
 
     Args:
@@ -75,10 +82,20 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
     device = model_device(model)
     out = []
     try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=progress if isinstance(progress, str) else "embedding",
-                          disable=not progress, leave=False):
-            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=max_length is not None,
-                            max_length=max_length, return_tensors="pt", padding_side="right")
+        for start in tqdm(
+            range(0, len(texts), batch_size),
+            desc=progress if isinstance(progress, str) else "embedding",
+            disable=not progress,
+            leave=False,
+        ):
+            enc = tokenizer(
+                list(texts[start : start + batch_size]),
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                return_tensors="pt",
+                padding_side="right",
+            )
             mask = enc["attention_mask"].to(device)
             output = model(input_ids=enc["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
             hidden = output.hidden_states[-1].float()
@@ -102,8 +119,9 @@ def bandwidth_rule(train: torch.Tensor, rule: str = "scott") -> float:
     return max(sigma * factor, 1e-12)
 
 
-def kernel_log_density(train: torch.Tensor, points: torch.Tensor, bandwidth: float,
-                       leave_one_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_log_density(
+    train: torch.Tensor, points: torch.Tensor, bandwidth: float, leave_one_out: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log Gaussian KDE of ``train`` at each of ``points`` and each point's distance to its nearest training point.
 
     With ``leave_one_out``, one training point within :data:`SELF_DISTANCE` of a point (its own copy) is left out.
@@ -122,8 +140,14 @@ def kernel_log_density(train: torch.Tensor, points: torch.Tensor, bandwidth: flo
     return log_density, sq.min(-1).values.sqrt()
 
 
-def probe_density(model, tokenizer, probe_texts: Sequence[str], train_texts: Sequence[str],
-                  config: DensityConfig | None = None, progress: bool | str = False) -> dict:
+def probe_density(
+    model,
+    tokenizer,
+    probe_texts: Sequence[str],
+    train_texts: Sequence[str],
+    config: DensityConfig | None = None,
+    progress: bool | str = False,
+) -> dict:
     """Training-set density at each probe, in an embedding space of ``model``.
 
     Args:

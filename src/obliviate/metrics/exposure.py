@@ -56,7 +56,7 @@ class SecretFormat:
 
     def index(self, secret: str) -> int:
         """The candidate index of ``secret``; ValueError when it is not in this format."""
-        body = secret[len(self.lead):]
+        body = secret[len(self.lead) :]
         slots = body.split(self.separator) if self.length > 1 else [body]
         lookup = {s: i for i, s in enumerate(self.alphabet)}
         if not secret.startswith(self.lead) or len(slots) != self.length or any(s not in lookup for s in slots):
@@ -78,8 +78,10 @@ def _choices(arg: str) -> SecretFormat:
     # Each choice is one whole candidate completion, written as-is (include its leading space).
     options = tuple(arg.split("|"))
     if len(options) < 2 or len(set(options)) != len(options):
-        raise ValueError(f"choices format needs >= 2 distinct '|'-separated candidates, e.g. 'choices: red| blue'; "
-                         f"got 'choices:{arg}'.")
+        raise ValueError(
+            f"choices format needs >= 2 distinct '|'-separated candidates, e.g. 'choices: red| blue'; "
+            f"got 'choices:{arg}'."
+        )
     return SecretFormat(f"choices:{arg}", options, 1, separator="", lead="")
 
 
@@ -113,8 +115,10 @@ class ExposureConfig:
     samples: int = field(default=5000, metadata={"help": "candidates sampled for the skew-normal fit (>= 5000)"})
     batch_size: int = field(default=256, metadata={"help": "sequences per forward pass"})
     chunk_size: int = field(default=16384, metadata={"help": "candidates tokenized and scored per chunk"})
-    rank_by: str = field(default="log_perplexity", metadata={
-        "help": "log_perplexity (sum of -log p over the secret's tokens, Carlini et al.) or loss (its mean)"})
+    rank_by: str = field(
+        default="log_perplexity",
+        metadata={"help": "log_perplexity (sum of -log p over the secret's tokens, Carlini et al.) or loss (its mean)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the sampled candidates"})
 
     def __post_init__(self):
@@ -128,18 +132,26 @@ class ExposureConfig:
             raise ValueError("batch_size and chunk_size must be >= 1")
 
 
-def candidate_scores(model, tokenizer, prefix_ids: list[int], candidates: Sequence[str], config: ExposureConfig,
-                     progress: bool | str = False) -> np.ndarray:
+def candidate_scores(
+    model,
+    tokenizer,
+    prefix_ids: list[int],
+    candidates: Sequence[str],
+    config: ExposureConfig,
+    progress: bool | str = False,
+) -> np.ndarray:
     """Ranking score (lower = more likely) of each candidate completion after ``prefix_ids``, float64."""
     out = []
     chunks = range(0, len(candidates), config.chunk_size)
-    for start in tqdm(chunks, desc=progress if isinstance(progress, str) else "candidates", disable=not progress,
-                      leave=False):
-        texts = list(candidates[start:start + config.chunk_size])
+    for start in tqdm(
+        chunks, desc=progress if isinstance(progress, str) else "candidates", disable=not progress, leave=False
+    ):
+        texts = list(candidates[start : start + config.chunk_size])
         # Tokenized alone, without special tokens: exactly how a probe's suffix is tokenized.
         suffixes = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        scores = score_sequences(model, [prefix_ids] * len(texts), suffixes, tokenizer.pad_token_id,
-                                 batch_size=config.batch_size)
+        scores = score_sequences(
+            model, [prefix_ids] * len(texts), suffixes, tokenizer.pad_token_id, batch_size=config.batch_size
+        )
         value = -scores["suffix_log_prob"] if config.rank_by == "log_perplexity" else scores["loss"]
         out.append(value.double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
@@ -160,8 +172,14 @@ class _Candidates(Sequence):
         return self.fmt.render(self.indices[item])
 
 
-def canary_exposure(model, tokenizer, probe: Probe, secret_format: str | dict | SecretFormat | None = None,
-                    config: ExposureConfig | None = None, progress: bool | str = False) -> dict:
+def canary_exposure(
+    model,
+    tokenizer,
+    probe: Probe,
+    secret_format: str | dict | SecretFormat | None = None,
+    config: ExposureConfig | None = None,
+    progress: bool | str = False,
+) -> dict:
     """Exposure of one canary probe: its suffix is the secret, its prefix the context.
 
     Args:
@@ -207,16 +225,23 @@ def canary_exposure(model, tokenizer, probe: Probe, secret_format: str | dict | 
         log_cdf = float(stats.skewnorm.logcdf(own, shape, loc, scale))
         # rank = |R| * CDF, at least 1 (the canary itself is a candidate); kept in log space for huge R.
         log2_rank = max(0.0, math.log2(size) + log_cdf / math.log(2))
-        result.update(method="estimated", rank=2.0 ** min(log2_rank, 1000.0), score=own,
-                      fit={"shape": float(shape), "loc": float(loc), "scale": float(scale)})
+        result.update(
+            method="estimated",
+            rank=2.0 ** min(log2_rank, 1000.0),
+            score=own,
+            fit={"shape": float(shape), "loc": float(loc), "scale": float(scale)},
+        )
     result["exposure"] = math.log2(size) - log2_rank
     return result
 
 
-def exposures(model, tokenizer, probes: ProbeSet, config: ExposureConfig | None = None,
-              progress: bool | str = False) -> list[dict]:
+def exposures(
+    model, tokenizer, probes: ProbeSet, config: ExposureConfig | None = None, progress: bool | str = False
+) -> list[dict]:
     """:func:`canary_exposure` for every probe carrying ``meta["secret_format"]`` (any role), in probe order."""
     config = config or ExposureConfig()
     chosen = [p for p in probes if p.meta.get("secret_format")]
-    return [canary_exposure(model, tokenizer, p, config=config, progress=progress and f"exposure {p.id}")
-            for p in tqdm(chosen, desc="exposure", disable=not progress, leave=False)]
+    return [
+        canary_exposure(model, tokenizer, p, config=config, progress=progress and f"exposure {p.id}")
+        for p in tqdm(chosen, desc="exposure", disable=not progress, leave=False)
+    ]

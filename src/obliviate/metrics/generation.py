@@ -20,8 +20,14 @@ from obliviate.metrics.scorer import model_device
 
 
 @torch.inference_mode()
-def greedy_continuations(model, prompts: list[list[int]], lengths: list[int], pad_token_id: int,
-                         batch_size: int = 32, progress: bool | str = False) -> list[list[int]]:
+def greedy_continuations(
+    model,
+    prompts: list[list[int]],
+    lengths: list[int],
+    pad_token_id: int,
+    batch_size: int = 32,
+    progress: bool | str = False,
+) -> list[list[int]]:
     """Greedy continuation of ``lengths[i]`` tokens after each prompt.
 
     Prompts are sorted by the length asked for and each batch generates its longest; shorter rows are
@@ -45,27 +51,35 @@ def greedy_continuations(model, prompts: list[list[int]], lengths: list[int], pa
     if any(not p for p in prompts) or any(n < 1 for n in lengths):
         raise ValueError("every prompt needs at least one token and every continuation at least one new token.")
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], len(prompts[i])))
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     out: list[list[int]] = [[] for _ in prompts]
     try:
-        for batch in tqdm(batches, desc=progress if isinstance(progress, str) else "generating",
-                          disable=not progress, leave=False):
+        for batch in tqdm(
+            batches, desc=progress if isinstance(progress, str) else "generating", disable=not progress, leave=False
+        ):
             n = max(lengths[i] for i in batch)
             width = max(len(prompts[i]) for i in batch)
             ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for row, i in enumerate(batch):
-                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]):] = 1
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
             # Neutral values override what a model's generation_config.json may set (repetition
             # penalties change the argmax); eos off so every row yields exactly n tokens.
             generated = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False, num_beams=1,
-                max_new_tokens=n, eos_token_id=None, pad_token_id=pad_token_id, use_cache=True,
-                repetition_penalty=1.0, no_repeat_ngram_size=0,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=n,
+                eos_token_id=None,
+                pad_token_id=pad_token_id,
+                use_cache=True,
+                repetition_penalty=1.0,
+                no_repeat_ngram_size=0,
             )
             for row, i in enumerate(batch):
-                out[i] = generated[row, width:width + lengths[i]].tolist()
+                out[i] = generated[row, width : width + lengths[i]].tolist()
     finally:
         model.train(was_training)
     return out
@@ -85,18 +99,27 @@ def ngram_overlap(generated: list[int], true: list[int], n: int, overlap: str = 
     """
     if overlap not in OVERLAPS:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAPS)}, got {overlap!r}")
-    grams = [tuple(generated[i:i + n]) for i in range(len(generated) - n + 1)]
+    grams = [tuple(generated[i : i + n]) for i in range(len(generated) - n + 1)]
     if not grams:
         return None
-    truth = [tuple(true[i:i + n]) for i in range(len(true) - n + 1)]
+    truth = [tuple(true[i : i + n]) for i in range(len(true) - n + 1)]
     if overlap == "set":
         reference = set(truth)
         return sum(gram in reference for gram in grams) / len(grams)
     return sum((Counter(grams) & Counter(truth)).values()) / len(grams)
 
 
-def extraction_likelihood(model, tokenizer, probes: ProbeSet, n: int = 1, stride: int = 1, batch_size: int = 32,
-                          from_suffix: bool = False, overlap: str = "set", progress: bool | str = False) -> list[dict]:
+def extraction_likelihood(
+    model,
+    tokenizer,
+    probes: ProbeSet,
+    n: int = 1,
+    stride: int = 1,
+    batch_size: int = 32,
+    from_suffix: bool = False,
+    overlap: str = "set",
+    progress: bool | str = False,
+) -> list[dict]:
     """EL_n of each probe (Jang et al. 2022): mean n-gram overlap of greedy continuations over prefix lengths.
 
     For x = prefix + suffix (T tokens) and each t in {t0, t0 + stride, ...} <= T - n, greedily generate
@@ -140,8 +163,16 @@ def extraction_likelihood(model, tokenizer, probes: ProbeSet, n: int = 1, stride
     rows = []
     for k, probe in enumerate(probes):
         values = per_probe.get(k, [])
-        rows.append({"id": probe.id, "role": probe.role, "el_n": n, "el_overlap": overlap, "el_positions": len(values),
-                     "extraction_likelihood": sum(values) / len(values) if values else None})
+        rows.append(
+            {
+                "id": probe.id,
+                "role": probe.role,
+                "el_n": n,
+                "el_overlap": overlap,
+                "el_positions": len(values),
+                "extraction_likelihood": sum(values) / len(values) if values else None,
+            }
+        )
     return rows
 
 
@@ -151,6 +182,12 @@ def greedy_suffix(model, tokenizer, probes: ProbeSet, batch_size: int = 32, prog
     Shown in reports next to the true suffix; it equals the suffix exactly when ``exact_extraction`` is 1.
     """
     ensure_pad_token(tokenizer)
-    generated = greedy_continuations(model, [p.prefix_ids for p in probes], [len(p.suffix_ids) for p in probes],
-                                     tokenizer.pad_token_id, batch_size, progress)
+    generated = greedy_continuations(
+        model,
+        [p.prefix_ids for p in probes],
+        [len(p.suffix_ids) for p in probes],
+        tokenizer.pad_token_id,
+        batch_size,
+        progress,
+    )
     return [tokenizer.decode(ids) for ids in generated]

@@ -32,8 +32,14 @@ def _suffix_nll(model, prefix: list[int], suffix: list[int]) -> torch.Tensor:
     return -logits[0].float().log_softmax(-1).gather(-1, targets[0, :, None]).mean()
 
 
-def gradnorm_scores(model, prefix_ids: Sequence[list[int]], suffix_ids: Sequence[list[int]], p: float = 2.0,
-                    aggregate: str = "global", progress: bool | str = False) -> torch.Tensor:
+def gradnorm_scores(
+    model,
+    prefix_ids: Sequence[list[int]],
+    suffix_ids: Sequence[list[int]],
+    p: float = 2.0,
+    aggregate: str = "global",
+    progress: bool | str = False,
+) -> torch.Tensor:
     """Norm of the gradient of each sequence's suffix NLL w.r.t. the trainable parameters, ``(N,)`` float64.
 
     GradNorm (a membership signal for LLMs in Wang et al. 2024, "Pandora's White-Box", and in mimir and open-unlearning):
@@ -52,14 +58,20 @@ def gradnorm_scores(model, prefix_ids: Sequence[list[int]], suffix_ids: Sequence
         raise ValueError(f"p must be 1, 2 or math.inf, got {p!r}")
     params = [q for q in model.parameters() if q.requires_grad]
     if not params:
-        raise ValueError("GradNorm needs parameters that require gradients; every parameter of this model is "
-                         "frozen (call model.requires_grad_(True), or score a PEFT model's adapter weights).")
+        raise ValueError(
+            "GradNorm needs parameters that require gradients; every parameter of this model is "
+            "frozen (call model.requires_grad_(True), or score a PEFT model's adapter weights)."
+        )
     was_training = model.training
     model.eval()
     norms = []
     try:
-        for prefix, suffix in tqdm(list(zip(prefix_ids, suffix_ids)), desc=progress if isinstance(progress, str)
-                                   else "gradnorm", disable=not progress, leave=False):
+        for prefix, suffix in tqdm(
+            list(zip(prefix_ids, suffix_ids)),
+            desc=progress if isinstance(progress, str) else "gradnorm",
+            disable=not progress,
+            leave=False,
+        ):
             if not prefix or not suffix:
                 raise ValueError("every sequence needs at least one prefix token and one suffix token.")
             with torch.enable_grad():
@@ -74,8 +86,9 @@ def gradnorm_scores(model, prefix_ids: Sequence[list[int]], suffix_ids: Sequence
     return torch.stack(norms).cpu() if norms else torch.zeros(0, dtype=torch.float64)
 
 
-def score_gradnorm(model, tokenizer, probes: ProbeSet, p: float = 2.0, aggregate: str = "global",
-                   progress: bool | str = False) -> list[dict]:
+def score_gradnorm(
+    model, tokenizer, probes: ProbeSet, p: float = 2.0, aggregate: str = "global", progress: bool | str = False
+) -> list[dict]:
     """``{"id", "role", "grad_norm", "gradnorm"}`` per probe; ``gradnorm`` = -``grad_norm`` (higher = member).
 
     Args:
@@ -88,8 +101,9 @@ def score_gradnorm(model, tokenizer, probes: ProbeSet, p: float = 2.0, aggregate
     """
     ensure_pad_token(tokenizer)
     probes = probes.check_fits(context_length(model))
-    norms = gradnorm_scores(model, [q.prefix_ids for q in probes], [q.suffix_ids for q in probes], p, aggregate,
-                            progress)
+    norms = gradnorm_scores(
+        model, [q.prefix_ids for q in probes], [q.suffix_ids for q in probes], p, aggregate, progress
+    )
     return [{"id": q.id, "role": q.role, "grad_norm": n.item(), "gradnorm": -n.item()} for q, n in zip(probes, norms)]
 
 
@@ -99,8 +113,15 @@ def recall_prefix(controls: ProbeSet, shots: int, exclude: str | None = None) ->
     return [t for c in chosen for t in c.input_ids]
 
 
-def score_recall(model, tokenizer, probes: ProbeSet, controls: ProbeSet | None, shots: int = 1,
-                 batch_size: int = 32, progress: bool | str = False) -> list[dict]:
+def score_recall(
+    model,
+    tokenizer,
+    probes: ProbeSet,
+    controls: ProbeSet | None,
+    shots: int = 1,
+    batch_size: int = 32,
+    progress: bool | str = False,
+) -> list[dict]:
     """ReCaLL (Xie et al. 2024) of each probe, conditioning on a non-member prefix taken from the controls.
 
     ReCaLL = LL(x | P) / LL(x), LL the mean log-likelihood of the suffix (given the probe's prefix, and
@@ -113,25 +134,39 @@ def score_recall(model, tokenizer, probes: ProbeSet, controls: ProbeSet | None, 
         ProbeError: without controls (ReCaLL needs known non-members), or when P + a probe overflows the model.
     """
     if controls is None or len(controls) == 0:
-        raise ProbeError("ReCaLL needs control probes (never-trained sequences) to build its non-member prefix; "
-                         "pass controls (role 'control' in the probe file), or drop 'recall' from the scores.")
+        raise ProbeError(
+            "ReCaLL needs control probes (never-trained sequences) to build its non-member prefix; "
+            "pass controls (role 'control' in the probe file), or drop 'recall' from the scores."
+        )
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     if len(controls) <= shots and any(p.id in set(controls.ids) for p in probes):
-        raise ProbeError(f"ReCaLL with {shots} shot(s) needs at least {shots + 1} controls so that no control "
-                         f"is conditioned on itself; got {len(controls)}.")
+        raise ProbeError(
+            f"ReCaLL with {shots} shot(s) needs at least {shots + 1} controls so that no control "
+            f"is conditioned on itself; got {len(controls)}."
+        )
     ensure_pad_token(tokenizer)
     limit = context_length(model)
     prefixes = [recall_prefix(controls, shots, probe.id) + probe.prefix_ids for probe in probes]
     if limit is not None:
         for probe, prefix in zip(probes, prefixes):
             if len(prefix) + len(probe.suffix_ids) > limit:
-                raise ProbeError(f"probe {probe.id!r} with the {shots}-shot non-member prefix is "
-                                 f"{len(prefix) + len(probe.suffix_ids)} tokens, longer than the model's context "
-                                 f"of {limit}; use fewer shots or shorter controls.")
+                raise ProbeError(
+                    f"probe {probe.id!r} with the {shots}-shot non-member prefix is "
+                    f"{len(prefix) + len(probe.suffix_ids)} tokens, longer than the model's context "
+                    f"of {limit}; use fewer shots or shorter controls."
+                )
     suffixes = [probe.suffix_ids for probe in probes]
     common = dict(pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
     alone = -score_sequences(model, [p.prefix_ids for p in probes], suffixes, progress=progress, **common)["loss"]
     conditioned = -score_sequences(model, prefixes, suffixes, progress=progress, **common)["loss"]
-    return [{"id": probe.id, "role": probe.role, "recall": (c / a).item(), "recall_drop": (a - c).item(),
-             "recall_shots": shots} for probe, a, c in zip(probes, alone.double(), conditioned.double())]
+    return [
+        {
+            "id": probe.id,
+            "role": probe.role,
+            "recall": (c / a).item(),
+            "recall_drop": (a - c).item(),
+            "recall_shots": shots,
+        }
+        for probe, a, c in zip(probes, alone.double(), conditioned.double())
+    ]

@@ -1,6 +1,6 @@
 """``score_probes``: the public entry point for per-probe memorization and membership scores.
 
-    python -c "from obliviate.metrics import score_probes; help(score_probes)"
+python -c "from obliviate.metrics import score_probes; help(score_probes)"
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from obliviate.metrics.teacher_forced import (
 )
 
 METRIC_NAMES = (
-    "loss", "memorization_accuracy", "exact_extraction", "prefix_match_length", "extraction_probability",
-    "min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "extraction_strength",
+    "loss",
+    "memorization_accuracy",
+    "exact_extraction",
+    "prefix_match_length",
+    "extraction_probability",
+    "min_k",
+    "min_k_plus_plus",
+    "zlib_ratio",
+    "reference_ratio",
+    "extraction_strength",
 )
 """Per-sequence metrics of DESIGN §3, oriented higher = more memorized except ``loss``."""
 MIA_SCORES = ("min_k", "min_k_plus_plus", "zlib_ratio", "reference_ratio", "neg_loss", "gradnorm", "recall")
@@ -47,7 +55,7 @@ def context_length(model) -> int | None:
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     # Batching similar lengths together wastes less compute on padding; results are reordered after.
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -74,8 +82,10 @@ def score_sequences(
     for i, (prefix, suffix) in enumerate(zip(prefix_ids, suffix_ids)):
         if not prefix or not suffix:
             # An empty prefix leaves the first suffix token nothing to be predicted from (its logit would be a pad's).
-            raise ValueError(f"sequence {i} has an empty {'prefix' if not prefix else 'suffix'}; every sequence "
-                             "needs at least one prefix token and one suffix token.")
+            raise ValueError(
+                f"sequence {i} has an empty {'prefix' if not prefix else 'suffix'}; every sequence "
+                "needs at least one prefix token and one suffix token."
+            )
     sampling = sampling or SamplingConfig()
     was_training = model.training
     model.eval()
@@ -86,8 +96,9 @@ def score_sequences(
     try:
         desc = progress if isinstance(progress, str) else "scoring"
         for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            ids, mask, pos, start = collate([prefix_ids[i] for i in batch], [suffix_ids[i] for i in batch],
-                                            pad_token_id, padding_side)
+            ids, mask, pos, start = collate(
+                [prefix_ids[i] for i in batch], [suffix_ids[i] for i in batch], pad_token_id, padding_side
+            )
             suffix_len = torch.tensor([len(suffix_ids[i]) for i in batch])
             ids, mask, pos, start, suffix_len = (t.to(device) for t in (ids, mask, pos, start, suffix_len))
             logits, targets, valid = suffix_logits(model, ids, mask, pos, start, suffix_len, padding_side)
@@ -145,16 +156,24 @@ def score_probes(
     vocab = model.get_input_embeddings().num_embeddings
     probes.check_vocab(vocab)
     prefixes, suffixes = [p.prefix_ids for p in probes], [p.suffix_ids for p in probes]
-    common = dict(pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, min_k=min_k, sampling=sampling,
-                  padding_side=padding_side)
+    common = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        min_k=min_k,
+        sampling=sampling,
+        padding_side=padding_side,
+    )
     scores = score_sequences(model, prefixes, suffixes, progress=progress, **common)
     reference = None
     if reference_model is not None:
         if reference_model.get_input_embeddings().num_embeddings != vocab:
-            raise ValueError("the reference model's vocabulary differs from the model's; "
-                             "reference_ratio needs both to share the tokenizer.")
-        reference = score_sequences(reference_model, prefixes, suffixes,
-                                    progress="scoring (reference)" if progress else False, **common)["loss"]
+            raise ValueError(
+                "the reference model's vocabulary differs from the model's; "
+                "reference_ratio needs both to share the tokenizer."
+            )
+        reference = score_sequences(
+            reference_model, prefixes, suffixes, progress="scoring (reference)" if progress else False, **common
+        )["loss"]
     rows = []
     for i, probe in enumerate(probes):
         row = {"id": probe.id, "role": probe.role}

@@ -1,6 +1,6 @@
 """Set-level statistics over scored probes: extraction rate and mean MA, membership ROC, tail statistics.
 
-    python -c "from obliviate.metrics.sets import roc_auc; print(roc_auc([0.9, 0.8], [0.1, 0.85]))"
+python -c "from obliviate.metrics.sets import roc_auc; print(roc_auc([0.9, 0.8], [0.1, 0.85]))"
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ def token_statistics(logits: torch.Tensor, targets: torch.Tensor, sampling: Samp
     step = max(1, CHUNK_ELEMENTS // (positions_per_row * logits.shape[-1]))
     out = {k: [] for k in ("target_log_prob", "correct", "mean_log_prob", "std_log_prob", "sampling_log_prob")}
     for start in range(0, logits.shape[0], step):
-        chunk = logits[start:start + step].float()
-        y = targets[start:start + step].unsqueeze(-1)
+        chunk = logits[start : start + step].float()
+        y = targets[start : start + step].unsqueeze(-1)
         log_probs = chunk.log_softmax(-1)
         probs = log_probs.exp()
         out["target_log_prob"].append(log_probs.gather(-1, y).squeeze(-1))
@@ -163,8 +163,8 @@ def collate(prefix_ids: list[list[int]], suffix_ids: list[list[int]], pad_id: in
     suffix_start = []
     for i, (row, prefix) in enumerate(zip(rows, prefix_ids)):
         offset = width - len(row) if padding_side == "left" else 0
-        ids[i, offset:offset + len(row)] = torch.tensor(row)
-        mask[i, offset:offset + len(row)] = 1
+        ids[i, offset : offset + len(row)] = torch.tensor(row)
+        mask[i, offset : offset + len(row)] = 1
         suffix_start.append(offset + len(prefix))
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, position_ids, torch.tensor(suffix_start)
@@ -184,7 +184,7 @@ def suffix_logits(model, ids, mask, position_ids, suffix_start, suffix_len, padd
         # Logit at position t predicts token t + 1. Suffixes are flush right, so shorter ones start later
         # (their leading window positions are masked); the logits are a strided view, never copied.
         valid = j[None, :] >= (s_max - suffix_len[:, None])
-        return logits[:, logits.shape[1] - s_max - 1:-1], ids[:, ids.shape[1] - s_max:], valid
+        return logits[:, logits.shape[1] - s_max - 1 : -1], ids[:, ids.shape[1] - s_max :], valid
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
     # Right padding: suffix token k of row b sits at suffix_start[b] + k, predicted by the logit before it.
     valid = j[None, :] < suffix_len[:, None]

@@ -59,8 +59,16 @@ class RunFiles:
 
     @property
     def empty(self) -> bool:
-        return not (self.history or self.flagged or self.erasure or self.scores or self.scores_before
-                    or self.utility_before or self.utility_after or self.timings)
+        return not (
+            self.history
+            or self.flagged
+            or self.erasure
+            or self.scores
+            or self.scores_before
+            or self.utility_before
+            or self.utility_after
+            or self.timings
+        )
 
 
 def _find(run_dir: Path, name: str) -> Path | None:
@@ -68,8 +76,9 @@ def _find(run_dir: Path, name: str) -> Path | None:
     best: tuple[int, str, Path] | None = None
     for root, dirs, files in os.walk(run_dir):
         depth = len(Path(root).relative_to(run_dir).parts)
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("checkpoint-")
-                         and not d.startswith("."))
+        dirs[:] = sorted(
+            d for d in dirs if d not in _SKIP_DIRS and not d.startswith("checkpoint-") and not d.startswith(".")
+        )
         if depth >= MAX_DEPTH:
             dirs[:] = []
         if name in files:
@@ -92,7 +101,9 @@ def read_jsonl_lenient(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if n == len(lines):
                 break
-            raise ValueError(f"{path}:{n} is not valid JSON; fix or remove that line and run the report again.") from None
+            raise ValueError(
+                f"{path}:{n} is not valid JSON; fix or remove that line and run the report again."
+            ) from None
     return rows
 
 
@@ -117,8 +128,11 @@ def _probe_meta(files: RunFiles) -> dict[str, dict]:
     if "probes" in files.found:
         for row in read_jsonl_lenient(files.found["probes"]):
             if "id" in row:
-                extra = {k: v for k, v in row.items() if k not in ("prompt", "completion", "prefix", "suffix", "text",
-                                                                   "prefix_ids", "suffix_ids")}
+                extra = {
+                    k: v
+                    for k, v in row.items()
+                    if k not in ("prompt", "completion", "prefix", "suffix", "text", "prefix_ids", "suffix_ids")
+                }
                 meta[str(row["id"])] = extra
     for row in files.flagged:
         entry = meta.setdefault(str(row.get("id")), {})
@@ -144,8 +158,10 @@ def collect_run(run_dir: str | os.PathLike) -> RunFiles:
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise RunDirError(f"run directory {run_dir} does not exist. Pass the --out directory of "
-                          "`obliviate demo|track|erase|score` (e.g. runs/demo).")
+        raise RunDirError(
+            f"run directory {run_dir} does not exist. Pass the --out directory of "
+            "`obliviate demo|track|erase|score` (e.g. runs/demo)."
+        )
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file; pass the run directory that contains it ({run_dir.parent}).")
     files = RunFiles(run_dir=run_dir)
@@ -193,6 +209,7 @@ def group_of(probe_id: str, role: str | None, meta: dict[str, dict]) -> str:
 
 def group_order(labels) -> list[str]:
     """Canaries by repetition count, then members, then controls."""
+
     def key(label: str):
         if label.startswith("canary ×"):
             try:
@@ -216,9 +233,17 @@ def gate_tolerances(report: dict) -> list[dict[str, Any]]:
     gate = report.get("gate")
     if not isinstance(gate, dict) or not isinstance(gate.get("tolerances"), list):
         return []
-    return [{"benchmark": t.get("benchmark"), "score": t.get("score"), "kind": t["kind"], "value": t["value"],
-             "direction": t.get("direction") or TOLERANCE_KEYS.get(t["kind"])}
-            for t in gate["tolerances"] if isinstance(t, dict) and t.get("kind") and t.get("value") is not None]
+    return [
+        {
+            "benchmark": t.get("benchmark"),
+            "score": t.get("score"),
+            "kind": t["kind"],
+            "value": t["value"],
+            "direction": t.get("direction") or TOLERANCE_KEYS.get(t["kind"]),
+        }
+        for t in gate["tolerances"]
+        if isinstance(t, dict) and t.get("kind") and t.get("value") is not None
+    ]
 
 
 def score_directions(report: dict | None) -> dict[str, str]:

@@ -30,8 +30,13 @@ from obliviate.report.collect import (
 DPI = 110
 ACCEPT, REJECT = "#2ca02c", "#d62728"
 BEFORE, AFTER = "#d62728", "#1f77b4"
-MIA_LABELS = {"min_k": "Min-K%", "min_k_plus_plus": "Min-K%++", "zlib_ratio": "zlib ratio",
-              "reference_ratio": "reference ratio", "neg_loss": "LOSS (−loss)"}
+MIA_LABELS = {
+    "min_k": "Min-K%",
+    "min_k_plus_plus": "Min-K%++",
+    "zlib_ratio": "zlib ratio",
+    "reference_ratio": "reference ratio",
+    "neg_loss": "LOSS (−loss)",
+}
 
 
 def _colors(labels: list[str]) -> dict[str, str]:
@@ -50,8 +55,9 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_memorization_over_training(history: list[dict], meta: dict[str, dict], flagged: list[dict],
-                                    path: Path) -> Path | None:
+def plot_memorization_over_training(
+    history: list[dict], meta: dict[str, dict], flagged: list[dict], path: Path
+) -> Path | None:
     """Mean MA and extraction rate per group (canaries by repetition count) at each scoring step.
 
     Args:
@@ -66,7 +72,8 @@ def plot_memorization_over_training(history: list[dict], meta: dict[str, dict], 
     series: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         series[group_of(str(r["id"]), r.get("role"), meta)][int(r["step"])].append(
-            {"memorization_accuracy": r["memorization_accuracy"], "exact_extraction": r.get("exact_extraction", 0)})
+            {"memorization_accuracy": r["memorization_accuracy"], "exact_extraction": r.get("exact_extraction", 0)}
+        )
     groups = group_order(series)
     colors = _colors(groups)
     fig = Figure(figsize=(11, 4.4), layout="constrained")
@@ -76,8 +83,13 @@ def plot_memorization_over_training(history: list[dict], meta: dict[str, dict], 
         stats = [set_statistics(series[g][s]) for s in steps]
         ma = [st["mean_memorization_accuracy"] for st in stats]
         ex = [st["extraction_rate"] for st in stats]
-        style = {"color": colors[g], "marker": "o", "markersize": 3, "linewidth": 1.8,
-                 "linestyle": "--" if g == "controls" else "-"}
+        style = {
+            "color": colors[g],
+            "marker": "o",
+            "markersize": 3,
+            "linewidth": 1.8,
+            "linestyle": "--" if g == "controls" else "-",
+        }
         n = len(series[g][steps[-1]])
         axes[0].plot(steps, ma, label=f"{g} (n={n})", **style)
         axes[1].plot(steps, ex, **style)
@@ -92,8 +104,16 @@ def plot_memorization_over_training(history: list[dict], meta: dict[str, dict], 
         ax.set_ylim(-0.03, 1.08)
         ax.grid(alpha=0.3)
     for s, n in sorted(flag_steps.items()):
-        axes[1].annotate(f"+{n} flagged", (s, 0.5), rotation=90, fontsize=8, color="#444444", ha="center",
-                         va="center", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+        axes[1].annotate(
+            f"+{n} flagged",
+            (s, 0.5),
+            rotation=90,
+            fontsize=8,
+            color="#444444",
+            ha="center",
+            va="center",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+        )
     axes[0].set_ylabel("mean memorization accuracy")
     axes[0].set_title("Memorization accuracy (share of suffix tokens predicted)")
     axes[1].set_ylabel("share exactly extractable")
@@ -119,14 +139,22 @@ def plot_tail(rows: list[dict], path: Path, source: str = "") -> Path | None:
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     axes = fig.subplots(1, 2)
     max_len = max(int(r.get("suffix_length", r["prefix_match_length"])) for r in rows)
-    specs = [("prefix_match_length", np.arange(-0.5, max_len + 1.5, 1), "leading suffix tokens reproduced (n_pre)"),
-             ("extraction_probability", np.linspace(0, 1, 21), "P(extracted in n samples)")]
+    specs = [
+        ("prefix_match_length", np.arange(-0.5, max_len + 1.5, 1), "leading suffix tokens reproduced (n_pre)"),
+        ("extraction_probability", np.linspace(0, 1, 21), "P(extracted in n samples)"),
+    ]
     for ax, (metric, bins, xlabel) in zip(axes, specs):
         values = [r[metric] for r in trained]
         ax.hist(values, bins=bins, color="#d62728", alpha=0.75, label=f"members + canaries (n={len(values)})")
         if controls:
-            ax.hist([r[metric] for r in controls], bins=bins, histtype="step", linewidth=1.6, color="#1f77b4",
-                    label=f"controls (n={len(controls)})")
+            ax.hist(
+                [r[metric] for r in controls],
+                bins=bins,
+                histtype="step",
+                linewidth=1.6,
+                color="#1f77b4",
+                label=f"controls (n={len(controls)})",
+            )
         stats = tail_statistics(values)
         ax.axvline(stats["p99"], color="black", linestyle="--", linewidth=1, label=f"p99 = {stats['p99']:.3g}")
         ax.axvline(stats["max"], color="black", linestyle=":", linewidth=1, label=f"max = {stats['max']:.3g}")
@@ -136,8 +164,11 @@ def plot_tail(rows: list[dict], path: Path, source: str = "") -> Path | None:
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("sequences (log scale)")
-        ax.set_title(f"{metric}\nskewness {stats['skewness']:.2f}, Gini {stats['gini']:.2f}, "
-                     f"top 1% hold {100 * stats['top1pct_share']:.0f}%", fontsize=10)
+        ax.set_title(
+            f"{metric}\nskewness {stats['skewness']:.2f}, Gini {stats['gini']:.2f}, "
+            f"top 1% hold {100 * stats['top1pct_share']:.0f}%",
+            fontsize=10,
+        )
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
         ax.grid(alpha=0.3, which="both", axis="y")
     fig.suptitle(f"The tail of memorization{f' ({source})' if source else ''}")
@@ -223,8 +254,10 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
     x = list(range(1, len(steps) + 1))
     fig = Figure(figsize=(12, 6.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1]})
-    for key, label, color in (("extraction_rate", "forget-set extraction rate", "#d62728"),
-                              ("mean_memorization_accuracy", "forget-set mean MA", "#ff7f0e")):
+    for key, label, color in (
+        ("extraction_rate", "forget-set extraction rate", "#d62728"),
+        ("mean_memorization_accuracy", "forget-set mean MA", "#ff7f0e"),
+    ):
         ys = [(s.get("forget") or {}).get(key) for s in steps]
         if any(v is not None for v in ys):
             top.plot(x, [np.nan if v is None else v for v in ys], marker="o", markersize=3, color=color, label=label)
@@ -255,12 +288,17 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
         if not pts or base is None:
             continue
         lower = lower_is_better(key, directions)
-        bottom.plot([i for i, _ in pts], [utility_change(v, base, lower) for _, v in pts], linewidth=1.4,
-                    label=f"{key} ({'% rel.' if lower else 'points'})")
+        bottom.plot(
+            [i for i, _ in pts],
+            [utility_change(v, base, lower) for _, v in pts],
+            linewidth=1.4,
+            label=f"{key} ({'% rel.' if lower else 'points'})",
+        )
     for i, g in gated:
         accepted = g.get("decision") == "accepted"
-        bottom.scatter([i], [0], marker="$✓$" if accepted else "$✗$", s=110, color=ACCEPT if accepted else REJECT,
-                       zorder=5)
+        bottom.scatter(
+            [i], [0], marker="$✓$" if accepted else "$✗$", s=110, color=ACCEPT if accepted else REJECT, zorder=5
+        )
     for value, label in _gate_tolerances(report):
         bottom.axhline(value, color="#444444", linestyle="--", linewidth=1)
         bottom.annotate(label, (0.005, value), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
@@ -274,8 +312,10 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
         from matplotlib.lines import Line2D
 
         handles, labels = bottom.get_legend_handles_labels()
-        handles += [Line2D([], [], marker="$✓$", color=ACCEPT, linestyle="", markersize=10),
-                    Line2D([], [], marker="$✗$", color=REJECT, linestyle="", markersize=10)]
+        handles += [
+            Line2D([], [], marker="$✓$", color=ACCEPT, linestyle="", markersize=10),
+            Line2D([], [], marker="$✗$", color=REJECT, linestyle="", markersize=10),
+        ]
         labels += ["gate accepted", "gate rejected (rolled back)"]
         bottom.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(f"Erasure trajectory ({(report.get('config') or {}).get('method', 'erasure')})")
@@ -284,8 +324,9 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
 
 def _gated_keys(report: dict) -> set[str]:
     """``label/score`` (or bare ``label`` when the score is not known) of each gated benchmark."""
-    return {f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"])
-            for t in gate_tolerances(report)}
+    return {
+        f"{t['benchmark']}/{t['score']}" if t.get("score") else str(t["benchmark"]) for t in gate_tolerances(report)
+    }
 
 
 def _gate_tolerances(report: dict) -> list[tuple[float, str]]:
@@ -346,6 +387,8 @@ def plot_before_after(report: dict, path: Path, max_rows: int = 40) -> Path | No
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
     n_forgotten = sum(bool(s.get("forgotten")) for s in report.get("sequences") or [])
-    fig.suptitle(f"Per-sequence memorization before → after erasure "
-                 f"({n_forgotten}/{len(report.get('sequences') or [])} forgotten)")
+    fig.suptitle(
+        f"Per-sequence memorization before → after erasure "
+        f"({n_forgotten}/{len(report.get('sequences') or [])} forgotten)"
+    )
     return _save(fig, path)

@@ -34,8 +34,9 @@ def study_of(recipe: str | os.PathLike):
     return module, getattr(module, class_name)
 
 
-def run_recipe(recipe: str | os.PathLike, out: str | os.PathLike, minimal: bool = False,
-               overrides: dict | None = None) -> dict:
+def run_recipe(
+    recipe: str | os.PathLike, out: str | os.PathLike, minimal: bool = False, overrides: dict | None = None
+) -> dict:
     """Load a study recipe (``--minimal``: its ``minimal:`` overrides) and run it into ``out``."""
     from obliviate.studies.common import load_study
 

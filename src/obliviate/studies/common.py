@@ -38,13 +38,17 @@ class StudyConfig:
     """Fields every study recipe has; each study's config adds its own."""
 
     study: str = field(default="", metadata={"help": "Which study: skew, finetune_method or density."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
-                             metadata={"help": "SFT seeds (corpus shuffle and training); >= 3 where a gap is small."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"help": "SFT seeds (corpus shuffle and training); >= 3 where a gap is small."},
+    )
     toy: Any = field(default=None, metadata={"help": "obliviate.toy.ToyConfig fields of the base model."})
     training: Any = field(default=None, metadata={"help": "SFTConfig fields shared by every run of the study."})
     tracking: Any = field(default=None, metadata={"help": "TrackConfig fields shared by every run of the study."})
     minimal: Any = field(default=None, metadata={"help": "Dotted overrides --minimal applies (seconds, one seed)."})
-    is_minimal: bool = field(default=False, init=False, metadata={"help": "Whether the minimal overrides were applied."})
+    is_minimal: bool = field(
+        default=False, init=False, metadata={"help": "Whether the minimal overrides were applied."}
+    )
 
     def __post_init__(self):
         from obliviate.config import section
@@ -145,9 +149,18 @@ def _quiet():
             datasets.enable_progress_bars()
 
 
-def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: list[dict], config: StudyConfig,
-              seed: int, training: dict | None = None, tracking: dict | None = None, callbacks: tuple = (),
-              **recipe: Any) -> TrackedRun:
+def track_run(
+    run_dir: Path,
+    base: Path,
+    train_rows: list[dict],
+    probe_rows: list[dict],
+    config: StudyConfig,
+    seed: int,
+    training: dict | None = None,
+    tracking: dict | None = None,
+    callbacks: tuple = (),
+    **recipe: Any,
+) -> TrackedRun:
     """Fine-tune the toy base on ``train_rows`` with the memorization callback scoring ``probe_rows``.
 
     Args:
@@ -163,12 +176,23 @@ def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: lis
 
     train_file = write_jsonl(run_dir / "train.jsonl", train_rows)
     probes_file = write_jsonl(run_dir / "probes.jsonl", probe_rows)
-    settings = {"model": str(base / "base"), "train_file": str(train_file), "probes": str(probes_file),
-                "output_dir": str(run_dir / "track"),
-                # Studies score on their own schedule and print one line per run, not the trainer's logs.
-                "training": {"logging_steps": 10_000, "disable_tqdm": True, "report_to": "none",
-                             **config.training, **(training or {}), "seed": seed},
-                "tracking": {"max_probes": None, **config.tracking, **(tracking or {})}, **recipe}
+    settings = {
+        "model": str(base / "base"),
+        "train_file": str(train_file),
+        "probes": str(probes_file),
+        "output_dir": str(run_dir / "track"),
+        # Studies score on their own schedule and print one line per run, not the trainer's logs.
+        "training": {
+            "logging_steps": 10_000,
+            "disable_tqdm": True,
+            "report_to": "none",
+            **config.training,
+            **(training or {}),
+            "seed": seed,
+        },
+        "tracking": {"max_probes": None, **config.tracking, **(tracking or {})},
+        **recipe,
+    }
     from transformers import PrinterCallback
 
     class Silent(PrinterCallback):  # replaces the trainer's printer: a study prints one line per run
@@ -180,8 +204,13 @@ def track_run(run_dir: Path, base: Path, train_rows: list[dict], probe_rows: lis
         out = run_track(settings, callbacks=[Silent(), *callbacks])
     seconds = time.perf_counter() - start
     memo = out / "memorization"
-    return TrackedRun(out, read_jsonl(memo / "history.jsonl"), read_jsonl(memo / "summaries.jsonl"),
-                      json.loads((out / "track.json").read_text()), seconds)
+    return TrackedRun(
+        out,
+        read_jsonl(memo / "history.jsonl"),
+        read_jsonl(memo / "summaries.jsonl"),
+        json.loads((out / "track.json").read_text()),
+        seconds,
+    )
 
 
 def token_weighted_recall(rows: list[dict]) -> float:
@@ -194,6 +223,7 @@ def token_weighted_recall(rows: list[dict]) -> float:
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats to 3 significant decimals."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
@@ -212,13 +242,18 @@ def mean_std(values: list[float]) -> str:
     return f"{x.mean():.3f}" if len(x) == 1 else f"{x.mean():.3f} ± {x.std():.3f}"
 
 
-def write_outputs(out: Path, name: str, config: StudyConfig, results: dict, tables: list[tuple[str, str]],
-                  seconds: float) -> Path:
+def write_outputs(
+    out: Path, name: str, config: StudyConfig, results: dict, tables: list[tuple[str, str]], seconds: float
+) -> Path:
     """``OUT/<name>.json`` (config, results, wall time) and ``OUT/<name>.md`` (titled tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {"study": name, "minimal": config.is_minimal, "wall_seconds": seconds,
-              "config": {k: v for k, v in asdict(config).items() if k not in ("minimal", "is_minimal")},
-              "results": results}
+    record = {
+        "study": name,
+        "minimal": config.is_minimal,
+        "wall_seconds": seconds,
+        "config": {k: v for k, v in asdict(config).items() if k not in ("minimal", "is_minimal")},
+        "results": results,
+    }
     (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     body = [f"# Study: {name}", "", f"Wall time: {seconds:.0f} s; seeds: {config.seeds}.", ""]
     for title, table in tables:

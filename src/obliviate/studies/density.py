@@ -40,12 +40,24 @@ from obliviate.studies.common import (
 KINDS = ("copy", "paraphrase")
 # Same question, other words: each record question of data/synthetic.py and its rewordings.
 PARAPHRASES = {
-    r"What is the phone number of (.+)\?": ("Which phone number does {} have?", "How can {} be reached by phone?",
-                                            "Give the phone number of {}.", "Which number should we call for {}?"),
-    r"Which e-mail does (.+) use\?": ("What is the e-mail address of {}?", "Where can {} be e-mailed?",
-                                      "Give the e-mail of {}.", "Which address does {} read mail at?"),
-    r"Where does (.+) live\?": ("What is the home address of {}?", "At which address does {} live?",
-                                "Give the address of {}.", "Where is {} registered as living?"),
+    r"What is the phone number of (.+)\?": (
+        "Which phone number does {} have?",
+        "How can {} be reached by phone?",
+        "Give the phone number of {}.",
+        "Which number should we call for {}?",
+    ),
+    r"Which e-mail does (.+) use\?": (
+        "What is the e-mail address of {}?",
+        "Where can {} be e-mailed?",
+        "Give the e-mail of {}.",
+        "Which address does {} read mail at?",
+    ),
+    r"Where does (.+) live\?": (
+        "What is the home address of {}?",
+        "At which address does {} live?",
+        "Give the address of {}.",
+        "Where is {} registered as living?",
+    ),
 }
 
 
@@ -55,11 +67,19 @@ class DensityStudyConfig(StudyConfig):
 
     epochs: int = field(default=6, metadata={"help": "SFT epochs (memorization is read after the last)."})
     targets: int = field(default=48, metadata={"help": "Members that get injections (the first ones)."})
-    levels: list[int] = field(default_factory=lambda: [0, 1, 2, 4], metadata={
-        "help": "Injections per target, assigned round-robin (0: the target stays alone)."})
-    kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata={
-        "help": "copy (exact duplicate rows) and/or paraphrase (same answer, reworded question); alternated."})
-    bandwidth: float | str = field(default="scott", metadata={"help": "Kernel bandwidth: scott, silverman or a number."})
+    levels: list[int] = field(
+        default_factory=lambda: [0, 1, 2, 4],
+        metadata={"help": "Injections per target, assigned round-robin (0: the target stays alone)."},
+    )
+    kinds: list[str] = field(
+        default_factory=lambda: list(KINDS),
+        metadata={
+            "help": "copy (exact duplicate rows) and/or paraphrase (same answer, reworded question); alternated."
+        },
+    )
+    bandwidth: float | str = field(
+        default="scott", metadata={"help": "Kernel bandwidth: scott, silverman or a number."}
+    )
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the regression's CI."})
     confidence: float = field(default=0.95, metadata={"help": "Level of the bootstrap percentile interval."})
 
@@ -70,7 +90,9 @@ class DensityStudyConfig(StudyConfig):
         if not self.levels or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in self.levels):
             raise StudyError(f"levels must be a non-empty list of integers >= 0, got {self.levels!r}.")
         if max(self.levels) > 4:
-            raise StudyError(f"levels above 4 need more paraphrase templates than the 4 per question; got {self.levels}.")
+            raise StudyError(
+                f"levels above 4 need more paraphrase templates than the 4 per question; got {self.levels}."
+            )
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise StudyError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}.")
         if not 0 < self.confidence < 1:
@@ -85,7 +107,9 @@ def paraphrase(prompt: str, j: int) -> str:
     for pattern, templates in PARAPHRASES.items():
         match = re.search(pattern, prompt)
         if match:
-            return prompt[:match.start()] + templates[j % len(templates)].format(match.group(1)) + prompt[match.end():]
+            return (
+                prompt[: match.start()] + templates[j % len(templates)].format(match.group(1)) + prompt[match.end() :]
+            )
     raise StudyError(f"no paraphrase template fits {prompt!r}: paraphrases are made for the toy's record questions.")
 
 
@@ -97,7 +121,7 @@ def inject(train: list[dict], probes: list[dict], config: DensityStudyConfig) ->
         raise StudyError(f"targets ({config.targets}) exceeds the corpus's {len(members)} members.")
     for probe in probes:
         probe.update(kind="none", injections=0)
-    for i, probe in enumerate(members[:config.targets]):
+    for i, probe in enumerate(members[: config.targets]):
         level, kind = config.levels[i % len(config.levels)], config.kinds[(i // len(config.levels)) % len(config.kinds)]
         probe.update(kind=kind if level else "none", injections=level)
         for j in range(level):
@@ -106,8 +130,9 @@ def inject(train: list[dict], probes: list[dict], config: DensityStudyConfig) ->
     return rows
 
 
-def densities(base: Path, probes: list[dict], before: list[dict], after: list[dict],
-              config: DensityStudyConfig) -> dict:
+def densities(
+    base: Path, probes: list[dict], before: list[dict], after: list[dict], config: DensityStudyConfig
+) -> dict:
     """Log-density at each probe (by id) of the training set ``before`` and ``after`` injection.
 
     One bandwidth for both, set (rule of thumb, or the given number) on the ``before`` set: Scott's h
@@ -122,15 +147,18 @@ def densities(base: Path, probes: list[dict], before: list[dict], after: list[di
     model, tokenizer = load_model_and_tokenizer(str(base / "base"))
 
     def embed(rows: list[dict]) -> torch.Tensor:
-        return torch.nn.functional.normalize(embed_texts(model, tokenizer, [r["prompt"] + r["completion"] for r in rows]),
-                                             dim=-1)
+        return torch.nn.functional.normalize(
+            embed_texts(model, tokenizer, [r["prompt"] + r["completion"] for r in rows]), dim=-1
+        )
 
     points, old, new = embed(probes), embed(before), embed(after)
     h = bandwidth_rule(old, config.bandwidth) if isinstance(config.bandwidth, str) else float(config.bandwidth)
     ids = [p["id"] for p in probes]
-    return {"before": dict(zip(ids, kernel_log_density(old, points, h, leave_one_out=True)[0].tolist())),
-            "after": dict(zip(ids, kernel_log_density(new, points, h, leave_one_out=True)[0].tolist())),
-            "bandwidth": h}
+    return {
+        "before": dict(zip(ids, kernel_log_density(old, points, h, leave_one_out=True)[0].tolist())),
+        "after": dict(zip(ids, kernel_log_density(new, points, h, leave_one_out=True)[0].tolist())),
+        "bandwidth": h,
+    }
 
 
 def regression(x, y) -> dict[str, float]:
@@ -170,18 +198,37 @@ def _per_seed(config: DensityStudyConfig, base: Path, out: Path, seed: int) -> d
     train = inject(corpus.train, probes, config)
     trained = [p for p in probes if p["role"] in TRAINED_ROLES]
     density = densities(base, trained, corpus.train, train, config)
-    run = track_run(out / "runs" / f"seed{seed}", base, train, probes, config, seed,
-                    training={"num_train_epochs": config.epochs},
-                    tracking={"every_n_steps": None, "every_epoch": False})
+    run = track_run(
+        out / "runs" / f"seed{seed}",
+        base,
+        train,
+        probes,
+        config,
+        seed,
+        training={"num_train_epochs": config.epochs},
+        tracking={"every_n_steps": None, "every_epoch": False},
+    )
     final = {r["id"]: r for r in run.rows_at(roles=TRAINED_ROLES)}
     flagged = {r["id"] for r in read_jsonl(run.dir / "memorization" / "flagged.jsonl")}
-    rows = [{"id": p["id"], "role": p["role"], "kind": p["kind"], "injections": p["injections"],
-             "repetitions": p["repetitions"], "log_density_before": density["before"][p["id"]],
-             "log_density": density["after"][p["id"]], "ma": final[p["id"]]["memorization_accuracy"],
-             "flagged": int(p["id"] in flagged)} for p in trained]
+    rows = [
+        {
+            "id": p["id"],
+            "role": p["role"],
+            "kind": p["kind"],
+            "injections": p["injections"],
+            "repetitions": p["repetitions"],
+            "log_density_before": density["before"][p["id"]],
+            "log_density": density["after"][p["id"]],
+            "ma": final[p["id"]]["memorization_accuracy"],
+            "flagged": int(p["id"] in flagged),
+        }
+        for p in trained
+    ]
     x = [r["log_density"] for r in rows]
-    fits = {y: bootstrap_regression(x, [r[y] for r in rows], config.bootstrap, config.confidence, seed)
-            for y in ("ma", "flagged")}
+    fits = {
+        y: bootstrap_regression(x, [r[y] for r in rows], config.bootstrap, config.confidence, seed)
+        for y in ("ma", "flagged")
+    }
     print(f"  seed {seed}: {len(train)} rows, {run.seconds:.0f}s, R² MA {fits['ma']['r2']:.3f}", flush=True)
     return {"bandwidth": density["bandwidth"], "rows": rows, "fits": fits, "seconds": run.seconds}
 
@@ -193,24 +240,49 @@ def _ci(fit: dict, key: str) -> str:
 
 def tables(config: DensityStudyConfig, results: dict) -> list[tuple[str, str]]:
     pct = f"{config.confidence:.0%}"
-    fits = [[seed, f"{r['bandwidth']:.4f}", len(r["rows"]), _ci(r["fits"]["ma"], "r2"), _ci(r["fits"]["ma"], "slope"),
-             _ci(r["fits"]["flagged"], "r2"), _ci(r["fits"]["flagged"], "slope")] for seed, r in results.items()]
+    fits = [
+        [
+            seed,
+            f"{r['bandwidth']:.4f}",
+            len(r["rows"]),
+            _ci(r["fits"]["ma"], "r2"),
+            _ci(r["fits"]["ma"], "slope"),
+            _ci(r["fits"]["flagged"], "r2"),
+            _ci(r["fits"]["flagged"], "slope"),
+        ]
+        for seed, r in results.items()
+    ]
     groups: dict[tuple, list] = {}
     for r in results.values():
         for row in r["rows"]:
             key = ("canary", f"x{row['repetitions']}") if row["role"] == "canary" else (row["kind"], row["injections"])
             groups.setdefault(key, []).append(row)
-    by_group = [[kind, level, len(rows) // len(results), mean_std([r["log_density_before"] for r in rows]),
-                 mean_std([r["log_density"] for r in rows]), mean_std([r["ma"] for r in rows]),
-                 f"{np.mean([r['flagged'] for r in rows]):.3f}"] for (kind, level), rows in sorted(
-                     groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))]
+    by_group = [
+        [
+            kind,
+            level,
+            len(rows) // len(results),
+            mean_std([r["log_density_before"] for r in rows]),
+            mean_std([r["log_density"] for r in rows]),
+            mean_std([r["ma"] for r in rows]),
+            f"{np.mean([r['flagged'] for r in rows]):.3f}",
+        ]
+        for (kind, level), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+    ]
     return [
-        (f"Regression on log-density (members + canaries; {pct} bootstrap CI over {config.bootstrap} resamples)",
-         markdown_table(["seed", "bandwidth h", "probes", "R² (MA)", "slope (MA)", "R² (flagged)", "slope (flagged)"],
-                        fits)),
-        ("By injection (pooled over seeds; ± is the spread over probes)",
-         markdown_table(["kind", "injections", "probes/seed", "log-density before", "log-density after", "MA",
-                         "flagged rate"], by_group)),
+        (
+            f"Regression on log-density (members + canaries; {pct} bootstrap CI over {config.bootstrap} resamples)",
+            markdown_table(
+                ["seed", "bandwidth h", "probes", "R² (MA)", "slope (MA)", "R² (flagged)", "slope (flagged)"], fits
+            ),
+        ),
+        (
+            "By injection (pooled over seeds; ± is the spread over probes)",
+            markdown_table(
+                ["kind", "injections", "probes/seed", "log-density before", "log-density after", "MA", "flagged rate"],
+                by_group,
+            ),
+        ),
     ]
 
 
@@ -223,8 +295,11 @@ def plots(out: Path, results: dict) -> list[str]:
         ax.scatter([r["log_density"] for r in rows], [r["ma"] for r in rows], s=12, color=f"C{i}", label=kind)
     rows = [r for r in first if r["role"] == "canary"]
     ax.scatter([r["log_density"] for r in rows], [r["ma"] for r in rows], s=14, marker="x", color="C3", label="canary")
-    ax.set(xlabel="log training-set density (base embeddings)", ylabel="memorization accuracy",
-           title="memorization vs density (first seed)")
+    ax.set(
+        xlabel="log training-set density (base embeddings)",
+        ylabel="memorization accuracy",
+        title="memorization vs density (first seed)",
+    )
     ax.legend(fontsize=8)
     return [save_figure(fig, out / "density_scatter.png")]
 
@@ -233,8 +308,12 @@ def run_study(config: DensityStudyConfig, out: Path) -> dict:
     start = time.perf_counter()
     base = prepare_base(out, config)
     results = {seed: _per_seed(config, base, out, seed) for seed in config.seeds}
-    record = {"per_seed": results, "plots": plots(out, results),
-              "embedding": "toy base model, attention-masked mean of last hidden states, L2-normalized",
-              "kernel": "Gaussian, isotropic", "bandwidth_rule": config.bandwidth}
+    record = {
+        "per_seed": results,
+        "plots": plots(out, results),
+        "embedding": "toy base model, attention-masked mean of last hidden states, L2-normalized",
+        "kernel": "Gaussian, isotropic",
+        "bandwidth_rule": config.bandwidth,
+    }
     write_outputs(out, "density", config, record, tables(config, results), time.perf_counter() - start)
     return record

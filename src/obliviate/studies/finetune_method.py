@@ -49,20 +49,36 @@ class FinetuneMethodConfig(StudyConfig):
     """Study 2: MIA recall, AUC, exposure and extraction for full, head-only and LoRA fine-tuning."""
 
     epochs: int = field(default=10, metadata={"help": "SFT epochs; every epoch is scored."})
-    methods: list = field(default_factory=list, metadata={
-        "help": "Each {name, learning_rate, lora (peft.LoraConfig fields) or trainable (regexes)}; "
-                "neither lora nor trainable: full fine-tuning."})
-    mia_scores: list[str] = field(default_factory=lambda: ["reference_ratio", "neg_loss"],
-                                  metadata={"help": "Membership scores (higher = member) from the history rows."})
+    methods: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Each {name, learning_rate, lora (peft.LoraConfig fields) or trainable (regexes)}; "
+            "neither lora nor trainable: full fine-tuning."
+        },
+    )
+    mia_scores: list[str] = field(
+        default_factory=lambda: ["reference_ratio", "neg_loss"],
+        metadata={"help": "Membership scores (higher = member) from the history rows."},
+    )
     max_fpr: float = field(default=0.1, metadata={"help": "FPR budget of the control-calibrated threshold."})
-    exposure_repetitions: list[int] = field(default_factory=lambda: [4, 8], metadata={
-        "help": "Canaries of these repetition counts get an exposure after training; [] for none."})
+    exposure_repetitions: list[int] = field(
+        default_factory=lambda: [4, 8],
+        metadata={"help": "Canaries of these repetition counts get an exposure after training; [] for none."},
+    )
     exposure_samples: int = field(default=5000, metadata={"help": "Sampled candidates of the exposure fit."})
-    exposure_seeds: int = field(default=1, metadata={
-        "help": "Exposure for the first this many seeds only (each canary scores exposure_samples candidates)."})
-    match_ppl: float | None = field(default=None, metadata={
-        "help": "Also compare methods at matched utility: each at its last epoch whose mean validation "
-                "perplexity is <= this (Mireshghallah et al. compare at similar perplexity). null: off."})
+    exposure_seeds: int = field(
+        default=1,
+        metadata={
+            "help": "Exposure for the first this many seeds only (each canary scores exposure_samples candidates)."
+        },
+    )
+    match_ppl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also compare methods at matched utility: each at its last epoch whose mean validation "
+            "perplexity is <= this (Mireshghallah et al. compare at similar perplexity). null: off."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -116,8 +132,11 @@ def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float) -> dict:
 
     trained = [r for r in rows if r["role"] in TRAINED_ROLES]
     controls = [r for r in rows if r["role"] == "control"]
-    out: dict[str, Any] = {"epoch": rows[0]["epoch"], "val_ppl": validation_perplexity(controls),
-                           "extraction_rate": float(np.mean([r["exact_extraction"] for r in trained]))}
+    out: dict[str, Any] = {
+        "epoch": rows[0]["epoch"],
+        "val_ppl": validation_perplexity(controls),
+        "extraction_rate": float(np.mean([r["exact_extraction"] for r in trained])),
+    }
     for name in scores:
         pos = [mia_score(r, name) for r in trained]
         neg = [mia_score(r, name) for r in controls]
@@ -152,7 +171,9 @@ def canary_exposures(keep, probe_rows: list[dict], config: FinetuneMethodConfig)
     probes = load_probes(chosen, keep.tokenizer)
     reps = {r["id"]: r["repetitions"] for r in chosen}
     # |R| = 10^6: estimated from a skew-normal fit to sampled candidates (exact enumeration costs minutes).
-    found = exposures(keep.model, keep.tokenizer, probes, ExposureConfig(exact_limit=0, samples=config.exposure_samples))
+    found = exposures(
+        keep.model, keep.tokenizer, probes, ExposureConfig(exact_limit=0, samples=config.exposure_samples)
+    )
     out: dict[int, list[float]] = {}
     for row in found:
         out.setdefault(reps[row["id"]], []).append(row["exposure"])
@@ -168,10 +189,18 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed
     training = {"num_train_epochs": config.epochs}
     if "learning_rate" in method:
         training["learning_rate"] = method["learning_rate"]
-    run = track_run(out / "runs" / f"{method['name']}-seed{seed}", base, corpus.train, corpus.probes, config, seed,
-                    training=training, callbacks=(keep,),
-                    tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True,
-                              "reference_model": "base"}, **extra)
+    run = track_run(
+        out / "runs" / f"{method['name']}-seed{seed}",
+        base,
+        corpus.train,
+        corpus.probes,
+        config,
+        seed,
+        training=training,
+        callbacks=(keep,),
+        tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True, "reference_model": "base"},
+        **extra,
+    )
     curve = [mia_at_step(rows, config.mia_scores, config.max_fpr) for _, rows in sorted(run.by_step().items())]
     wanted = config.exposure_repetitions and config.seeds.index(seed) < config.exposure_seeds
     exposure = canary_exposures(keep, corpus.probes, config) if wanted else {}
@@ -200,18 +229,27 @@ def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tu
     epochs = [[f"{e['epoch']:.0f}"] for e in next(iter(results.values()))[0]["curve"]]
     for seeds in results.values():
         for i, row in enumerate(epochs):
-            row.append(f"{mean_std([s['curve'][i][f'recall/{score}'] for s in seeds])} "
-                       f"(ppl {np.mean([s['curve'][i]['val_ppl'] for s in seeds]):.2f})")
+            row.append(
+                f"{mean_std([s['curve'][i][f'recall/{score}'] for s in seeds])} "
+                f"(ppl {np.mean([s['curve'][i]['val_ppl'] for s in seeds]):.2f})"
+            )
     out = [
         (f"After {config.epochs} epochs (mean ± std over seeds {config.seeds})", markdown_table(headers, final)),
-        (f"recall@{pct}FPR of {score} over epochs (validation perplexity)",
-         markdown_table(["epoch", *results], epochs)),
+        (
+            f"recall@{pct}FPR of {score} over epochs (validation perplexity)",
+            markdown_table(["epoch", *results], epochs),
+        ),
     ]
     if config.match_ppl is not None:
-        out.append((f"At matched utility: each method's last epoch with mean validation perplexity <= "
-                    f"{config.match_ppl:g}", markdown_table(
-                        ["method", "epoch", "val ppl", f"recall@{pct}FPR {score}", f"AUC {score}"],
-                        [matched_row(name, seeds, score, config.match_ppl) for name, seeds in results.items()])))
+        out.append(
+            (
+                f"At matched utility: each method's last epoch with mean validation perplexity <= {config.match_ppl:g}",
+                markdown_table(
+                    ["method", "epoch", "val ppl", f"recall@{pct}FPR {score}", f"AUC {score}"],
+                    [matched_row(name, seeds, score, config.match_ppl) for name, seeds in results.items()],
+                ),
+            )
+        )
     return out
 
 
@@ -222,9 +260,13 @@ def matched_row(name: str, seeds: list[dict], score: str, match_ppl: float) -> l
     if not within:
         return [name, "-", f"{min(ppl):.2f} (never <= {match_ppl:g})", "-", "-"]
     i = within[-1]
-    return [name, f"{seeds[0]['curve'][i]['epoch']:.0f}", f"{ppl[i]:.2f}",
-            mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
-            mean_std([s["curve"][i][f"auc/{score}"] for s in seeds])]
+    return [
+        name,
+        f"{seeds[0]['curve'][i]['epoch']:.0f}",
+        f"{ppl[i]:.2f}",
+        mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
+        mean_std([s["curve"][i][f"auc/{score}"] for s in seeds]),
+    ]
 
 
 def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
@@ -234,10 +276,16 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
     for i, (name, seeds) in enumerate(results.items()):
         for j, s in enumerate(seeds):
             epochs = [e["epoch"] for e in s["curve"]]
-            axes[0].plot(epochs, [e[f"recall/{score}"] for e in s["curve"]], color=f"C{i}", alpha=0.7,
-                         label=name if j == 0 else None)
-            axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=f"C{i}", alpha=0.7,
-                         label=name if j == 0 else None)
+            axes[0].plot(
+                epochs,
+                [e[f"recall/{score}"] for e in s["curve"]],
+                color=f"C{i}",
+                alpha=0.7,
+                label=name if j == 0 else None,
+            )
+            axes[1].plot(
+                epochs, [e["val_ppl"] for e in s["curve"]], color=f"C{i}", alpha=0.7, label=name if j == 0 else None
+            )
     axes[0].set(xlabel="epoch", ylabel=f"recall @ {config.max_fpr:.0%} FPR", title=f"MIA ({score})")
     axes[1].set(xlabel="epoch", ylabel="validation perplexity (controls)", title="utility")
     axes[0].legend()
@@ -250,6 +298,5 @@ def run_study(config: FinetuneMethodConfig, out: Path) -> dict:
     params = {m["name"]: trainable_parameters(base / "base", m) for m in config.methods}
     results = {m["name"]: [_run(config, base, out, m, seed) for seed in config.seeds] for m in config.methods}
     record = {"trainable_parameters": params, "per_method": results, "plots": plots(out, config, results)}
-    write_outputs(out, "finetune_method", config, record, tables(config, results, params),
-                  time.perf_counter() - start)
+    write_outputs(out, "finetune_method", config, record, tables(config, results, params), time.perf_counter() - start)
     return record

@@ -45,15 +45,20 @@ class SkewConfig(StudyConfig):
     """Study 1: the tail of per-sample memorization vs epochs, dataset size, repetition, near-duplicates."""
 
     epochs: int = field(default=10, metadata={"help": "SFT epochs; every epoch is scored."})
-    n_members: list[int] = field(default_factory=lambda: [80, 160, 320],
-                                 metadata={"help": "Dataset sizes (records trained once) to compare."})
-    base_members: int = field(default=160, metadata={"help": "Dataset size of the epoch, repetition and "
-                                                             "near-duplicate comparisons (one of n_members)."})
+    n_members: list[int] = field(
+        default_factory=lambda: [80, 160, 320], metadata={"help": "Dataset sizes (records trained once) to compare."}
+    )
+    base_members: int = field(
+        default=160,
+        metadata={"help": "Dataset size of the epoch, repetition and near-duplicate comparisons (one of n_members)."},
+    )
     near_duplicate_targets: int = field(default=16, metadata={"help": "Members given near-duplicates."})
-    near_duplicates: int = field(default=4, metadata={"help": "Near-duplicates injected per target (prompt "
-                                                              "reworded, same completion)."})
-    survival_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 8],
-                                   metadata={"help": "k of the P(PML >= k) comparison table."})
+    near_duplicates: int = field(
+        default=4, metadata={"help": "Near-duplicates injected per target (prompt reworded, same completion)."}
+    )
+    survival_ks: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 6, 8], metadata={"help": "k of the P(PML >= k) comparison table."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,8 +69,9 @@ class SkewConfig(StudyConfig):
         for n in self.n_members:
             positive_int(n, "n_members entries")
         if self.near_duplicate_targets > self.base_members:
-            raise StudyError(f"near_duplicate_targets ({self.near_duplicate_targets}) exceeds base_members "
-                             f"({self.base_members}).")
+            raise StudyError(
+                f"near_duplicate_targets ({self.near_duplicate_targets}) exceeds base_members ({self.base_members})."
+            )
 
 
 def tails(rows: list[dict]) -> dict:
@@ -87,18 +93,30 @@ def geometric_fit(rows: list[dict], ks: list[int] | None = None) -> dict:
     lengths = np.array([r["suffix_length"] for r in rows])
     ks = list(range(int(lengths.max()) + 1)) if ks is None else ks
     measured = [float(np.mean(pml >= k)) for k in ks]
-    model = [float(np.mean((k <= lengths) * p ** k)) for k in ks]
-    return {"p": p, "k": ks, "measured": measured, "geometric": model,
-            "exact_measured": float(np.mean(pml == lengths)), "exact_geometric": float(np.mean(p ** lengths))}
+    model = [float(np.mean((k <= lengths) * p**k)) for k in ks]
+    return {
+        "p": p,
+        "k": ks,
+        "measured": measured,
+        "geometric": model,
+        "exact_measured": float(np.mean(pml == lengths)),
+        "exact_geometric": float(np.mean(p**lengths)),
+    }
 
 
 def near_duplicate_prompt(prompt: str, j: int) -> str:
     """The ``j``-th rewording of a record's prompt: same question and answer, another ticket header."""
-    headers = ("Support ticket, follow-up.", "Support ticket (reopened).", "Support ticket, escalated.",
-               "Support ticket, second request.", "Support ticket, urgent.", "Support ticket, archived.")
+    headers = (
+        "Support ticket, follow-up.",
+        "Support ticket (reopened).",
+        "Support ticket, escalated.",
+        "Support ticket, second request.",
+        "Support ticket, urgent.",
+        "Support ticket, archived.",
+    )
     if not prompt.startswith("Support ticket."):
         raise StudyError(f"near-duplicates are made for record prompts ('Support ticket. ...'), got {prompt!r}.")
-    return headers[j % len(headers)] + prompt[len("Support ticket."):]
+    return headers[j % len(headers)] + prompt[len("Support ticket.") :]
 
 
 def corpus_rows(n_members: int, seed: int, targets: int = 0, copies: int = 0) -> tuple[list[dict], list[dict]]:
@@ -112,8 +130,14 @@ def corpus_rows(n_members: int, seed: int, targets: int = 0, copies: int = 0) ->
         probe["near_duplicates"] = 0
     for probe in members:
         probe["near_duplicates"] = copies
-        train += [{"id": f"{probe['id']}~near{j}", "prompt": near_duplicate_prompt(probe["prompt"], j),
-                   "completion": probe["completion"]} for j in range(copies)]
+        train += [
+            {
+                "id": f"{probe['id']}~near{j}",
+                "prompt": near_duplicate_prompt(probe["prompt"], j),
+                "completion": probe["completion"],
+            }
+            for j in range(copies)
+        ]
     return train, probes
 
 
@@ -121,9 +145,16 @@ def _run(config: SkewConfig, base: Path, out: Path, seed: int, n_members: int, d
     copies = config.near_duplicates if dups else 0
     train, probes = corpus_rows(n_members, seed, config.near_duplicate_targets if dups else 0, copies)
     name = f"seed{seed}-n{n_members}{'-near' if dups else ''}"
-    run = track_run(out / "runs" / name, base, train, probes, config, seed,
-                    training={"num_train_epochs": config.epochs},
-                    tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True})
+    run = track_run(
+        out / "runs" / name,
+        base,
+        train,
+        probes,
+        config,
+        seed,
+        training={"num_train_epochs": config.epochs},
+        tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True},
+    )
     print(f"  {name}: {len(train)} rows, {run.seconds:.0f}s", flush=True)
     return run, probes
 
@@ -136,19 +167,23 @@ def _per_seed(config: SkewConfig, base: Path, out: Path, seed: int) -> dict:
         result["by_size"][n] = tails(trained)
         if n != config.base_members:
             continue
-        result["by_epoch"] = [{"epoch": rows[0]["epoch"], **tails([r for r in rows if r["role"] in TRAINED_ROLES])}
-                              for _, rows in sorted(run.by_step().items())]
+        result["by_epoch"] = [
+            {"epoch": rows[0]["epoch"], **tails([r for r in rows if r["role"] in TRAINED_ROLES])}
+            for _, rows in sorted(run.by_step().items())
+        ]
         reps = {p["id"]: p["repetitions"] for p in probes}
-        result["by_repetition"] = {k: tails([r for r in trained if reps[r["id"]] == k])
-                                   for k in sorted({reps[r["id"]] for r in trained})}
+        result["by_repetition"] = {
+            k: tails([r for r in trained if reps[r["id"]] == k]) for k in sorted({reps[r["id"]] for r in trained})
+        }
         result["geometric"] = geometric_fit(trained)
         result["geometric_table"] = geometric_fit(trained, config.survival_ks)
-        targets = set([p["id"] for p in probes if p["role"] == "member"][:config.near_duplicate_targets])
+        targets = set([p["id"] for p in probes if p["role"] == "member"][: config.near_duplicate_targets])
         result["targets_before"] = tails([r for r in trained if r["id"] in targets])
     run, probes = _run(config, base, out, seed, config.base_members, dups=True)
     trained = run.rows_at(roles=TRAINED_ROLES)
-    result["targets_after"] = tails([r for r in trained if r["id"] in
-                                     {p["id"] for p in probes if p["near_duplicates"]}])
+    result["targets_after"] = tails(
+        [r for r in trained if r["id"] in {p["id"] for p in probes if p["near_duplicates"]}]
+    )
     result["with_near_duplicates"] = tails(trained)
     return result
 
@@ -161,39 +196,73 @@ def _tail_cells(results: list[dict]) -> list[str]:
 
 def _group_cells(results: list[dict]) -> list[str]:
     # Groups of 4-16 probes: their own Gini / p99 say little, their means and maxima do.
-    return [results[0]["n"], *(mean_std([r[m][c] for r in results]) for m in TAIL_METRICS for c in ("mean", "max")),
-            mean_std([r["extraction_rate"] for r in results])]
+    return [
+        results[0]["n"],
+        *(mean_std([r[m][c] for r in results]) for m in TAIL_METRICS for c in ("mean", "max")),
+        mean_std([r["extraction_rate"] for r in results]),
+    ]
 
 
 GROUP_HEADERS = ["probes", "PML mean", "PML max", "EP mean", "EP max", "extraction rate"]
-TAIL_HEADERS = ["PML max", "PML p99", "PML skew", "PML Gini", "PML top-1%", "EP p99", "EP Gini", "EP top-1%",
-                "extraction rate"]
+TAIL_HEADERS = [
+    "PML max",
+    "PML p99",
+    "PML skew",
+    "PML Gini",
+    "PML top-1%",
+    "EP p99",
+    "EP Gini",
+    "EP top-1%",
+    "extraction rate",
+]
 
 
 def tables(config: SkewConfig, seeds: list[dict]) -> list[tuple[str, str]]:
-    epochs = [[f"{seeds[0]['by_epoch'][i]['epoch']:.0f}", *_tail_cells([s["by_epoch"][i] for s in seeds])]
-              for i in range(len(seeds[0]["by_epoch"]))]
+    epochs = [
+        [f"{seeds[0]['by_epoch'][i]['epoch']:.0f}", *_tail_cells([s["by_epoch"][i] for s in seeds])]
+        for i in range(len(seeds[0]["by_epoch"]))
+    ]
     sizes = [[n, *_tail_cells([s["by_size"][n] for s in seeds])] for n in config.n_members]
     reps = [[k, *_group_cells([s["by_repetition"][k] for s in seeds])] for k in seeds[0]["by_repetition"]]
-    near = [[label, *_group_cells([pick(s) for s in seeds])] for label, pick in (
-        (f"{config.near_duplicate_targets} targets, no near-duplicates", lambda s: s["targets_before"]),
-        (f"same targets + {config.near_duplicates} near-duplicates each", lambda s: s["targets_after"]),
-        ("all trained probes, no near-duplicates", lambda s: s["by_size"][config.base_members]),
-        ("all trained probes, with near-duplicates", lambda s: s["with_near_duplicates"]))]
+    near = [
+        [label, *_group_cells([pick(s) for s in seeds])]
+        for label, pick in (
+            (f"{config.near_duplicate_targets} targets, no near-duplicates", lambda s: s["targets_before"]),
+            (f"same targets + {config.near_duplicates} near-duplicates each", lambda s: s["targets_after"]),
+            ("all trained probes, no near-duplicates", lambda s: s["by_size"][config.base_members]),
+            ("all trained probes, with near-duplicates", lambda s: s["with_near_duplicates"]),
+        )
+    ]
     ks = seeds[0]["geometric_table"]["k"]
-    geo = [[k, mean_std([s["geometric_table"]["measured"][i] for s in seeds]),
-            mean_std([s["geometric_table"]["geometric"][i] for s in seeds])] for i, k in enumerate(ks)]
-    geo.append(["exact (k = L)", mean_std([s["geometric"]["exact_measured"] for s in seeds]),
-                mean_std([s["geometric"]["exact_geometric"] for s in seeds])])
+    geo = [
+        [
+            k,
+            mean_std([s["geometric_table"]["measured"][i] for s in seeds]),
+            mean_std([s["geometric_table"]["geometric"][i] for s in seeds]),
+        ]
+        for i, k in enumerate(ks)
+    ]
+    geo.append(
+        [
+            "exact (k = L)",
+            mean_std([s["geometric"]["exact_measured"] for s in seeds]),
+            mean_std([s["geometric"]["exact_geometric"] for s in seeds]),
+        ]
+    )
     where = f"members + canaries, n_members={config.base_members}, mean ± std over seeds {config.seeds}"
     return [
         (f"Tail vs epoch ({where})", markdown_table(["epoch", *TAIL_HEADERS], epochs)),
         (f"Tail vs dataset size (after {config.epochs} epochs)", markdown_table(["n_members", *TAIL_HEADERS], sizes)),
-        ("Tail by repetition count (after training; 1 = members and 1x canaries)",
-         markdown_table(["repetitions", *GROUP_HEADERS], reps)),
+        (
+            "Tail by repetition count (after training; 1 = members and 1x canaries)",
+            markdown_table(["repetitions", *GROUP_HEADERS], reps),
+        ),
         ("Near-duplicates injected", markdown_table(["set", *GROUP_HEADERS], near)),
-        (f"P(PML >= k): measured vs geometric p^k, p = per-token recall = "
-         f"{mean_std([s['geometric']['p'] for s in seeds])}", markdown_table(["k", "measured", "geometric"], geo)),
+        (
+            f"P(PML >= k): measured vs geometric p^k, p = per-token recall = "
+            f"{mean_std([s['geometric']['p'] for s in seeds])}",
+            markdown_table(["k", "measured", "geometric"], geo),
+        ),
     ]
 
 
@@ -201,8 +270,10 @@ def plots(out: Path, config: SkewConfig, seeds: list[dict]) -> list[str]:
     plt = pyplot()
     paths = []
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, (metric, stat) in zip(axes, [("prefix_match_length", "p99"), ("prefix_match_length", "gini"),
-                                         ("extraction_probability", "top1pct_share")]):
+    for ax, (metric, stat) in zip(
+        axes,
+        [("prefix_match_length", "p99"), ("prefix_match_length", "gini"), ("extraction_probability", "top1pct_share")],
+    ):
         for s in seeds:
             ax.plot([e["epoch"] for e in s["by_epoch"]], [e[metric][stat] for e in s["by_epoch"]], marker=".")
         ax.set(xlabel="epoch", title=f"{metric} {stat}")

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from obliviate.erasure.losses.base import EraseLoss
 
 LOSSES: Registry[EraseLoss] = Registry(
-    "loss", plural="losses", key="method",
-    hint="Add one with @register_loss('name') on an EraseLoss subclass in obliviate/erasure/losses/ "
-         "(docs/erasure.md).")
+    "loss",
+    plural="losses",
+    key="method",
+    hint="Add one with @register_loss('name') on an EraseLoss subclass in obliviate/erasure/losses/ (docs/erasure.md).",
+)
 """Every erasure loss class by the recipe's ``method``."""
 
 
@@ -44,6 +46,14 @@ from obliviate.erasure.losses.base import (  # noqa: E402
     retain_nll_terms,
 )
 
-__all__ = ["FORGET_REDUCTIONS", "LOSSES", "EraseLoss", "SuffixOutput", "forward_suffix", "get_loss", "register_loss",
-           "retain_nll",
-           "retain_nll_terms"]
+__all__ = [
+    "FORGET_REDUCTIONS",
+    "LOSSES",
+    "EraseLoss",
+    "SuffixOutput",
+    "forward_suffix",
+    "get_loss",
+    "register_loss",
+    "retain_nll",
+    "retain_nll_terms",
+]

@@ -28,7 +28,6 @@ from obliviate.metrics.teacher_forced import collate, suffix_logits
 FORGET_REDUCTIONS = ("token", "sequence")
 
 
-
 @dataclass
 class SuffixOutput:
     """Logits predicting each suffix token, ``(B, S, V)``; ``targets`` and ``valid`` are ``(B, S)``."""
@@ -120,7 +119,7 @@ def retain_nll_terms(model, rows: list[list[int]], pad_token_id: int, rows_per_p
     targets = sum(len(r) - 1 for r in rows)
     step = rows_per_pass or len(rows)
     for start in range(0, len(rows), step):
-        part = rows[start:start + step]
+        part = rows[start : start + step]
         out = forward_suffix(model, [r[:1] for r in part], [r[1:] for r in part], pad_token_id)
         yield -out.target_log_probs().sum() / targets
 

@@ -27,8 +27,10 @@ from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 class ClippedGAConfig:
     """``method_args`` of ``method: clipped_ga``."""
 
-    clip_probability: float = field(default=0.1, metadata={
-        "help": "a forget token stops pulling once it is not the argmax and p(y_t) <= this, in (0, 1)."})
+    clip_probability: float = field(
+        default=0.1,
+        metadata={"help": "a forget token stops pulling once it is not the argmax and p(y_t) <= this, in (0, 1)."},
+    )
 
     def __post_init__(self):
         if not 0 < self.clip_probability < 1:

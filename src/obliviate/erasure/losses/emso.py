@@ -24,15 +24,20 @@ from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 class EMSOConfig:
     """``method_args`` of ``method: emso``."""
 
-    entropy_variant: str = field(default="uniform_ce", metadata={
-        "help": "uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer Look at "
-                "Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
-                "docs/perf/erasure.md has both under the default gate."})
+    entropy_variant: str = field(
+        default="uniform_ce",
+        metadata={
+            "help": "uniform_ce (CE(U, p_t) = KL(U||p_t) + log V: the ME loss of Yuan et al. 2024, 'A Closer Look at "
+            "Machine Unlearning for LLMs') or entropy (-mean H(p_t), the gradient of KL(p_t||U)); "
+            "docs/perf/erasure.md has both under the default gate."
+        },
+    )
 
     def __post_init__(self):
         if self.entropy_variant not in ENTROPY_VARIANTS:
-            raise EraseConfigError(f"entropy_variant must be one of {', '.join(ENTROPY_VARIANTS)}; "
-                                   f"got {self.entropy_variant!r}.")
+            raise EraseConfigError(
+                f"entropy_variant must be one of {', '.join(ENTROPY_VARIANTS)}; got {self.entropy_variant!r}."
+            )
 
 
 @register_loss("emso")

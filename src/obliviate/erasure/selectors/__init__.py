@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from obliviate.erasure.selectors.base import Selector
 
 SELECTORS: Registry[Selector] = Registry(
-    "selector", key="selector",
+    "selector",
+    key="selector",
     hint="Add one with @register_selector('name') on a Selector subclass in obliviate/erasure/selectors/ "
-         "(docs/erasure.md).")
+    "(docs/erasure.md).",
+)
 """Every weight selector class by the recipe's ``selector``."""
 
 

@@ -1,6 +1,6 @@
 """Ablation selector: every candidate weight (plain full fine-tuning of the erasure loss).
 
-    python -c "from obliviate.erasure.selectors.all import AllSelector; help(AllSelector)"
+python -c "from obliviate.erasure.selectors.all import AllSelector; help(AllSelector)"
 """
 
 from __future__ import annotations
@@ -12,5 +12,8 @@ from obliviate.erasure.selectors.base import Selection, Selector
 @register_selector("all")
 class AllSelector(Selector):
     def select(self, params, grads, generator, group=None) -> Selection:
-        return Selection({n: None for n in params}, sum(p.numel() for p in params.values()),
-                         {n: p.numel() for n, p in params.items()})
+        return Selection(
+            {n: None for n in params},
+            sum(p.numel() for p in params.values()),
+            {n: p.numel() for n, p in params.items()},
+        )

@@ -58,9 +58,15 @@ def _unit_size(param: torch.Tensor, granularity: str) -> int:
     return param[0].numel()
 
 
-def select_top(unit_scores: dict[str, torch.Tensor], params: dict[str, torch.Tensor], fraction: float,
-               granularity: str, scope: str = "global", group: ShardGroup | None = None,
-               consume: bool = False) -> Selection:
+def select_top(
+    unit_scores: dict[str, torch.Tensor],
+    params: dict[str, torch.Tensor],
+    fraction: float,
+    granularity: str,
+    scope: str = "global",
+    group: ShardGroup | None = None,
+    consume: bool = False,
+) -> Selection:
     """Pick the best-scoring units until they hold ``fraction`` of the candidate elements.
 
     Args:
@@ -131,8 +137,9 @@ class Selector:
         """The per-element score of parameter ``name`` from its stream gradients (may overwrite them)."""
         raise NotImplementedError
 
-    def unit_scores(self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]],
-                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def unit_scores(
+        self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """One score per unit of the configured granularity (higher = select first).
 
         Pops each parameter's gradients out of ``grads`` as it is scored, so they are freed one tensor at a time.
@@ -144,9 +151,21 @@ class Selector:
             del parts
         return scores
 
-    def select(self, params: dict[str, torch.Tensor], grads: dict[str, dict[str, torch.Tensor]],
-               generator: torch.Generator, group: ShardGroup | None = None) -> Selection:
+    def select(
+        self,
+        params: dict[str, torch.Tensor],
+        grads: dict[str, dict[str, torch.Tensor]],
+        generator: torch.Generator,
+        group: ShardGroup | None = None,
+    ) -> Selection:
         """The selection over ``params`` (the candidates), from the stream gradients ``grads`` (consumed)."""
         scores = self.unit_scores(params, grads, generator)
-        return select_top(scores, params, self.config.select_fraction, self.config.granularity,
-                          self.config.select_scope, group, consume=True)
+        return select_top(
+            scores,
+            params,
+            self.config.select_fraction,
+            self.config.granularity,
+            self.config.select_scope,
+            group,
+            consume=True,
+        )

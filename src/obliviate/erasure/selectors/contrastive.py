@@ -32,9 +32,13 @@ from obliviate.erasure.selectors.base import Selector
 class ContrastiveRetainConfig:
     """``selector_args`` of ``selector: contrastive_retain``."""
 
-    retain_contrast: float = field(default=1.0, metadata={
-        "help": "lambda in s_i = -g_loss,i * (g_nll_forget,i - lambda * g_nll_retain,i): the first-order forgetting "
-                "gain minus the retain-loss increase, >= 0."})
+    retain_contrast: float = field(
+        default=1.0,
+        metadata={
+            "help": "lambda in s_i = -g_loss,i * (g_nll_forget,i - lambda * g_nll_retain,i): the first-order forgetting "
+            "gain minus the retain-loss increase, >= 0."
+        },
+    )
 
     def __post_init__(self):
         if not self.retain_contrast >= 0:

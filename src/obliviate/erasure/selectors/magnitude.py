@@ -1,6 +1,6 @@
 """Ablation selector: the weights with the largest erasure-loss gradient, |g_L|, direction ignored.
 
-    python -c "from obliviate.erasure.selectors.magnitude import Magnitude; help(Magnitude)"
+python -c "from obliviate.erasure.selectors.magnitude import Magnitude; help(Magnitude)"
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Ablation selector: ``select_fraction`` of the units drawn uniformly at random (seeded by seed and chunk).
 
-    python -c "from obliviate.erasure.selectors.random import RandomSelector; help(RandomSelector)"
+python -c "from obliviate.erasure.selectors.random import RandomSelector; help(RandomSelector)"
 """
 
 from __future__ import annotations
@@ -15,5 +15,6 @@ from obliviate.erasure.selectors.base import Selector, unit_count
 class RandomSelector(Selector):
     def unit_scores(self, params, grads, generator):
         # One uniform draw per unit (not summed per-element noise, which would favour large tensors).
-        return {n: torch.rand(unit_count(p.shape, self.config.granularity), generator=generator)
-                for n, p in params.items()}
+        return {
+            n: torch.rand(unit_count(p.shape, self.config.granularity), generator=generator) for n, p in params.items()
+        }

@@ -50,12 +50,12 @@ class ExactMatch(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
-    def _compute(self, predictions, references, ignore_case=False, ignore_punctuation=False,
-                 collapse_whitespace=True):
+    def _compute(self, predictions, references, ignore_case=False, ignore_punctuation=False, collapse_whitespace=True):
         if not predictions:
             return {"exact_match": float("nan")}
         hits = sum(
