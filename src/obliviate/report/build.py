@@ -4,97 +4,29 @@
 
 Every section appears only when its inputs exist, so the same code reports a `track` run, an
 `erase` run, a `score` directory or the whole demo.
+
+This module gathers the sections and writes the files; :class:`Section` and the Markdown/HTML renderers are in
+``render.py``, the group and utility table rows in ``rows.py``, the erasure sections in ``erasure_sections.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from obliviate import __version__
-from obliviate.metrics.sets import set_statistics
 from obliviate.report import plots
 from obliviate.report.collect import (
     RunDirError,
     RunFiles,
     collect_run,
-    group_of,
-    group_order,
     score_directions,
 )
-from obliviate.tables import format_html_table, format_table
-
-
-@dataclass
-class Section:
-    title: str
-    text: str
-    image: Path | None = None
-    tables: list[tuple[str, list[str], list[list]]] = field(default_factory=list)
-    bullets: list[str] = field(default_factory=list)
-
-
-def _num(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def group_table(before: list[dict], after: list[dict] | None, meta: dict[str, dict]) -> list[list]:
-    """Rows ``[group, n, extracted before, extracted after, mean MA before, mean MA after]`` by probe group.
-
-    Groups are canaries by repetition count, members and controls (see
-    :func:`~obliviate.report.collect.group_of`); ``after`` may be None (the after columns are then "–").
-    """
-
-    def by_group(rows):
-        out = defaultdict(list)
-        for r in rows or []:
-            out[group_of(str(r["id"]), r.get("role"), meta)].append(r)
-        return out
-
-    b, a = by_group(before), by_group(after)
-    table = []
-    for g in group_order(list(b) + list(a)):
-        rb, ra = b.get(g, []), a.get(g, [])
-        n = len(rb) or len(ra)
-        ext = [f"{sum(r['exact_extraction'] for r in rows)}/{len(rows)}" if rows else "–" for rows in (rb, ra)]
-        ma = [_num(set_statistics(rows)["mean_memorization_accuracy"]) if rows else "–" for rows in (rb, ra)]
-        table.append([g, n, ext[0], ext[1], ma[0], ma[1]])
-    return table
-
-
-def _flat(scores: dict | None) -> dict[str, float]:
-    return plots._flat(scores)
-
-
-def utility_rows(before: dict | None, after: dict | None, directions: dict[str, str] | None = None) -> list[list]:
-    """``[benchmark/score, before, after, change]`` with the change in the gate's units.
-
-    Args:
-        before, after: ``{label: {score: value}}``.
-        directions: ``{"label/score": "lower" | "higher"}`` as a run recorded them
-            (:func:`~obliviate.report.collect.score_directions`); scores missing there are looked up in what
-            the registered benchmarks declare (:func:`~obliviate.report.plots.lower_is_better`).
-    """
-    b, a = _flat(before), _flat(after)
-    rows = []
-    for key in sorted(set(b) | set(a)):
-        vb, va = b.get(key), a.get(key)
-        change = "–"
-        if vb is not None and va is not None:
-            lower = plots.lower_is_better(key, directions)
-            delta = plots.utility_change(va, vb, lower)
-            change = f"{delta:+.2f}% rel." if lower else f"{delta:+.2f} points"
-        rows.append([key, _num(vb, 4), _num(va, 4), change])
-    return rows
+from obliviate.report.erasure_sections import _erasure_sections, _erasure_warnings
+from obliviate.report.render import Section, render_html, render_markdown
+from obliviate.report.rows import _num, group_table, utility_rows
 
 
 def _shown(path: Path, base: Path) -> str:
@@ -323,137 +255,6 @@ def _summary(files: RunFiles) -> list[str]:
     if isinstance(total, (int, float)):
         out.append(f"Wall time: {total:.0f} s in all.")
     return out
-
-
-def _erasure_warnings(report: dict) -> list[str]:
-    """Say plainly when the erasure ran without a gate or without controls (a weaker result)."""
-    out = []
-    # The run records its gate (``gate``: null when ungated); a report without that record counts its decisions.
-    if not report.get("gate") and not report.get("gate_decisions"):
-        out.append(
-            "**No utility gate**: no erasure step was checked or rolled back (the run had no retained "
-            "text and no `gate:` section, or `gate: null`); utility was not protected."
-        )
-    thresholds = report.get("thresholds") or {}
-    # Reports record the control groups the criterion had (older ones a single threshold source).
-    source = thresholds.get("source", "controls" if thresholds.get("control_groups") else "absolute")
-    if thresholds and source != "controls":
-        out.append(
-            f"**No controls**: 'forgotten' means below {source} thresholds, not below the never-trained "
-            "controls' level."
-        )
-    return out
-
-
-def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
-    out = []
-    config = report.get("config") or {}
-    decisions = report.get("gate_decisions") or []
-    img = plots.plot_erasure_trajectory(report, plots_dir / "erasure_trajectory.png")
-    rows = [
-        [
-            _num(d.get("step")),
-            _num(d.get("chunk")),
-            d.get("decision", "–"),
-            "; ".join(d.get("violations") or []) or "–",
-            ", ".join(f"{k}={v:.4g}" for k, v in _flat(d.get("scores")).items()),
-        ]
-        for d in decisions
-    ]
-    chunks = [
-        [c.get("index"), len(c.get("ids") or []), c.get("status", "–"), _num(c.get("steps"))]
-        for c in report.get("chunks") or []
-    ]
-    tables = []
-    if rows:
-        tables.append(("Gate decisions", ["step", "chunk", "decision", "violations", "scores"], rows))
-    if chunks:
-        tables.append(("Chunks", ["chunk", "sequences", "status", "steps"], chunks))
-    if img or tables:
-        n_acc = sum(d.get("decision") == "accepted" for d in decisions)
-        out.append(
-            Section(
-                "Erasure trajectory",
-                f"Erasure with `{config.get('method', '?')}` (selector `{config.get('selector', '?')}`). Top: the forget "
-                "set's extraction rate and mean MA after each optimizer step. Bottom: the gated utility scores as a "
-                "change from before erasure, with the gate's tolerances dashed. After every gated block of steps the "
-                "gate either accepts (✓) or rejects (✗): a rejected block is rolled back bit-for-bit, the learning rate "
-                f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted.",
-                img,
-                tables,
-            )
-        )
-    seqs = report.get("sequences") or []
-    img = plots.plot_before_after(report, plots_dir / "before_after.png")
-    if seqs:
-        keys = ("memorization_accuracy", "extraction_probability", "exact_extraction")
-        table = [
-            [s["id"], s.get("role", "–")]
-            + [f"{_num((s.get('before') or {}).get(k))} → {_num((s.get('after') or {}).get(k))}" for k in keys]
-            + ["yes" if s.get("forgotten") else "NO", _num(s.get("forgotten_step"))]
-            for s in seqs
-        ]
-        n = sum(bool(s.get("forgotten")) for s in seqs)
-        out.append(
-            Section(
-                "Per-sequence before and after",
-                f"{n} of {len(seqs)} sequences asked to be erased were forgotten: not exactly extractable, with MA and "
-                "extraction probability below the controls' mean (the forgetting criterion of Jang et al. 2022). "
-                "Red dots are before erasure, blue after.",
-                img,
-                [
-                    (
-                        "Sequences",
-                        ["id", "role", "MA", "extraction prob.", "exact extraction", "forgotten", "at step"],
-                        table,
-                    )
-                ],
-            )
-        )
-    return out
-
-
-def render_markdown(sections: list[Section], title: str, base: Path) -> str:
-    parts = [f"# {title}\n"]
-    for s in sections:
-        parts.append(f"## {s.title}\n\n{s.text}\n")
-        if s.bullets:
-            parts.append("".join(f"- {b}\n" for b in s.bullets))
-        if s.image:
-            parts.append(f"![{s.title}]({os.path.relpath(s.image, base)})\n")
-        for caption, headers, rows in s.tables:
-            parts.append(f"**{caption}**\n\n{format_table(rows, headers, markdown=True)}\n")
-    return "\n".join(parts)
-
-
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}h1{border-bottom:2px solid #ddd}h2{margin-top:2em;border-bottom:1px solid #eee}
-img{max-width:100%;border:1px solid #eee}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
-code{background:#f3f3f3;padding:0 3px}.caption{font-weight:600;margin-top:.8em}"""
-
-
-def _inline_code(text: str) -> str:
-    parts = html.escape(text, quote=False).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def render_html(sections: list[Section], title: str) -> str:
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-    ]
-    for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2><p>{_inline_code(s.text)}</p>")
-        if s.bullets:
-            parts.append("<ul>" + "".join(f"<li>{_inline_code(b)}</li>" for b in s.bullets) + "</ul>")
-        if s.image:
-            data = base64.b64encode(Path(s.image).read_bytes()).decode("ascii")
-            parts.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{data}'>")
-        for caption, headers, rows in s.tables:
-            parts.append(f"<div class='caption'>{html.escape(caption)}</div>{format_html_table(rows, headers)}")
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def write_report(

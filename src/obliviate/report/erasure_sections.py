@@ -1,0 +1,101 @@
+"""The report's erasure sections, read from an erasure run's ``report.json``.
+
+``_erasure_sections``: the trajectory (gate decisions, chunks) and the per-sequence before/after;
+``_erasure_warnings``: the summary's plain warnings when the run had no utility gate or no controls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from obliviate.report import plots
+from obliviate.report.render import Section
+from obliviate.report.rows import _flat, _num
+
+
+def _erasure_warnings(report: dict) -> list[str]:
+    """Say plainly when the erasure ran without a gate or without controls (a weaker result)."""
+    out = []
+    # The run records its gate (``gate``: null when ungated); a report without that record counts its decisions.
+    if not report.get("gate") and not report.get("gate_decisions"):
+        out.append(
+            "**No utility gate**: no erasure step was checked or rolled back (the run had no retained "
+            "text and no `gate:` section, or `gate: null`); utility was not protected."
+        )
+    thresholds = report.get("thresholds") or {}
+    # Reports record the control groups the criterion had (older ones a single threshold source).
+    source = thresholds.get("source", "controls" if thresholds.get("control_groups") else "absolute")
+    if thresholds and source != "controls":
+        out.append(
+            f"**No controls**: 'forgotten' means below {source} thresholds, not below the never-trained "
+            "controls' level."
+        )
+    return out
+
+
+def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
+    out = []
+    config = report.get("config") or {}
+    decisions = report.get("gate_decisions") or []
+    img = plots.plot_erasure_trajectory(report, plots_dir / "erasure_trajectory.png")
+    rows = [
+        [
+            _num(d.get("step")),
+            _num(d.get("chunk")),
+            d.get("decision", "–"),
+            "; ".join(d.get("violations") or []) or "–",
+            ", ".join(f"{k}={v:.4g}" for k, v in _flat(d.get("scores")).items()),
+        ]
+        for d in decisions
+    ]
+    chunks = [
+        [c.get("index"), len(c.get("ids") or []), c.get("status", "–"), _num(c.get("steps"))]
+        for c in report.get("chunks") or []
+    ]
+    tables = []
+    if rows:
+        tables.append(("Gate decisions", ["step", "chunk", "decision", "violations", "scores"], rows))
+    if chunks:
+        tables.append(("Chunks", ["chunk", "sequences", "status", "steps"], chunks))
+    if img or tables:
+        n_acc = sum(d.get("decision") == "accepted" for d in decisions)
+        out.append(
+            Section(
+                "Erasure trajectory",
+                f"Erasure with `{config.get('method', '?')}` (selector `{config.get('selector', '?')}`). Top: the forget "
+                "set's extraction rate and mean MA after each optimizer step. Bottom: the gated utility scores as a "
+                "change from before erasure, with the gate's tolerances dashed. After every gated block of steps the "
+                "gate either accepts (✓) or rejects (✗): a rejected block is rolled back bit-for-bit, the learning rate "
+                f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted.",
+                img,
+                tables,
+            )
+        )
+    seqs = report.get("sequences") or []
+    img = plots.plot_before_after(report, plots_dir / "before_after.png")
+    if seqs:
+        keys = ("memorization_accuracy", "extraction_probability", "exact_extraction")
+        table = [
+            [s["id"], s.get("role", "–")]
+            + [f"{_num((s.get('before') or {}).get(k))} → {_num((s.get('after') or {}).get(k))}" for k in keys]
+            + ["yes" if s.get("forgotten") else "NO", _num(s.get("forgotten_step"))]
+            for s in seqs
+        ]
+        n = sum(bool(s.get("forgotten")) for s in seqs)
+        out.append(
+            Section(
+                "Per-sequence before and after",
+                f"{n} of {len(seqs)} sequences asked to be erased were forgotten: not exactly extractable, with MA and "
+                "extraction probability below the controls' mean (the forgetting criterion of Jang et al. 2022). "
+                "Red dots are before erasure, blue after.",
+                img,
+                [
+                    (
+                        "Sequences",
+                        ["id", "role", "MA", "extraction prob.", "exact extraction", "forgotten", "at step"],
+                        table,
+                    )
+                ],
+            )
+        )
+    return out
