@@ -19,14 +19,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from obliviate.benchmarks.block import BlockAttempt, GateBlock, run_steps, set_lr, ungated_block  # noqa: F401
+from obliviate.benchmarks.gate_config import DEFAULT_ENTRY, GateConfig, GateDecision
 from obliviate.benchmarks.registry import get_benchmark
-from obliviate.benchmarks.suite import UtilitySuite, check_entries
+from obliviate.benchmarks.suite import UtilitySuite
 from obliviate.benchmarks.tolerances import (  # noqa: F401 - re-exported: the gate's public names
     DEFAULT_KL_TOLERANCE,
     DEFAULT_PERPLEXITY_DECREASE,
@@ -43,64 +44,6 @@ from obliviate.benchmarks.tolerances import (  # noqa: F401 - re-exported: the g
 from obliviate.config import check_keys, from_dict
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ENTRY = "default"
-"""In a gate section's ``benchmarks:``, the default gate's entries (see :func:`default_gate_entries`)."""
-
-
-@dataclass
-class GateDecision:
-    """The outcome of one :meth:`UtilityGate.check`."""
-
-    accepted: bool
-    step: int
-    chunk: int | None
-    scores: dict[str, dict[str, float]]
-    violations: list[str]
-    wall_s: float
-
-    @property
-    def decision(self) -> str:
-        return "accepted" if self.accepted else "rejected"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision,
-            "step": self.step,
-            "chunk": self.chunk,
-            "scores": self.scores,
-            "violations": list(self.violations),
-            "wall_s": self.wall_s,
-        }
-
-
-@dataclass
-class GateConfig:
-    """The recipe's ``gate:`` section (``gate: null`` means no gate)."""
-
-    every: int = field(default=1, metadata={"help": "optimizer steps between checks (one snapshot covers them)."})
-    backoff: float = field(default=0.5, metadata={"help": "learning-rate factor after a rejected step, in (0, 1)."})
-    max_retries: int = field(default=3, metadata={"help": "retries of a rejected step before giving up on the chunk."})
-    benchmarks: list = field(
-        default_factory=list,
-        metadata={
-            "help": "entries {name, data, score?, max_relative_increase | max_absolute_increase | max_absolute_drop | "
-            "max_relative_drop, ...benchmark options}."
-        },
-    )
-
-    def __post_init__(self):
-        check_schedule(self.every, self.backoff, self.max_retries)
-        # "default" stands for the default gate's entries on the gate-only retain split (erasure/inputs.py).
-        entries = (
-            [e for e in self.benchmarks if e != DEFAULT_ENTRY] if isinstance(self.benchmarks, list) else self.benchmarks
-        )
-        if isinstance(self.benchmarks, list) and DEFAULT_ENTRY in self.benchmarks and not entries:
-            return
-        checked = check_entries(entries, "the gate section (use `gate: null` for no gate)")
-        if isinstance(self.benchmarks, list) and DEFAULT_ENTRY in self.benchmarks:
-            checked = [DEFAULT_ENTRY, *checked]
-        self.benchmarks = checked
 
 
 def _clone_tree(value):

@@ -18,9 +18,7 @@ every module's train/eval flag is put back exactly as it was. Set-level metrics 
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,21 +26,13 @@ from transformers import Trainer, TrainerCallback
 
 from obliviate.callbacks.config import HISTORY_METRICS, UNSET, TrackConfig, TrackingError, track_config
 from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
-from obliviate.callbacks.flagging import BASELINE_FIELDS, RULE_FIELDS, FlagResult, group_key
-from obliviate.data.flagged import append_flagged, flagged_row, write_meta
-from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes, read_jsonl
+from obliviate.callbacks.flagging import BASELINE_FIELDS, group_key
+from obliviate.callbacks.history import MemorizationFiles
+from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes
 from obliviate.metrics import context_length, score_probes
 from obliviate.metrics.sets import summarize_scores
 
 logger = logging.getLogger(__name__)
-
-
-def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
 
 
 def _find_tokenizer(trainer, probes, tokenizer=None):
@@ -68,7 +58,7 @@ def _find_tokenizer(trainer, probes, tokenizer=None):
     )
 
 
-class MemorizationCallback(TrainerCallback):
+class MemorizationCallback(MemorizationFiles, TrainerCallback):
     """Track memorization of ``probes`` during training (DESIGN §4).
 
     Args:
@@ -168,23 +158,7 @@ class MemorizationCallback(TrainerCallback):
         self.baseline_source = "reference model" if reference_model is not None else "step 0"
         self.groups = self.flag_rule.plan((p.group, p.role) for p in self.probes)
 
-    # -- paths and checks -------------------------------------------------------------------------
-    @property
-    def history_path(self) -> Path:
-        return self.dir / "history.jsonl"
-
-    @property
-    def flagged_path(self) -> Path:
-        return self.dir / "flagged.jsonl"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.dir / "flagged.meta.json"
-
-    @property
-    def summaries_path(self) -> Path:
-        return self.dir / "summaries.jsonl"
-
+    # -- checks -----------------------------------------------------------------------------------
     def _model(self):
         return self.trainer.accelerator.unwrap_model(self.trainer.model)
 
@@ -202,16 +176,6 @@ class MemorizationCallback(TrainerCallback):
                         "training truncates such rows, so its end is never trained on. Raise max_length "
                         "(SFTConfig) or shorten the probe."
                     )
-
-    def _check_writable(self) -> None:
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.dir, prefix=".write-test-"):
-                pass
-        except OSError as e:
-            raise TrackingError(
-                f"cannot write the memorization files to {self.dir}: {e}. Give an output_dir you can write to."
-            ) from None
 
     # -- trainer events ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -241,32 +205,6 @@ class MemorizationCallback(TrainerCallback):
         self.evaluate(state, control)
 
     # -- the work ---------------------------------------------------------------------------------
-    def _prepare_files(self, step: int) -> dict[str, int | None]:
-        """Start fresh files, or after a resume cut history back to ``step`` and read the flags made so far.
-
-        ``flagged.jsonl`` exists from the start, empty until a flag is made: no file would mean no run.
-        """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if step == 0:
-            old = [p for p in (self.history_path, self.flagged_path, self.summaries_path) if p.exists()]
-            if old:
-                logger.warning("starting a new run: replacing %s", ", ".join(str(p) for p in old))
-                for p in old:
-                    p.unlink()
-            self.flagged_path.touch()
-            return {}
-        # Rows past the checkpoint describe weights the resumed run replaces and will score again.
-        for path in (self.history_path, self.summaries_path):
-            if path.exists():
-                rows = read_jsonl(path)
-                kept = [r for r in rows if r["step"] <= step]
-                if len(kept) < len(rows):
-                    logger.info("resuming at step %d: dropped %d rows of %s past it", step, len(rows) - len(kept), path)
-                    _rewrite_jsonl(path, kept)
-        # Flags are findings about weights that existed: kept, never written twice.
-        self.flagged_path.touch()
-        return {r["id"]: r.get("step") for r in read_jsonl(self.flagged_path)}
-
     def _load_baselines(self, state) -> None:
         """Each probe's baseline: the reference model's scores, the step-0 scores, or (resumed) history's."""
         if not self.flag_rule.needs_baseline:
@@ -289,19 +227,6 @@ class MemorizationCallback(TrainerCallback):
             r["id"]: {k: r[k] for k in BASELINE_FIELDS if k in r} for r in rows if "memorization_accuracy" in r
         }
 
-    def _history_baselines(self) -> list[dict]:
-        rows = [r for r in read_jsonl(self.history_path) if r["step"] == 0] if self.history_path.exists() else []
-        missing = [p.id for p in self.probes if p.id not in {r["id"] for r in rows}]
-        if missing:
-            logger.warning(
-                "resuming without step-0 scores for %d probes (%s) in %s: those probes are judged by "
-                "absolute evidence only (no baseline to measure what this fine-tuning added).",
-                len(missing),
-                ", ".join(missing[:5]),
-                self.history_path,
-            )
-        return rows
-
     def _warn_absolute_groups(self) -> None:
         rule = self.flag_rule
         for group, calibration in self.groups.items():
@@ -322,27 +247,6 @@ class MemorizationCallback(TrainerCallback):
                 calibration.why,
                 advice,
             )
-
-    def _write_meta(self) -> None:
-        model = self._model()
-        thresholds = {**self.flag_rule.describe(), "sampling": vars(self.sampling), "min_k": self.min_k}
-        groups = {group_key(g): c.to_dict() for g, c in self.groups.items()}
-        baseline = {
-            "source": self.baseline_source if self.flag_rule.needs_baseline else None,
-            "probes": len(self.baselines),
-        }
-        write_meta(
-            self.meta_path,
-            getattr(model, "name_or_path", None) or None,
-            self.tokenizer,
-            thresholds,
-            budget=self.budget.describe(),
-            probes=len(self.probes),
-            every_n_steps=self.every_n_steps,
-            flagged=len(self.flagged),
-            groups=groups,
-            baseline=baseline,
-        )
 
     def score(self, model=None, with_reference: bool = True) -> list[dict]:
         """Score every probe on ``model`` (default: the current weights) -- this rank's shard, gathered.
@@ -428,52 +332,3 @@ class MemorizationCallback(TrainerCallback):
         should_log = control.should_log
         Trainer.log(self.trainer, logs)
         control.should_log = should_log
-
-    def _write_history(self, rows: list[dict], step: int, epoch: float) -> None:
-        # The rule's own inputs are always kept, so every flag can be re-derived from history; step-0 rows also
-        # keep the baseline fields a resumed run reads back.
-        fields = [*self.metrics, *(k for k in RULE_FIELDS if k not in self.metrics)]
-        if step == 0:
-            fields += [k for k in BASELINE_FIELDS if k not in fields]
-        with open(self.history_path, "a") as f:
-            for row in rows:
-                kept = {k: row[k] for k in fields if k in row}
-                f.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "id": row["id"],
-                            "role": row["role"],
-                            "group": row.get("group"),
-                            **kept,
-                        }
-                    )
-                    + "\n"
-                )
-
-    def _write(
-        self, rows: list[dict], summary: dict, new: dict[str, str], result: FlagResult, step: int, epoch: float
-    ) -> None:
-        self._write_history(rows, step, epoch)
-        with open(self.summaries_path, "a") as f:
-            f.write(json.dumps({"step": step, "epoch": epoch, **summary}) + "\n")
-        if new:
-            by_id = {r["id"]: r for r in rows}
-            out = []
-            for pid, reason in new.items():
-                metrics = {k: v for k, v in by_id[pid].items() if k not in ("id", "role", "group")}
-                metrics[f"extraction_probability@{self.sampling.n}"] = metrics.pop("extraction_probability")
-                threshold = result.groups[by_id[pid].get("group")].control_ma_threshold
-                if threshold is not None:
-                    metrics["control_ma_threshold"] = threshold
-                baseline = self.baselines.get(pid)
-                if baseline is not None:
-                    metrics["baseline_memorization_accuracy"] = baseline["memorization_accuracy"]
-                    metrics["memorization_accuracy_gain"] = (
-                        metrics["memorization_accuracy"] - baseline["memorization_accuracy"]
-                    )
-                out.append(flagged_row(self.probes[pid], step, reason, metrics, self.tokenizer))
-            append_flagged(self.flagged_path, out)
-            logger.info("step %d: flagged %d new probes (%s)", step, len(new), ", ".join(list(new)[:5]))
-        self._write_meta()
