@@ -161,6 +161,8 @@ def test_full_report_has_every_section_and_embedded_plots(tmp_path, erasure_repo
         "Membership inference",
         "Erasure trajectory",
         "Per-sequence before and after",
+        "What the gate saw, and what it did not",
+        "Collateral: what erasure did to text it was not asked to erase",
         "Utility before and after",
         "Timings",
     ):
@@ -185,6 +187,10 @@ def test_full_report_has_every_section_and_embedded_plots(tmp_path, erasure_repo
     assert re.search(rf"\| retain/perplexity +\|[^\n]*\| {re.escape(f'{ppl:+.2f}% rel.')} +\|", md)
     acc = 100 * (after["mc"]["acc"] - before["mc"]["acc"])
     assert re.search(rf"\| mc/acc +\|[^\n]*\| {re.escape(f'{acc:+.2f} points')} +\|", md)
+    # collateral per group, the report's own numbers: never-trained controls' MA before -> after
+    for group, c in erasure_report["collateral"]["controls"].items():
+        ma = f"{c['memorization_accuracy_before']:.3g} → {c['memorization_accuracy_after']:.3g}"
+        assert re.search(rf"\| controls {group} +\| {c['count']} +\| {re.escape(ma)} +\|", md), (group, ma)
     # each sequence's row says whether it was forgotten (a NO among them: the not-forgotten one is visible)
     for seq in erasure_report["sequences"]:
         assert re.search(rf"\| {seq['id']} +\| canary +\|[^\n]*\| {'yes' if seq['forgotten'] else 'NO'} +\|", md), seq[

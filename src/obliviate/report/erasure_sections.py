@@ -1,6 +1,7 @@
 """The report's erasure sections, read from an erasure run's ``report.json``.
 
-``_erasure_sections``: the trajectory (gate decisions, chunks) and the per-sequence before/after;
+``_erasure_sections``: the trajectory (gate decisions, chunks), what the gate saw beside held-out text it
+never saw, the collateral on never-erased probes, and the per-sequence before/after;
 ``_erasure_warnings``: the summary's plain warnings when the run had no utility gate or no controls.
 """
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from obliviate.report import plots
 from obliviate.report.render import Section
-from obliviate.report.rows import _flat, _num
+from obliviate.report.rows import _flat, _num, utility_rows
 
 
 def _erasure_warnings(report: dict) -> list[str]:
@@ -71,6 +72,7 @@ def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
                 tables,
             )
         )
+    out += _gate_and_heldout(report) + _collateral(report)
     seqs = report.get("sequences") or []
     img = plots.plot_before_after(report, plots_dir / "before_after.png")
     if seqs:
@@ -86,7 +88,8 @@ def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
             Section(
                 "Per-sequence before and after",
                 f"{n} of {len(seqs)} sequences asked to be erased were forgotten: not exactly extractable, with MA and "
-                "extraction probability below the controls' mean (the forgetting criterion of Jang et al. 2022). "
+                "extraction probability at most the controls' (their 0.9-quantile on the current model by default; "
+                "docs/erasure.md). "
                 "Red dots are before erasure, blue after.",
                 img,
                 [
@@ -99,3 +102,59 @@ def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
             )
         )
     return out
+
+
+def _gate_and_heldout(report: dict) -> list[Section]:
+    """The gated scores and the same scores on text the gate never read, side by side: a gate that protects only
+    its own rows shows as a held-out change it never saw."""
+    utility, heldout = report.get("utility") or {}, report.get("heldout") or {}
+    before = {**(utility.get("before") or {}), **(heldout.get("before") or {})}
+    after = {**(utility.get("after") or {}), **(heldout.get("after") or {})}
+    if not before or not after:
+        return []
+    directions = {**((report.get("gate") or {}).get("directions") or {}), **(utility.get("directions") or {})}
+    source = heldout.get("source") or "none"
+    return [
+        Section(
+            "What the gate saw, and what it did not",
+            "Every gated score before and after erasure, and the `heldout_*` rows: the same benchmarks on text no "
+            f"loss and no gate read (source: {source}). If held-out text moved more than the gated text, the gate "
+            "protected only its own rows.",
+            tables=[
+                (
+                    "Gated and held-out scores",
+                    ["benchmark/score", "before", "after", "change"],
+                    utility_rows(before, after, directions),
+                )
+            ],
+        )
+    ]
+
+
+def _collateral(report: dict) -> list[Section]:
+    """Per group: never-trained controls and not-erased trained probes, MA and loss before and after."""
+    collateral = report.get("collateral") or {}
+    rows = []
+    for kind, label in (("controls", "controls"), ("not_erased", "not erased")):
+        for group, c in sorted((collateral.get(kind) or {}).items()):
+            rows.append(
+                [
+                    f"{label} {group}",
+                    _num(c.get("count")),
+                    f"{_num(c.get('memorization_accuracy_before'))} → {_num(c.get('memorization_accuracy_after'))}",
+                    f"{_num(c.get('loss_before'))} → {_num(c.get('loss_after'))}",
+                    f"{_num(c.get('extraction_rate_before'))} → {_num(c.get('extraction_rate_after'))}",
+                ]
+            )
+    if not rows:
+        return []
+    damage = (report.get("summary") or {}).get("format_damage") or []
+    return [
+        Section(
+            "Collateral: what erasure did to text it was not asked to erase",
+            "Never-trained controls and trained probes that were not erased, per group (format). A group of controls "
+            "that keeps less than `min_controls_ma_kept` of its MA makes the verdict name it"
+            + (": " + "; ".join(damage) if damage else "; none did here."),
+            tables=[("Collateral", ["probes", "n", "mean MA", "mean loss", "extraction rate"], rows)],
+        )
+    ]

@@ -65,8 +65,11 @@ def utility_rows(before: dict | None, after: dict | None, directions: dict[str, 
         change = "–"
         if vb is not None and va is not None:
             lower = plots.lower_is_better(key, directions)
-            delta = plots.utility_change(va, vb, lower)
-            change = f"{delta:+.2f}% rel." if lower else f"{delta:+.2f} points"
+            if lower and vb == 0:  # a score that starts at 0 (KL to the original): no relative change exists
+                change = f"{va - vb:+.4g} abs."
+            else:
+                delta = plots.utility_change(va, vb, lower)
+                change = f"{delta:+.2f}% rel." if lower else f"{delta:+.2f} points"
         rows.append([key, _num(vb, 4), _num(va, 4), change])
     return rows
 
