@@ -274,7 +274,9 @@ _SEED_GAPS = {1: "PIN controls keep 60% of their MA (75% required)", 2: "one x8 
 @pytest.mark.parametrize(
     "seed",
     [
-        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_SEED_GAPS[s])) if s in _SEED_GAPS else s
+        pytest.param(s, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_SEED_GAPS[s]))
+        if s in _SEED_GAPS
+        else s
         for s in (0, 1, 2)
     ],
 )
@@ -283,7 +285,7 @@ def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     generate() extracts from the tracked model is not extracted from the erased model, held-out perplexity
     rises at most 5%, at most one of the 16 facts is lost, and the never-trained controls keep 75% of their MA."""
     from obliviate.benchmarks import UtilitySuite
-    from obliviate.data import load_probes
+    from obliviate.data import ProbeSet, load_probes
     from obliviate.metrics import score_probes
     from obliviate.modeling import load_model_and_tokenizer
 
@@ -310,7 +312,7 @@ def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     assert round(16 * (before["facts"]["acc"] - after["facts"]["acc"])) <= 1
     controls = load_probes(toy / "probes.jsonl", tok, roles=("control",))
     for group in ("pin", "record"):
-        part = [p for p in controls if p.group == group]
+        part = ProbeSet([p for p in controls if p.group == group])
         ma = [
             sum(r["memorization_accuracy"] for r in score_probes(m, tok, part)) / len(part) for m in (tracked, erased)
         ]
