@@ -20,7 +20,19 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "erasure_trajectory.png", out / "sequences_before_after.png"]
+    # Per-group thresholds on the erased model; a line only when one group (several would be ambiguous).
+    groups = ((report.get("thresholds") or {}).get("last") or {}).get("groups") or {}
+    thresholds = next(iter(groups.values())) if len(groups) == 1 else {}
+    for plot, path in ((_plot_trajectory, paths[0]), (_plot_sequences, paths[1])):
+        fig = plot(plt, report, thresholds)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return paths
 
+
+def _plot_trajectory(plt, report: dict, thresholds: dict):
+    """The forget metrics per optimizer step (x: rolled back), gate decisions and chunk starts as vertical lines."""
     fig, ax = plt.subplots(figsize=(8, 4))
     scored = [s for s in report["steps"] if s.get("forget")]
     for key, label, color in (
@@ -32,9 +44,6 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         back = [s for s in scored if s["rolled_back"]]
         if back:
             ax.plot([s["step"] for s in back], [s["forget"][key] for s in back], "x", color=color, alpha=0.4)
-    # Per-group thresholds on the erased model; a line only when one group (several would be ambiguous).
-    groups = ((report.get("thresholds") or {}).get("last") or {}).get("groups") or {}
-    thresholds = next(iter(groups.values())) if len(groups) == 1 else {}
     if "memorization_accuracy" in thresholds:
         ax.axhline(
             thresholds["memorization_accuracy"],
@@ -58,10 +67,11 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     ax.set_ylim(-0.02, 1.05)
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"erasure: {report['config']['method']} / {report['config']['selector']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
+    return fig
 
+
+def _plot_sequences(plt, report: dict, thresholds: dict):
+    """Each erased sequence's MA and extraction probability (log) before and after, green when forgotten."""
     seqs = report["sequences"]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.25 * len(seqs) + 4), 4))
     x = range(len(seqs))
@@ -85,7 +95,4 @@ def write_plots(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         ax.set_xticklabels([s["id"] for s in seqs], rotation=90, fontsize=6)
         ax.legend(fontsize=7)
     fig.suptitle("per sequence before/after (green: forgotten)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
+    return fig

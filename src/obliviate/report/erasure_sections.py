@@ -35,7 +35,17 @@ def _erasure_warnings(report: dict) -> list[str]:
 
 
 def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
-    out = []
+    """The erasure run's sections in report order (each only when its inputs exist)."""
+    return (
+        _trajectory(report, plots_dir)
+        + _gate_and_heldout(report)
+        + _collateral(report)
+        + _per_sequence(report, plots_dir)
+    )
+
+
+def _trajectory(report: dict, plots_dir: Path) -> list[Section]:
+    """The forget metrics and gated utility per step (plot), the gate's decisions and the chunks (tables)."""
     config = report.get("config") or {}
     decisions = report.get("gate_decisions") or []
     img = plots.plot_erasure_trajectory(report, plots_dir / "erasure_trajectory.png")
@@ -58,50 +68,55 @@ def _erasure_sections(report: dict, plots_dir: Path) -> list[Section]:
         tables.append(("Gate decisions", ["step", "chunk", "decision", "violations", "scores"], rows))
     if chunks:
         tables.append(("Chunks", ["chunk", "sequences", "status", "steps"], chunks))
-    if img or tables:
-        n_acc = sum(d.get("decision") == "accepted" for d in decisions)
-        out.append(
-            Section(
-                "Erasure trajectory",
-                f"Erasure with `{config.get('method', '?')}` (selector `{config.get('selector', '?')}`). Top: the forget "
-                "set's extraction rate and mean MA after each optimizer step. Bottom: the gated utility scores as a "
-                "change from before erasure, with the gate's tolerances dashed. After every gated block of steps the "
-                "gate either accepts (✓) or rejects (✗): a rejected block is rolled back bit-for-bit, the learning rate "
-                f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted.",
-                img,
-                tables,
-            )
+    if not img and not tables:
+        return []
+    n_acc = sum(d.get("decision") == "accepted" for d in decisions)
+    return [
+        Section(
+            "Erasure trajectory",
+            f"Erasure with `{config.get('method', '?')}` (selector `{config.get('selector', '?')}`). Top: the forget "
+            "set's extraction rate and mean MA after each optimizer step. Bottom: the gated utility scores as a "
+            "change from before erasure, with the gate's tolerances dashed. After every gated block of steps the "
+            "gate either accepts (✓) or rejects (✗): a rejected block is rolled back bit-for-bit, the learning rate "
+            f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted.",
+            img,
+            tables,
         )
-    out += _gate_and_heldout(report) + _collateral(report)
+    ]
+
+
+def _per_sequence(report: dict, plots_dir: Path) -> list[Section]:
+    """Each erased sequence's MA, extraction probability and exact extraction before → after, and whether and
+    when it was forgotten."""
     seqs = report.get("sequences") or []
     img = plots.plot_before_after(report, plots_dir / "before_after.png")
-    if seqs:
-        keys = ("memorization_accuracy", "extraction_probability", "exact_extraction")
-        table = [
-            [s["id"], s.get("role", "–")]
-            + [f"{_num((s.get('before') or {}).get(k))} → {_num((s.get('after') or {}).get(k))}" for k in keys]
-            + ["yes" if s.get("forgotten") else "NO", _num(s.get("forgotten_step"))]
-            for s in seqs
-        ]
-        n = sum(bool(s.get("forgotten")) for s in seqs)
-        out.append(
-            Section(
-                "Per-sequence before and after",
-                f"{n} of {len(seqs)} sequences asked to be erased were forgotten: not exactly extractable, with MA and "
-                "extraction probability at most the controls' (their 0.9-quantile on the current model by default; "
-                "docs/erasure.md). "
-                "Red dots are before erasure, blue after.",
-                img,
-                [
-                    (
-                        "Sequences",
-                        ["id", "role", "MA", "extraction prob.", "exact extraction", "forgotten", "at step"],
-                        table,
-                    )
-                ],
-            )
+    if not seqs:
+        return []
+    keys = ("memorization_accuracy", "extraction_probability", "exact_extraction")
+    table = [
+        [s["id"], s.get("role", "–")]
+        + [f"{_num((s.get('before') or {}).get(k))} → {_num((s.get('after') or {}).get(k))}" for k in keys]
+        + ["yes" if s.get("forgotten") else "NO", _num(s.get("forgotten_step"))]
+        for s in seqs
+    ]
+    n = sum(bool(s.get("forgotten")) for s in seqs)
+    return [
+        Section(
+            "Per-sequence before and after",
+            f"{n} of {len(seqs)} sequences asked to be erased were forgotten: not exactly extractable, with MA and "
+            "extraction probability at most the controls' (their 0.9-quantile on the current model by default; "
+            "docs/erasure.md). "
+            "Red dots are before erasure, blue after.",
+            img,
+            [
+                (
+                    "Sequences",
+                    ["id", "role", "MA", "extraction prob.", "exact extraction", "forgotten", "at step"],
+                    table,
+                )
+            ],
         )
-    return out
+    ]
 
 
 def _gate_and_heldout(report: dict) -> list[Section]:

@@ -1,4 +1,5 @@
-"""PNG plots of a run: memorization over training, the tail, MIA ROC, erasure trajectory, before/after.
+"""PNG plots of a run: the tail, MIA ROC, erasure trajectory, before/after (memorization over training is in
+``training_plots.py``, which shares this module's colours and saving).
 
     python -c "from obliviate.report import write_report; print(write_report('runs/demo'))"
 
@@ -10,7 +11,6 @@ pyplot, so importing this module changes no global backend and is safe in notebo
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from obliviate.metrics.scorer import MIA_SCORES
-from obliviate.metrics.sets import mia_score, roc_curve, set_statistics, tail_statistics
-from obliviate.report.collect import (
-    declared_direction,
-    gate_tolerances,
-    group_of,
-    group_order,
-    score_directions,
-)
+from obliviate.metrics.sets import mia_score, roc_curve, tail_statistics
+from obliviate.report.collect import declared_direction, gate_tolerances, score_directions
 
 DPI = 110
 ACCEPT, REJECT = "#2ca02c", "#d62728"
@@ -53,80 +47,6 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
-
-
-def plot_memorization_over_training(
-    history: list[dict], meta: dict[str, dict], flagged: list[dict], path: Path
-) -> Path | None:
-    """Mean MA and extraction rate per group (canaries by repetition count) at each scoring step.
-
-    Args:
-        history: ``memorization/history.jsonl`` rows (``step``, ``id``, ``role``, metrics).
-        meta: per-probe extras (``repetitions``) by id, see :func:`~obliviate.report.collect.collect_run`.
-        flagged: ``flagged.jsonl`` rows; their steps are marked as flag events.
-        path: PNG to write.
-    """
-    rows = [r for r in history if "step" in r and "memorization_accuracy" in r]
-    if not rows:
-        return None
-    series: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        series[group_of(str(r["id"]), r.get("role"), meta)][int(r["step"])].append(
-            {"memorization_accuracy": r["memorization_accuracy"], "exact_extraction": r.get("exact_extraction", 0)}
-        )
-    groups = group_order(series)
-    colors = _colors(groups)
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
-    axes = fig.subplots(1, 2, sharex=True)
-    for g in groups:
-        steps = sorted(series[g])
-        stats = [set_statistics(series[g][s]) for s in steps]
-        ma = [st["mean_memorization_accuracy"] for st in stats]
-        ex = [st["extraction_rate"] for st in stats]
-        style = {
-            "color": colors[g],
-            "marker": "o",
-            "markersize": 3,
-            "linewidth": 1.8,
-            "linestyle": "--" if g == "controls" else "-",
-        }
-        n = len(series[g][steps[-1]])
-        axes[0].plot(steps, ma, label=f"{g} (n={n})", **style)
-        axes[1].plot(steps, ex, **style)
-    flag_steps = defaultdict(int)
-    for f in flagged:
-        if f.get("step") is not None:
-            flag_steps[int(f["step"])] += 1
-    for ax in axes:
-        for s in flag_steps:
-            ax.axvline(s, color="#999999", linestyle=":", linewidth=1)
-        ax.set_xlabel("training step")
-        ax.set_ylim(-0.03, 1.08)
-        ax.grid(alpha=0.3)
-    for s, n in sorted(flag_steps.items()):
-        axes[1].annotate(
-            f"+{n} flagged",
-            (s, 0.5),
-            rotation=90,
-            fontsize=8,
-            color="#444444",
-            ha="center",
-            va="center",
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
-        )
-    axes[0].set_ylabel("mean memorization accuracy")
-    axes[0].set_title("Memorization accuracy (share of suffix tokens predicted)")
-    axes[1].set_ylabel("share exactly extractable")
-    axes[1].set_title("Extraction rate (greedy decoding reproduces the suffix)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if flag_steps:
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], color="#999999", linestyle=":"))
-        labels.append("flag event")
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), frameon=False)
-    fig.suptitle("Memorization during fine-tuning, by how often a sequence was seen")
-    return _save(fig, path)
 
 
 def plot_tail(rows: list[dict], path: Path, source: str = "") -> Path | None:
@@ -254,13 +174,7 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
     x = list(range(1, len(steps) + 1))
     fig = Figure(figsize=(12, 6.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1]})
-    for key, label, color in (
-        ("extraction_rate", "forget-set extraction rate", "#d62728"),
-        ("mean_memorization_accuracy", "forget-set mean MA", "#ff7f0e"),
-    ):
-        ys = [(s.get("forget") or {}).get(key) for s in steps]
-        if any(v is not None for v in ys):
-            top.plot(x, [np.nan if v is None else v for v in ys], marker="o", markersize=3, color=color, label=label)
+    _plot_forget(top, x, steps)
     chunks = [s.get("chunk") for s in steps]
     for i in range(1, len(chunks)):
         if chunks[i] != chunks[i - 1]:
@@ -271,10 +185,28 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
     top.grid(alpha=0.3)
     top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     top.set_title("Forgetting: the flagged sequences' memorization per optimizer step")
+    gated = [(i, s["gate"]) for i, s in zip(x, steps) if s.get("gate")]
+    keys = _plot_gated_utility(bottom, report, gated)
+    _mark_gate(bottom, report, gated, legend=bool(keys))
+    fig.suptitle(f"Erasure trajectory ({(report.get('config') or {}).get('method', 'erasure')})")
+    return _save(fig, path)
 
+
+def _plot_forget(ax, x: list[int], steps: list[dict]) -> None:
+    """Top panel's lines: the forget set's extraction rate and mean MA at each step."""
+    for key, label, color in (
+        ("extraction_rate", "forget-set extraction rate", "#d62728"),
+        ("mean_memorization_accuracy", "forget-set mean MA", "#ff7f0e"),
+    ):
+        ys = [(s.get("forget") or {}).get(key) for s in steps]
+        if any(v is not None for v in ys):
+            ax.plot(x, [np.nan if v is None else v for v in ys], marker="o", markersize=3, color=color, label=label)
+
+
+def _plot_gated_utility(ax, report: dict, gated: list[tuple[int, dict]]) -> list[str]:
+    """Bottom panel's lines: each gated score's change from before erasure; returns the scores drawn from."""
     baseline = _flat((report.get("utility") or {}).get("before"))
     directions = score_directions(report)
-    gated = [(i, s["gate"]) for i, s in zip(x, steps) if s.get("gate")]
     keys = sorted({k for _, g in gated for k in _flat(g.get("scores"))})
     wanted = _gated_keys(report)
     if wanted:
@@ -288,38 +220,39 @@ def plot_erasure_trajectory(report: dict, path: Path) -> Path | None:
         if not pts or base is None:
             continue
         lower = lower_is_better(key, directions)
-        bottom.plot(
+        ax.plot(
             [i for i, _ in pts],
             [utility_change(v, base, lower) for _, v in pts],
             linewidth=1.4,
             label=f"{key} ({'% rel.' if lower else 'points'})",
         )
+    return keys
+
+
+def _mark_gate(ax, report: dict, gated: list[tuple[int, dict]], legend: bool) -> None:
+    """Bottom panel's gate decisions (✓ / ✗ at 0), tolerances (dashed), labels and legend."""
     for i, g in gated:
         accepted = g.get("decision") == "accepted"
-        bottom.scatter(
-            [i], [0], marker="$✓$" if accepted else "$✗$", s=110, color=ACCEPT if accepted else REJECT, zorder=5
-        )
+        ax.scatter([i], [0], marker="$✓$" if accepted else "$✗$", s=110, color=ACCEPT if accepted else REJECT, zorder=5)
     for value, label in _gate_tolerances(report):
-        bottom.axhline(value, color="#444444", linestyle="--", linewidth=1)
-        bottom.annotate(label, (0.005, value), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
-    bottom.axhline(0, color="#999999", linewidth=0.8)
-    bottom.set_ylabel("utility change vs before")
-    bottom.set_xlabel("optimizer step (attempts, including rolled-back ones; grey lines separate chunks)")
+        ax.axhline(value, color="#444444", linestyle="--", linewidth=1)
+        ax.annotate(label, (0.005, value), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+    ax.axhline(0, color="#999999", linewidth=0.8)
+    ax.set_ylabel("utility change vs before")
+    ax.set_xlabel("optimizer step (attempts, including rolled-back ones; grey lines separate chunks)")
     n_acc = sum(g.get("decision") == "accepted" for _, g in gated)
-    bottom.set_title(f"Utility gate: {n_acc} accepted (✓), {len(gated) - n_acc} rejected and rolled back (✗)")
-    bottom.grid(alpha=0.3)
-    if keys:
+    ax.set_title(f"Utility gate: {n_acc} accepted (✓), {len(gated) - n_acc} rejected and rolled back (✗)")
+    ax.grid(alpha=0.3)
+    if legend:
         from matplotlib.lines import Line2D
 
-        handles, labels = bottom.get_legend_handles_labels()
+        handles, labels = ax.get_legend_handles_labels()
         handles += [
             Line2D([], [], marker="$✓$", color=ACCEPT, linestyle="", markersize=10),
             Line2D([], [], marker="$✗$", color=REJECT, linestyle="", markersize=10),
         ]
         labels += ["gate accepted", "gate rejected (rolled back)"]
-        bottom.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle(f"Erasure trajectory ({(report.get('config') or {}).get('method', 'erasure')})")
-    return _save(fig, path)
+        ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _gated_keys(report: dict) -> set[str]:
