@@ -297,6 +297,7 @@ class UtilityGate:
             all ``1 + max_retries`` attempts were rejected (weights and optimizer, its lr included, are then
             as they were before the block; ``lr`` is the last one tried).
         """
+        # Longer than most functions only by its signature and Args: the loop itself is the dozen lines below.
         self.snapshot(params, optimizer)
         attempts: list[BlockAttempt] = []
         try:
@@ -305,19 +306,29 @@ class UtilityGate:
                 decision = self.check(model, position() if position is not None else len(records), chunk)
                 attempts.append(BlockAttempt(records, decision, lr))
                 if decision.accepted:
-                    if attempt == 0 and lr_ceiling is not None and lr < lr_ceiling:
-                        lr = min(lr_ceiling, lr * lr_recovery)
-                        set_lr(optimizer, lr)
+                    lr = self._recovered_lr(optimizer, lr, lr_ceiling, lr_recovery) if attempt == 0 else lr
                     return GateBlock(attempts, lr, exhausted=False)
-                self.restore()  # resets the optimizer's lr to the snapshot's: the backoff comes after
-                if after_restore is not None:
-                    after_restore()
-                if attempt < self.max_retries:
-                    lr *= self.backoff
-                    set_lr(optimizer, lr)
+                lr = self._reject(optimizer, lr, attempt, after_restore)
             return GateBlock(attempts, lr, exhausted=True)
         finally:
             self.clear_snapshot()
+
+    def _recovered_lr(self, optimizer, lr: float, lr_ceiling: float | None, lr_recovery: float) -> float:
+        """After a first-attempt acceptance: an lr backed off below ``lr_ceiling`` grows by ``lr_recovery`` (capped)."""
+        if lr_ceiling is not None and lr < lr_ceiling:
+            lr = min(lr_ceiling, lr * lr_recovery)
+            set_lr(optimizer, lr)
+        return lr
+
+    def _reject(self, optimizer, lr: float, attempt: int, after_restore: Callable[[], None] | None) -> float:
+        """Undo a rejected attempt bitwise; the lr of the next attempt (backed off unless this was the last)."""
+        self.restore()  # resets the optimizer's lr to the snapshot's: the backoff comes after
+        if after_restore is not None:
+            after_restore()
+        if attempt < self.max_retries:
+            lr *= self.backoff
+            set_lr(optimizer, lr)
+        return lr
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready record for reports: schedule, resolved tolerances (with directions), the direction of every

@@ -128,25 +128,30 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         )
         cfg = self.config
         self.trainer = trainer
-        self.every_n_steps, self.every_epoch, self.score_on_start = (
-            cfg.every_n_steps,
-            cfg.every_epoch,
-            cfg.score_on_start,
-        )
+        self.every_n_steps, self.every_epoch = cfg.every_n_steps, cfg.every_epoch
+        self.score_on_start = cfg.score_on_start
         self.metrics = tuple(cfg.metrics) if cfg.metrics else HISTORY_METRICS
         self.flag_rule, self.budget, self.sampling = cfg.flag_rule, cfg.budget, cfg.sampling
         self.batch_size, self.min_k, self.progress = cfg.batch_size, cfg.min_k, progress
         self.reference_model = reference_model
-        self.tokenizer = _find_tokenizer(trainer, probes, tokenizer)
+        self._set_probes(probes, tokenizer)
+        self.dir = Path(output_dir or trainer.args.output_dir) / "memorization"
+        self.is_main = trainer.is_world_process_zero()
+        if self.is_main:
+            self._check_writable()
+        self._init_state()
+
+    def _set_probes(self, probes, tokenizer) -> None:
+        """The tokenizer (given, the trainer's or the probes') and the probes, checked against the model."""
+        self.tokenizer = _find_tokenizer(self.trainer, probes, tokenizer)
         ensure_pad_token(self.tokenizer)
         self.probes = probes if isinstance(probes, ProbeSet) else load_probes(probes, self.tokenizer)
         if len(self.probes) == 0:
             raise TrackingError("no probes to track: give at least one probe (members, canaries and controls).")
         self._check_probes()
-        self.dir = Path(output_dir or trainer.args.output_dir) / "memorization"
-        self.is_main = trainer.is_world_process_zero()
-        if self.is_main:
-            self._check_writable()
+
+    def _init_state(self) -> None:
+        """What the run fills in: flags, the last scores, the baselines, and the flag rule's plan per group."""
         self.flagged: dict[str, int | None] = {}
         self.stop_reason: str | None = None
         self.scoring_seconds = 0.0
@@ -155,7 +160,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         self._last_step: int | None = None
         # {probe id: baseline row}: the step-0 scores, or the reference model's (DESIGN §4 calibration).
         self.baselines: dict[str, dict] = {}
-        self.baseline_source = "reference model" if reference_model is not None else "step 0"
+        self.baseline_source = "reference model" if self.reference_model is not None else "step 0"
         self.groups = self.flag_rule.plan((p.group, p.role) for p in self.probes)
 
     # -- checks -----------------------------------------------------------------------------------

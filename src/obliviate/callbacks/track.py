@@ -199,10 +199,6 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, c
     Returns:
         The run directory (``output_dir``).
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
-
     from obliviate.callbacks.memorization import MemorizationCallback
     from obliviate.modeling import freeze_except, load_model, load_model_and_tokenizer
 
@@ -212,41 +208,62 @@ def run_track(recipe: dict | str | os.PathLike, overrides: dict | None = None, c
     model, tokenizer = load_model_and_tokenizer(settings.model, settings.dtype, None, settings.tokenizer)
     if settings.trainable is not None:  # full fine-tuning of part of the model (modeling.freeze_except)
         freeze_except(model, settings.trainable)
-    rows = _load_rows(settings)
-    if not rows:
-        raise RecipeError("the training data has no rows.")
-    columns = _training_columns(rows, args.dataset_text_field)
-    train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
-    probes = build_probes(settings, rows, tokenizer)
+    train, probes = _load_data(settings, tokenizer)
     reference = None
     if cfg.reference_model:
         source = settings.model if cfg.reference_model == "base" else cfg.reference_model
         reference = load_model(source, settings.dtype, args.device.type)
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=settings.lora
-    )
-    for extra in callbacks:
-        if isinstance(extra, (ProgressCallback, PrinterCallback)):
-            trainer.remove_callback(ProgressCallback)
-            trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(extra)
+    trainer = _build_trainer(settings, model, tokenizer, train, callbacks)
     callback = MemorizationCallback(trainer, probes, config=cfg, reference_model=reference)
     trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - t0
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out / "model"))
-        tokenizer.save_pretrained(str(out / "model"))
-        record = {
-            "recipe": settings.record(),
-            "global_step": trainer.state.global_step,
-            "train_seconds": train_seconds,
-            "scoring_seconds": callback.scoring_seconds,
-            "stop_reason": callback.stop_reason,
-            "flagged": len(callback.flagged),
-            "probes": len(probes),
-            "final_summary": callback.last_summary,
-        }
-        (out / "track.json").write_text(json.dumps(record, indent=2, default=str))
+        _save_run(out, settings, trainer, tokenizer, callback, len(probes), train_seconds)
     return out
+
+
+def _load_data(settings, tokenizer):
+    """The training ``Dataset`` (only the columns TRL trains on) and the probes built from the same rows."""
+    from datasets import Dataset
+
+    rows = _load_rows(settings)
+    if not rows:
+        raise RecipeError("the training data has no rows.")
+    columns = _training_columns(rows, settings.training.dataset_text_field)
+    train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
+    return train, build_probes(settings, rows, tokenizer)
+
+
+def _build_trainer(settings, model, tokenizer, train, callbacks):
+    """The ``SFTTrainer`` with the extra callbacks (a given printer replaces the trainer's own)."""
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model, args=settings.training, train_dataset=train, processing_class=tokenizer, peft_config=settings.lora
+    )
+    for extra in callbacks:
+        if isinstance(extra, (ProgressCallback, PrinterCallback)):
+            trainer.remove_callback(ProgressCallback)
+            trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(extra)
+    return trainer
+
+
+def _save_run(out: Path, settings, trainer, tokenizer, callback, n_probes: int, train_seconds: float) -> None:
+    """Save the model and tokenizer under ``out/model`` and the run's record as ``out/track.json``."""
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+    record = {
+        "recipe": settings.record(),
+        "global_step": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "scoring_seconds": callback.scoring_seconds,
+        "stop_reason": callback.stop_reason,
+        "flagged": len(callback.flagged),
+        "probes": n_probes,
+        "final_summary": callback.last_summary,
+    }
+    (out / "track.json").write_text(json.dumps(record, indent=2, default=str))

@@ -77,38 +77,11 @@ def sft_token_split(
     """
     eos = tokenizer.eos_token
     if "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, list):  # conversational prompt/completion
-            prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-            full = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
-        else:
-            if eos is not None and not completion.endswith(eos):
-                completion = completion + eos
-            prompt_ids = _ids(tokenizer(text=prompt))
-            full = _ids(tokenizer(text=prompt + completion))
-        cut = _common_prefix_length(prompt_ids, full)
-        prefix, suffix = full[:cut], full[cut:]
+        prefix, suffix = _prompt_completion_ids(row, tokenizer)
     elif "messages" in row:
-        messages = row["messages"]
-        if not messages or messages[-1].get("role") != "assistant":
-            raise ProbeError(f"row {row.get('id')!r}: a conversational probe needs an assistant message last.")
-        prompt_ids = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-        full = _chat_ids(tokenizer, messages, add_generation_prompt=False)
-        cut = _common_prefix_length(prompt_ids, full)
-        prefix, suffix = full[:cut], full[cut:]
+        prefix, suffix = _messages_ids(row, tokenizer)
     elif text_field in row:
-        text = row[text_field]
-        if eos is not None and not text.endswith(eos):
-            text = text + eos
-        full = _ids(tokenizer(text=text))
-        if not include_eos and eos is not None and full and full[-1] == tokenizer.eos_token_id:
-            full = full[:-1]
-        if len(full) <= prefix_tokens:
-            raise ProbeError(
-                f"row {row.get('id')!r}: text has {len(full)} tokens, none left after a "
-                f"{prefix_tokens}-token prefix. Lower prefix_tokens or drop the row."
-            )
-        prefix, suffix = full[:prefix_tokens], full[prefix_tokens : prefix_tokens + suffix_tokens]
+        prefix, suffix = _text_ids(row[text_field], row.get("id"), tokenizer, include_eos, prefix_tokens, suffix_tokens)
         return prefix, suffix, tokenizer.decode(prefix), tokenizer.decode(suffix)
     else:
         raise ProbeError(
@@ -122,6 +95,51 @@ def sft_token_split(
     else:
         prefix_text, suffix_text = tokenizer.decode(prefix), tokenizer.decode(suffix)
     return prefix, suffix, prefix_text, suffix_text
+
+
+def _prompt_completion_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids of a prompt/completion row: the completion is what follows the prompt's tokens."""
+    eos = tokenizer.eos_token
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, list):  # conversational prompt/completion
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        full = _chat_ids(tokenizer, prompt + completion, add_generation_prompt=False)
+    else:
+        if eos is not None and not completion.endswith(eos):
+            completion = completion + eos
+        prompt_ids = _ids(tokenizer(text=prompt))
+        full = _ids(tokenizer(text=prompt + completion))
+    cut = _common_prefix_length(prompt_ids, full)
+    return full[:cut], full[cut:]
+
+
+def _messages_ids(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids of a messages row: the suffix is the last (assistant) message."""
+    messages = row["messages"]
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ProbeError(f"row {row.get('id')!r}: a conversational probe needs an assistant message last.")
+    prompt_ids = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    full = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+    cut = _common_prefix_length(prompt_ids, full)
+    return full[:cut], full[cut:]
+
+
+def _text_ids(
+    text: str, row_id, tokenizer, include_eos: bool, prefix_tokens: int, suffix_tokens: int
+) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids of a text row: the first ``prefix_tokens`` tokens, then up to ``suffix_tokens``."""
+    eos = tokenizer.eos_token
+    if eos is not None and not text.endswith(eos):
+        text = text + eos
+    full = _ids(tokenizer(text=text))
+    if not include_eos and eos is not None and full and full[-1] == tokenizer.eos_token_id:
+        full = full[:-1]
+    if len(full) <= prefix_tokens:
+        raise ProbeError(
+            f"row {row_id!r}: text has {len(full)} tokens, none left after a "
+            f"{prefix_tokens}-token prefix. Lower prefix_tokens or drop the row."
+        )
+    return full[:prefix_tokens], full[prefix_tokens : prefix_tokens + suffix_tokens]
 
 
 def probes_from_sft_rows(

@@ -165,6 +165,8 @@ def make_corpus(
         retain_per_format: pre-training rows of each format (notes, records) also written to ``retain``.
         seed: everything is a function of this seed.
     """
+    # One function on purpose: the order of its random draws defines the corpus (and so every figure measured
+    # on it); splitting it would invite reordering them. Change nothing here without regenerating the figures.
     rng = random.Random(seed)
     corpus = Corpus()
     used_names: set[str] = set()

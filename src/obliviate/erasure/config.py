@@ -25,6 +25,9 @@ ENTROPY_VARIANTS = ("entropy", "uniform_ce")
 THRESHOLD_SOURCES = ("auto", "controls", "absolute")
 CRITERIA = ("per_sequence", "set_mean")
 OPTIMIZERS = ("adam", "sgd")
+# The fields that must be integers >= 1 (checked in this order).
+_COUNT_FIELDS = ("max_steps", "chunk_size", "batch_size", "retain_batch_size", "extraction_samples", "score_every")
+_COUNT_FIELDS += ("score_batch_size", "min_group_controls", "el_stride")
 
 
 class EraseConfigError(ValueError):
@@ -250,6 +253,15 @@ class EraseConfig:
     plots: bool = field(default=True, metadata={"help": "write PNG plots next to erasure_report.json."})
 
     def __post_init__(self):
+        # Checks run in this order so that the first error a recipe meets is the same as before the split.
+        self._check_choices()
+        self._check_counts()
+        self._check_ranges()
+        self._check_modules()
+        self._check_gate()
+
+    def _check_choices(self):
+        """The named choices (method, selector, ...) and the components' own settings."""
         # The registries are the one list of methods and selectors (a new loss is one file); imported here
         # because the loss and selector modules import torch and this module is read before anything heavy.
         from obliviate.erasure.losses import LOSSES
@@ -276,36 +288,28 @@ class EraseConfig:
             )
         if self.el_n is not None and (not isinstance(self.el_n, int) or self.el_n < 1):
             raise EraseConfigError(f"el_n must be an integer >= 1 or null; got {self.el_n!r}.")
-        if (
-            not 0 < self.gate_fraction < 1
-            or not 0 <= self.audit_fraction < 1
-            or self.gate_fraction + self.audit_fraction > 1
-        ):
+
+    def _check_counts(self):
+        """The data split fractions, the optimizer, select_fraction and the integer counts."""
+        gate, audit = self.gate_fraction, self.audit_fraction
+        if not 0 < gate < 1 or not 0 <= audit < 1 or gate + audit > 1:
             raise EraseConfigError(
-                f"gate_fraction must be in (0, 1) and audit_fraction in [0, 1) with a sum <= 1; "
-                f"got {self.gate_fraction} and {self.audit_fraction}."
+                f"gate_fraction must be in (0, 1) and audit_fraction in [0, 1) with a sum <= 1; got {gate} and {audit}."
             )
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.forget_reduction is not None:
             _one_of("forget_reduction", self.forget_reduction, ("token", "sequence"))
         if not 0 < self.select_fraction <= 1:
             raise EraseConfigError(f"select_fraction must be in (0, 1]; got {self.select_fraction}.")
-        for name in (
-            "max_steps",
-            "chunk_size",
-            "batch_size",
-            "retain_batch_size",
-            "extraction_samples",
-            "score_every",
-            "score_batch_size",
-            "min_group_controls",
-            "el_stride",
-        ):
+        for name in _COUNT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EraseConfigError(f"{name} must be an integer >= 1; got {value!r}.")
         if self.reselect_every is not None and (not isinstance(self.reselect_every, int) or self.reselect_every < 1):
             raise EraseConfigError(f"reselect_every must be an integer >= 1 or null; got {self.reselect_every!r}.")
+
+    def _check_ranges(self):
+        """The optimizer's numbers and the forgetting thresholds."""
         if not self.learning_rate > 0:
             raise EraseConfigError(f"learning_rate must be > 0; got {self.learning_rate}.")
         if not self.lr_recovery >= 1:
@@ -316,15 +320,8 @@ class EraseConfig:
             raise EraseConfigError(f"weight_decay must be >= 0; got {self.weight_decay}.")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise EraseConfigError("adam_beta1 and adam_beta2 must be in [0, 1).")
-        if not all(
-            0 <= v <= 1
-            for v in (
-                self.max_memorization_accuracy,
-                self.max_extraction_probability,
-                self.max_extraction_likelihood,
-                self.extraction_probability_floor,
-            )
-        ):
+        limits = (self.max_memorization_accuracy, self.max_extraction_probability, self.max_extraction_likelihood)
+        if not all(0 <= v <= 1 for v in (*limits, self.extraction_probability_floor)):
             raise EraseConfigError(
                 "max_memorization_accuracy, max_extraction_probability, max_extraction_likelihood "
                 "and extraction_probability_floor must be in [0, 1]."
@@ -335,6 +332,9 @@ class EraseConfig:
             raise EraseConfigError(
                 f"control_quantile must be in (0, 1] or null (the mean); got {self.control_quantile!r}."
             )
+
+    def _check_modules(self):
+        """target_modules (normalized to a list of valid regexes) and the lora section."""
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if self.target_modules is not None and (
@@ -357,6 +357,9 @@ class EraseConfig:
             raise EraseConfigError(f"lora must be a mapping of peft.LoraConfig fields; got {self.lora!r}.")
         if self.target == "lora":
             self.lora_config()  # unknown LoraConfig keys fail here, before any model is loaded
+
+    def _check_gate(self):
+        """The gate section (its keys checked now, not mid-run) and the utility list."""
         if isinstance(self.gate, str) and self.gate != "default":
             raise EraseConfigError(f"gate must be a mapping, 'default' or null; got {self.gate!r}.")
         if self.gate is not None and not isinstance(self.gate, (str, dict)):

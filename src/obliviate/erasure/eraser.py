@@ -30,14 +30,7 @@ from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.chunk import ChunkState, attempt_records
 from obliviate.erasure.config import EraseConfig
 from obliviate.erasure.criterion import build_criterion
-from obliviate.erasure.inputs import (
-    RetainSplit,
-    audit_suite,
-    build_gate,
-    read_heldout,
-    read_retain,
-    split_retain,
-)
+from obliviate.erasure.inputs import RetainSplit, audit_suite, build_gate, read_heldout, read_retain, split_retain
 from obliviate.erasure.log import ErasureLog
 from obliviate.erasure.losses import get_loss
 from obliviate.erasure.passes import EraserPasses
@@ -101,17 +94,37 @@ class Eraser(EraserPasses):
         self.config = config = config or EraseConfig()
         self.model, self.tokenizer, self.progress = model, tokenizer, progress
         ensure_pad_token(tokenizer)
+        self._set_probes(forget, controls, collateral)
+        uses_retain = self._set_components(retain)
+        self._set_retain(retain, heldout, uses_retain)
+        self._set_gate(gate)
+        self.checkpoint_dir = checkpoint_dir
+        self.accelerator = accelerator or Accelerator()
+        self.sampling = SamplingConfig(n=config.extraction_samples)
+        self.log = ErasureLog(
+            config=config.to_dict(),
+            retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
+            groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s for p in s},
+            retain_split=self.split.to_dict() if self.split is not None else None,
+        )
+
+    def _set_probes(self, forget: ProbeSet, controls: ProbeSet | None, collateral: ProbeSet | None) -> None:
+        """Check the forget set and the controls against the model; drop collateral rows that are being erased."""
         if forget is None or len(forget) == 0:
             raise ProbeError("the forget set is empty: there is nothing to erase. Check --forget (and --ids).")
         if controls is not None and len(controls) == 0:
             controls = None
-        limit = context_length(model)
+        limit = context_length(self.model)
         self.forget = forget.check_fits(limit)  # a sequence longer than the context is an error naming it
-        self.forget.check_vocab(model.get_input_embeddings().num_embeddings)
+        self.forget.check_vocab(self.model.get_input_embeddings().num_embeddings)
         if controls is not None:
             controls.check_fits(limit)
         self.controls = controls
         self.collateral = ProbeSet(p for p in collateral if p.id not in self.forget) if collateral else None
+
+    def _set_components(self, retain) -> bool:
+        """The loss and the selector of the config; whether either uses retain text (an error when none is given)."""
+        config = self.config
         self.loss = get_loss(config)
         # `contrastive` is EMSO's forget-only metric (lambda = 0, the paper's "no data but the forget set");
         # `contrastive_retain` is obliviate's extension with lambda = retain_contrast.
@@ -124,7 +137,12 @@ class Eraser(EraserPasses):
         uses_retain = self.loss.needs_retain or "retain_nll" in self.selector.needs
         if uses_retain and not retain:
             raise ValueError(f'method {config.method!r} needs retained text: pass --retain FILE ({{"text"}} JSONL).')
-        self.heldout_texts = read_heldout(heldout, self.forget, tokenizer) if heldout is not None else None
+        return uses_retain
+
+    def _set_retain(self, retain, heldout, uses_retain: bool) -> None:
+        """The held-out texts and the retain split (loss / gate / audit parts; no audit part beside held-out text)."""
+        config = self.config
+        self.heldout_texts = read_heldout(heldout, self.forget, self.tokenizer) if heldout is not None else None
         texts = read_retain(retain)
         self.split = (
             split_retain(
@@ -135,25 +153,15 @@ class Eraser(EraserPasses):
         )
         # Losses and the selector see only their part; the gate and the audit never see it.
         self.retain_texts = self.split.loss if self.split is not None else []
+
+    def _set_gate(self, gate) -> None:
+        """The gate (built from the config unless given) and the audit suite scored before/after."""
         if gate is None:
-            gate = build_gate(config, tokenizer, self.split or RetainSplit([], [], []))
+            gate = build_gate(self.config, self.tokenizer, self.split or RetainSplit([], [], []))
         self.gate = gate
-        self.audit = audit_suite(
-            self.gate,
-            self.heldout_texts
-            if self.heldout_texts is not None
-            else (self.split.audit if self.split is not None else []),
-            tokenizer,
-        )
-        self.checkpoint_dir = checkpoint_dir
-        self.accelerator = accelerator or Accelerator()
-        self.sampling = SamplingConfig(n=config.extraction_samples)
-        self.log = ErasureLog(
-            config=config.to_dict(),
-            retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
-            groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s for p in s},
-            retain_split=self.split.to_dict() if self.split is not None else None,
-        )
+        split_audit = self.split.audit if self.split is not None else []
+        texts = self.heldout_texts if self.heldout_texts is not None else split_audit
+        self.audit = audit_suite(self.gate, texts, self.tokenizer)
 
     # ---------------------------------------------------------------- setup
     def _prepare_model(self) -> None:

@@ -119,10 +119,31 @@ def run_erase(
         Path: ``out_dir``, holding the model (or LoRA adapter), tokenizer, ``erasure_report.json`` and plots.
     """
     from obliviate.erasure.eraser import Eraser
-    from obliviate.modeling import load_model_and_tokenizer
 
     config = config or EraseConfig()
     out = check_new_dir(out_dir)
+    _check_inputs(out, model_path, config, forget_path, controls_path, retain_path, heldout_path)
+    model, tokenizer, forget, controls, collateral, retain, retain_info = _load_inputs(
+        config, model_path, forget_path, controls_path, retain_path, ids, roles
+    )
+    eraser = Eraser(
+        model,
+        tokenizer,
+        forget,
+        config,
+        controls=controls,
+        retain=retain,
+        checkpoint_dir=partial_dir(out),
+        progress=progress,
+        heldout=heldout_path,
+        collateral=collateral,
+    )
+    _write_outputs(eraser, eraser.erase(), retain_info, out)
+    return out
+
+
+def _check_inputs(out: Path, model_path, config: EraseConfig, forget_path, controls_path, retain_path, heldout_path):
+    """Fail before any model is loaded: a missing input file, graddiff without retain text, or ``out`` in the model."""
     for path, what in (
         (forget_path, "forget"),
         (controls_path, "controls"),
@@ -141,6 +162,17 @@ def run_erase(
                 f"--out {out} is inside the input model directory {model_dir}; the input is never "
                 "modified: write the erased model elsewhere."
             )
+
+
+def _load_inputs(config: EraseConfig, model_path, forget_path, controls_path, retain_path, ids, roles):
+    """The model and tokenizer, the forget set and controls, the collateral probes and the retain text.
+
+    Returns:
+        ``(model, tokenizer, forget, controls, collateral, retain, retain_info)``: ``collateral`` is the controls
+        file's member/canary rows not being erased (or None), ``retain_info`` the report's ``retain`` entry.
+    """
+    from obliviate.modeling import load_model_and_tokenizer
+
     model, tokenizer = load_model_and_tokenizer(model_path, config.dtype)
     forget, controls = load_forget(forget_path, tokenizer, controls_path, ids, roles)
     collateral = None
@@ -154,23 +186,13 @@ def run_erase(
     retain, retain_info = retain_path, None
     if retain_path is not None:
         retain, retain_info = filter_retain(retain_path, forget, tokenizer)
-    partial = partial_dir(out)
-    eraser = Eraser(
-        model,
-        tokenizer,
-        forget,
-        config,
-        controls=controls,
-        retain=retain,
-        checkpoint_dir=partial,
-        progress=progress,
-        heldout=heldout_path,
-        collateral=collateral,
-    )
-    result = eraser.erase()
+    return model, tokenizer, forget, controls, collateral, retain, retain_info
+
+
+def _write_outputs(eraser, result, retain_info: dict | None, out: Path) -> None:
+    """Save the result into ``out`` (main process only) and drop the resume state it no longer needs."""
     result.report["retain"] = retain_info
     if eraser.accelerator.is_main_process:
         result.save(out)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial_dir(out), ignore_errors=True)
     eraser.accelerator.wait_for_everyone()
-    return out
