@@ -152,14 +152,12 @@ def _track(out: Path, settings: DemoSettings, toy: Path) -> tuple[Path, Path, li
 def _split_retain(out: Path, toy: Path, track: Path, flagged_path: Path, probe_rows: list[dict]) -> None:
     """OUT/data: retain.jsonl without the flagged rows (one cannot keep and forget a row), and the controls."""
     from obliviate.data.flagged import read_flagged
-    from obliviate.data.probes import read_jsonl
     from obliviate.erasure.run import filter_retain
     from obliviate.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(track / "model")
     kept, _ = filter_retain(toy / "retain.jsonl", read_flagged(flagged_path, tokenizer), tokenizer)
-    texts = kept if isinstance(kept, list) else [r["text"] for r in read_jsonl(kept)]
-    _write_jsonl(out / "data" / "retain.jsonl", [{"text": t} for t in texts])
+    _write_jsonl(out / "data" / "retain.jsonl", [{"text": t} for t in kept])
     _write_jsonl(out / "data" / "controls.jsonl", [r for r in probe_rows if r.get("role") == "control"])
 
 
