@@ -49,7 +49,7 @@ def test_toy_then_score_writes_scores_and_summary(toy, tmp_path, capsys):
         assert row["reference_ratio"] == pytest.approx(0.0, abs=1e-5)
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     roles = {role: sum(p["role"] == role for p in probes) for role in ("member", "canary", "control")}
-    assert roles == {"member": 160, "canary": 16, "control": 32}
+    assert roles == {"member": 160, "canary": 16, "control": 256}
     for role, n in roles.items():
         assert summary[f"count/{role}"] == n
     trained = [r for r in rows if r["role"] != "control"]

@@ -264,10 +264,9 @@ def _greedy_extracted(model, tokenizer, rows: list[dict]) -> set[str]:
     return {r["id"] for r, g in zip(rows, out) if g == r["suffix_ids"]}
 
 
-# Known gaps, measured (docs/perf/erasure.md): seed 1 removes every extraction but the PIN controls keep 60% of
-# their MA (0.156 -> 0.094; the base model's is 0.063); seed 2 leaves one x8 canary extractable. Strict, so the day
-# a seed passes its mark must go.
-_SEED_GAPS = {1: "PIN controls keep 60% of their MA (75% required)", 2: "one x8 canary stays greedy-extractable"}
+# Known gap, measured (docs/perf/erasure.md): seed 2 leaves one x8 canary greedy-extractable. Strict, so the day
+# the seed passes its mark must go.
+_SEED_GAPS = {2: "one x8 canary stays greedy-extractable"}
 
 
 @pytest.mark.slow

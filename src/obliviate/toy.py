@@ -11,7 +11,7 @@ Layout written by :func:`build_toy`::
     OUT/train.jsonl      SFT rows {"id", "prompt", "completion"} (canaries repeated)
     OUT/probes.jsonl     probes {"id", "role", "prompt", "completion", "repetitions"}
     OUT/retain.jsonl     non-secret text to keep {"text"} (trained rows + base pre-training notes and records)
-    OUT/heldout.jsonl    never-trained text (the controls' full text)
+    OUT/heldout.jsonl    never-trained text (the first 32 controls' full text)
     OUT/multiple_choice.jsonl  {"context", "choices", "label"} about facts in train.jsonl
 """
 
@@ -139,7 +139,7 @@ def build_toy(out: str | os.PathLike, config: ToyConfig | None = None, corpus: C
     model.save_pretrained(out / "base")
     tokenizer.save_pretrained(out / "base")
     _write_jsonl(out / "train.jsonl", corpus.train)
-    _write_jsonl(out / "probes.jsonl", corpus.probes)
+    _write_jsonl(out / "probes.jsonl", corpus.probes + corpus.calibration_controls)
     _write_jsonl(out / "retain.jsonl", corpus.retain)
     _write_jsonl(out / "heldout.jsonl", corpus.heldout)
     _write_jsonl(out / "multiple_choice.jsonl", corpus.multiple_choice)

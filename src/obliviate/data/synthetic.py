@@ -111,6 +111,10 @@ class Corpus:
     """``{"context", "choices", "label"}`` rows about the facts in ``train``."""
     pretrain: list[dict] = field(default_factory=list)
     """``{"text"}`` rows for building the base model (no SFT records, no canaries)."""
+    calibration_controls: list[dict] = field(default_factory=list)
+    """More never-trained control probes (the ``probes`` row shape), drawn after everything else so that the rest of
+    the corpus, the tokenizer and the base model are what they are without them: they only make the controls'
+    thresholds and collateral measurable (``controls_per_group``)."""
 
 
 def _person(rng: random.Random) -> dict:
@@ -150,6 +154,7 @@ def make_corpus(
     canary_digits: int = 6,
     fact_repetitions: int = 24,
     retain_per_format: int = 32,
+    controls_per_group: int = 128,
     seed: int = 0,
 ) -> Corpus:
     """Generate the synthetic corpus.
@@ -163,6 +168,10 @@ def make_corpus(
         fact_repetitions: how often each world fact appears in ``train`` and in the base's pre-training text
             (24: the base knows 12 of the 16, the fine-tuned model all; at 12 the base knew none).
         retain_per_format: pre-training rows of each format (notes, records) also written to ``retain``.
+        controls_per_group: never-trained controls of each group in all, the ``n_controls`` / 2 above plus
+            ``calibration_controls``. A PIN is uniform random, so every model's expected MA on PIN controls is
+            1/10 whatever it knows: on 16 of them (96 digits) MA is 0.10 +- 0.03 by chance alone, too coarse to
+            resolve a 75% collateral bound or a 0.9-quantile threshold; 128 (768 digits) give +- 0.011.
         seed: everything is a function of this seed.
     """
     # One function on purpose: the order of its random draws defines the corpus (and so every figure measured
@@ -253,4 +262,16 @@ def make_corpus(
     corpus.pretrain.extend(dict(f) for f in facts for _ in range(fact_repetitions))
 
     rng.shuffle(corpus.train)
+    # Drawn last, from the same generator, so every row above is what it was with the original 16 per group.
+    per_group = {PIN_GROUP: n_controls - n_controls // 2, RECORD_GROUP: n_controls // 2}
+    for group in (PIN_GROUP, RECORD_GROUP):
+        for _ in range(max(0, controls_per_group - per_group[group])):
+            i = n_controls + len(corpus.calibration_controls)
+            if group == PIN_GROUP:
+                prompt, completion = canary_prompt(fresh_name()), " " + canary_secret(rng, canary_digits)
+                extra = {"secret_format": f"digits:{canary_digits}"}
+            else:
+                (prompt, completion), extra = _record(rng), {}
+            row = {"id": f"control-{i:03d}", "prompt": prompt, "completion": completion, **extra, "group": group}
+            corpus.calibration_controls.append({**row, "role": "control", "repetitions": 0})
     return corpus
