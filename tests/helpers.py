@@ -35,7 +35,9 @@ def corpus_tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
         # fact_repetitions 12: the fixtures are trained a fixed number of steps on this corpus (more facts, less memorized)
-        corpus = make_corpus(n_members=40, canaries_per_repetition=2, n_controls=16, fact_repetitions=12, controls_per_group=8, seed=1)
+        corpus = make_corpus(
+            n_members=40, canaries_per_repetition=2, n_controls=16, fact_repetitions=12, controls_per_group=8, seed=1
+        )
         texts = [r["prompt"] + r["completion"] for r in corpus.train + corpus.probes]
         _TOKENIZER = (corpus, train_tokenizer(texts, vocab_size=512))
     return _TOKENIZER

@@ -141,6 +141,42 @@ def test_graddiff_is_ascent_plus_weighted_retain_nll(setup, reduction):
     assert_same(model, ours, direct)
 
 
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_unlikelihood_is_minus_log_one_minus_p_plus_weighted_retain_nll(setup, reduction):
+    model, tok, prefixes, suffixes = setup
+    retain_rows = [prefixes[1] + suffixes[1], suffixes[0] + prefixes[2]]
+    config = EraseConfig(method="unlikelihood", forget_reduction=reduction, method_args={"retain_weight": 0.4})
+    # Welleck et al. 2019 on each forget token: -log(1 - p_t(y_t)), written here from p itself.
+    per_seq = [-torch.log(1 - suffix_log_probs_unpadded(model, p, s).exp()) for p, s in zip(prefixes, suffixes)]
+    forget = (
+        torch.cat(per_seq).sum() / sum(SUFFIXES)
+        if reduction == "token"
+        else torch.stack([t.mean() for t in per_seq]).mean()
+    )
+    retain = torch.cat([suffix_log_probs_unpadded(model, r[:1], r[1:]) for r in retain_rows])
+    direct = forget + 0.4 * (-retain.sum() / retain.numel())
+    ours = eraser_objective(model, config, prefixes, suffixes, retain=padded(retain_rows, "left", tok.pad_token_id))
+    assert_same(model, ours, direct)
+
+
+def test_unlikelihood_pushes_memorized_tokens_hardest_where_ascent_pushes_least():
+    """The reason the loss exists: on the logits, GA's token gradient has size 1 - p and vanishes on a memorized
+    token; the unlikelihood gradient is p / (1 - p) times it, largest exactly there, and finite at p = 1."""
+    from obliviate.erasure.losses.base import SuffixOutput
+
+    logits = torch.tensor([[[9.0, 0.0, 0.0], [0.0, 0.0, 0.0], [30.0, 0.0, 0.0]]], requires_grad=True)
+    out = SuffixOutput(logits, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+    for method in ("ga", "unlikelihood"):
+        config = EraseConfig(method=method, forget_reduction="sequence", method_args=None)
+        (grad,) = torch.autograd.grad(get_loss(config).sequence_losses(out).sum(), logits)
+        size = grad[0, :, 0].abs()
+        if method == "ga":
+            assert size[0] < 0.01 and size[0] < size[1]  # p = 0.9998: ascent barely moves it
+        else:
+            assert size[0] > 0.3 and size[0] > 2 * size[1] and torch.isfinite(grad).all()  # p ~ 1: still pushed
+            assert size[2] > 0.3  # float32 rounds p to 1.0 here: still finite, still pushed
+
+
 @pytest.mark.parametrize("method,reduction", [("npo", "sequence"), ("npo", "token"), ("npo_rt", "sequence")])
 def test_npo_loss_and_gradient(setup, method, reduction):
     model, tok, prefixes, suffixes = setup
@@ -187,7 +223,14 @@ def test_bad_forget_reduction_is_a_clear_error():
 
 def test_default_reduction_is_each_losses_reference_convention():
     # null = the loss's own: token for ga/graddiff (Jang et al., open-unlearning), sequence for npo and emso.
-    expected = {"ga": "token", "graddiff": "token", "npo": "sequence", "npo_rt": "sequence", "emso": "sequence"}
+    expected = {
+        "ga": "token",
+        "graddiff": "token",
+        "unlikelihood": "token",
+        "npo": "sequence",
+        "npo_rt": "sequence",
+        "emso": "sequence",
+    }
     for method, reduction in expected.items():
         assert get_loss(EraseConfig(method=method)).reduction == reduction, method
         assert get_loss(EraseConfig(method=method, forget_reduction="sequence")).reduction == "sequence"

@@ -63,7 +63,11 @@ def test_the_loss_reads_its_args():
 
 def test_defaults_are_filled_in_from_the_method_config_class():
     assert EraseConfig().method_args == {"entropy_variant": "uniform_ce"}
-    assert EraseConfig(method="npo_rt").method_args == {"retain_weight": 1.0, "npo_beta": 0.1}
+    assert EraseConfig(method="npo_rt").method_args == {
+        "retain_weight": 1.0,
+        "retain_objective": "nll",
+        "npo_beta": 0.1,
+    }
     assert EraseConfig(method="ga").method_args == {}
     assert EraseConfig(selector="contrastive_retain").selector_args == {"retain_contrast": 1.0}
     assert EraseConfig(selector="contrastive").selector_args == {}
@@ -111,7 +115,7 @@ def test_bad_method_args_are_clear_errors(kwargs, message):
 
 def test_a_recipe_mapping_with_method_args_loads():
     config = from_dict(EraseConfig, {"method": "npo_rt", "method_args": {"npo_beta": 0.2}, "retain_weight": 0.5})
-    assert config.method_args == {"retain_weight": 0.5, "npo_beta": 0.2}
+    assert config.method_args == {"retain_weight": 0.5, "retain_objective": "nll", "npo_beta": 0.2}
 
 
 def test_every_registered_component_config_is_a_documented_dataclass():

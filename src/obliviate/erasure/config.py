@@ -54,7 +54,8 @@ class EraseConfig:
         default_factory=dict,
         metadata={
             "help": "the method's own settings, checked against its loss class's config_class (emso: entropy_variant; "
-            "graddiff: retain_weight; npo: npo_beta; npo_rt: both; clipped_ga: clip_probability; ga: none). "
+            "graddiff, unlikelihood: retain_weight, retain_objective; npo: npo_beta; npo_rt: all three; clipped_ga: "
+            "clip_probability; ga: none). "
             "After validation: every field of that class, defaults filled in."
         },
     )

@@ -356,6 +356,7 @@ class Eraser(EraserPasses):
 
             extra = UtilitySuite.from_config(config.utility, self.tokenizer)
         self._measure("before", extra)
+        self._cache_retain_original()  # the model is still the original here
         self.criterion = build_criterion(config, self.controls)
         reference = (
             {r["id"]: r["suffix_log_prob"] for r in log.scores.forget_before} if self.loss.needs_reference else None

@@ -46,16 +46,39 @@ class EraserPasses:
     def _rows_per_pass(self, longest: int) -> int:
         return rows_per_pass(longest, self.model.get_input_embeddings().num_embeddings, self.config.batch_size)
 
-    def _retain_rows(self, generator: torch.Generator) -> list[list[int]]:
-        """Token ids of ``retain_batch_size`` retain texts (the loss split), drawn with ``generator``; >= 2 tokens."""
+    def _retain_pick(self, generator: torch.Generator) -> list[int]:
+        """Indices of ``retain_batch_size`` retain texts (the loss split), drawn with ``generator``."""
         n = min(self.config.retain_batch_size, len(self.retain_texts))
-        pick = torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
+        return torch.randperm(len(self.retain_texts), generator=generator)[:n].tolist()
+
+    def _retain_ids(self, index: int) -> list[int]:
         limit = context_length(self.model)
-        rows = [
-            self.tokenizer(self.retain_texts[i], truncation=bool(limit), max_length=limit or None)["input_ids"]
-            for i in pick
-        ]
-        return [list(r) for r in rows if len(r) >= 2] or [list(rows[0]) * 2]
+        text = self.retain_texts[index]
+        return list(self.tokenizer(text, truncation=bool(limit), max_length=limit or None)["input_ids"])
+
+    def _retain_rows(self, generator: torch.Generator) -> list[list[int]]:
+        """Token ids of one seeded draw of retain texts, each >= 2 tokens."""
+        rows = [self._retain_ids(i) for i in self._retain_pick(generator)]
+        return [r for r in rows if len(r) >= 2] or [rows[0] * 2]
+
+    def _cache_retain_original(self) -> None:
+        """Before the first step: the original's retain distributions, when the loss's retain term is a KL."""
+        self.retain_original = None
+        if self.loss.needs_retain and getattr(self.loss, "retain_objective", "nll") == "kl" and self.retain_texts:
+            from obliviate.erasure.retain_kl import OriginalRetainCache
+
+            rows = [self._retain_ids(i) for i in range(len(self.retain_texts))]
+            size = self._rows_per_pass(max(len(r) for r in rows))
+            self.retain_original = OriginalRetainCache(self.model, rows, self.tokenizer.pad_token_id, size)
+
+    def _retain_loss_terms(self, generator: torch.Generator):
+        """The shares of the loss's retain term on one seeded draw: its NLL, or its KL to the original."""
+        if getattr(self, "retain_original", None) is None:
+            yield from self._retain_nll_terms(generator)
+            return
+        picks = self._retain_pick(generator)
+        size = self._rows_per_pass(max(len(self.retain_original.rows[i]) for i in picks))
+        yield from self.retain_original.kl_terms(self.model, picks, self.tokenizer.pad_token_id, size)
 
     def _retain_nll_terms(self, generator: torch.Generator):
         """Token-bounded shares of the retain NLL of one seeded draw of retain rows (losses/base.py)."""
@@ -90,7 +113,7 @@ class EraserPasses:
                 terms["nll"] = keep(out.sequence_nll()).sum() / total
             yield terms
         if "loss" in kinds and self.loss.needs_retain:
-            for share in self._retain_nll_terms(generator):
+            for share in self._retain_loss_terms(generator):
                 retain = self.loss.retain_loss(share)
                 if retain is not None:
                     yield {"loss": retain / self.accelerator.num_processes}

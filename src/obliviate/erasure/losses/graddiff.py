@@ -23,17 +23,34 @@ from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 class RetainTermConfig:
     """``method_args`` of the losses with a retain term (graddiff; npo_rt adds npo_beta)."""
 
-    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain NLL term (alpha), >= 0."})
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain term (alpha), >= 0."})
+    retain_objective: str = field(
+        default="nll",
+        metadata={
+            "help": "nll: the retain text's NLL (the published GradDiff / NPO-RT); kl: KL(original || current) on it "
+            "(erasure/retain_kl.py), which keeps the model where it was instead of fitting the text."
+        },
+    )
 
     def __post_init__(self):
+        from obliviate.erasure.retain_kl import RETAIN_OBJECTIVES
+
         if not self.retain_weight >= 0:
             raise EraseConfigError(f"retain_weight must be >= 0; got {self.retain_weight}.")
+        if self.retain_objective not in RETAIN_OBJECTIVES:
+            raise EraseConfigError(
+                f"retain_objective must be one of {', '.join(RETAIN_OBJECTIVES)}; got {self.retain_objective!r}."
+            )
 
 
 class RetainNLL:
-    """Mixin: ``retain_weight`` x the retain batch's token-mean NLL (graddiff, npo_rt)."""
+    """Mixin: ``retain_weight`` x the retain batch's token-mean NLL, or its KL to the original (graddiff, npo_rt)."""
 
     needs_retain = True
+
+    @property
+    def retain_objective(self) -> str:
+        return self.args.retain_objective
 
     def retain_loss(self, retain_nll: torch.Tensor) -> torch.Tensor | None:
         weight = self.args.retain_weight

@@ -1,0 +1,77 @@
+"""The retain term as KL to the original model: ``method_args.retain_objective: kl``.
+
+    python -c "from obliviate.erasure.retain_kl import OriginalRetainCache; help(OriginalRetainCache)"
+
+GradDiff's published retain term is the NLL of the retain text (Liu et al. 2022; open-unlearning's
+``retain_loss_type: NLL``). Minimizing it *fits* that text: on a pretrained model and prose it was
+never fine-tuned on, perplexity there falls step after step (SmolLM2 on license text: 130.9 -> 117.9),
+which a two-sided gate rightly calls drift, and which spends the erasure's budget on learning instead
+of on keeping. The KL form (open-unlearning's ``retain_loss_type: KL``, the "KL minimization" baseline
+of TOFU, Maini et al. 2024) instead pulls the current model's next-token distributions on the retain
+rows back toward the original's: zero at the start, never rewarded for moving.
+
+The original's distributions are computed once, before the first step, for every text of the loss
+split, and cached as top-k log-probabilities with their ids (the ``kl_to_original`` benchmark's
+coarsening, :func:`obliviate.benchmarks.kl.coarse_kl`, a lower bound on the full KL that is exact when
+the original puts no mass outside its top k). Memory: k x (4 + 8) bytes per retain token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from obliviate.benchmarks.kl import coarse_kl
+from obliviate.erasure.losses.base import forward_suffix
+
+RETAIN_OBJECTIVES = ("nll", "kl")
+
+
+class OriginalRetainCache:
+    """Top-k next-token log-probs of the original model on each retain row (token ids, >= 2 tokens).
+
+    Args:
+        model: the model before erasure (scored without gradients).
+        rows: token ids of every retain text the losses may draw, in the order the draws index them.
+        pad_token_id: any valid id (padding is masked).
+        rows_per_pass: at most this many rows a forward pass.
+        top_k: log-probs kept per position.
+    """
+
+    def __init__(self, model, rows: list[list[int]], pad_token_id: int, rows_per_pass: int, top_k: int = 64):
+        self.rows = rows
+        self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        with torch.no_grad():
+            for start in range(0, len(rows), rows_per_pass):
+                part = rows[start : start + rows_per_pass]
+                usable = [r for r in part if len(r) >= 2]
+                if not usable:
+                    self.cache += [None] * len(part)
+                    continue
+                out = forward_suffix(model, [r[:1] for r in usable], [r[1:] for r in usable], pad_token_id)
+                log_probs, b = out.log_probs(), 0
+                for r in part:
+                    if len(r) < 2:
+                        self.cache.append(None)
+                        continue
+                    values, ids = log_probs[b][out.valid[b]].topk(min(top_k, log_probs.shape[-1]), dim=-1)
+                    self.cache.append((values.cpu(), ids.cpu()))
+                    b += 1
+
+    def kl_terms(self, model, picks: list[int], pad_token_id: int, rows_per_pass: int):
+        """Shares of the mean per-token KL(original || current) over the rows ``picks`` that sum to it.
+
+        Each share divides by the draw's whole token count, so backward on each in turn accumulates the
+        gradient of the full mean, as :func:`~obliviate.erasure.losses.base.retain_nll_terms` does for the NLL.
+        """
+        picks = [i for i in picks if self.cache[i] is not None]
+        targets = sum(len(self.rows[i]) - 1 for i in picks)
+        for start in range(0, len(picks), rows_per_pass):
+            part = picks[start : start + rows_per_pass]
+            rows = [self.rows[i] for i in part]
+            out = forward_suffix(model, [r[:1] for r in rows], [r[1:] for r in rows], pad_token_id)
+            log_probs = out.log_probs()
+            total = log_probs.new_zeros(())
+            for b, i in enumerate(part):
+                p_log, p_idx = (t.to(log_probs.device) for t in self.cache[i])
+                total = total + coarse_kl(p_log, p_idx, log_probs[b][out.valid[b]]).sum()
+            yield total / targets
