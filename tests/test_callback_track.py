@@ -125,7 +125,7 @@ def test_recipe_checks_before_loading_anything(mini_toy, tmp_path):
         assert not settings.training.activation_checkpointing
 
 
-def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path):
+def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path, caplog):
     corpus, tokenizer = corpus_tokenizer()
     settings = load_track_recipe(
         {**_paths(mini_toy, tmp_path), "probes": None, "controls": str(mini_toy / "controls.jsonl")}
@@ -135,8 +135,10 @@ def test_default_probes_from_train_rows_and_controls(mini_toy, tmp_path):
     assert probes["canary-x8-0"].meta["repetitions"] == 8 and probes["canary-x1-0"].meta["repetitions"] == 1
     assert len(probes.by_role("control")) == 16 and len(probes.by_role("member")) == 48
     settings.tracking.max_probes = 30
-    capped = build_probes(settings, rows, tokenizer)
+    with caplog.at_level("WARNING", logger="obliviate.callbacks.track"):
+        capped = build_probes(settings, rows, tokenizer)
     assert len(capped) == 30 and len(capped.by_role("control")) == 16
+    assert "tracking 14 of 48 members" in caplog.text  # 30 - the 16 controls
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ class TrackConfig:
     )
     batch_size: int = field(default=32, metadata={"help": "Probes per forward pass."})
     max_probes: int | None = field(
-        default=256,
+        default=512,
         metadata={
             "help": "run_track keeps at most this many probes: members are subsampled (seeded), "
             "canaries and controls always kept. null keeps all."

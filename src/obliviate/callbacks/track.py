@@ -18,6 +18,7 @@ or LoRA adapter, with its tokenizer), checkpoints when ``training.save_strategy`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -29,6 +30,8 @@ from obliviate.callbacks.config import TrackConfig
 from obliviate.config import RecipeError, from_dict, load_recipe, section
 
 SFT_ROW_KEYS = ("prompt", "messages")
+
+logger = logging.getLogger(__name__)
 
 
 def _cuda() -> bool:
@@ -154,6 +157,15 @@ def _cap_members(probes, max_probes: int | None, seed: int = 0):
     keep = [p for p in probes if p.role != "member"]
     members = [p.id for p in probes if p.role == "member"]
     room = max(0, max_probes - len(keep))
+    if room < len(members):
+        logger.warning(
+            "max_probes %d: tracking %d of %d members (canaries and controls, %d, are always kept); raise "
+            "tracking.max_probes (or null) to track them all.",
+            max_probes,
+            min(room, len(members)),
+            len(members),
+            len(keep),
+        )
     chosen = set(random.Random(seed).sample(members, min(room, len(members))))
     return ProbeSet(p for p in probes if p.role != "member" or p.id in chosen)
 
