@@ -26,7 +26,24 @@ def _retain_texts() -> list[str]:
     return [r["text"] for r in corpus_tokenizer()[0].retain]
 
 
+_SAVED_BASES: dict[int, str] = {}
+
+
+def saved_base(mem) -> str:
+    """The fixture's pre-fine-tuning model saved once to a directory: ga_to_reference's reference_model."""
+    import tempfile
+
+    if id(mem) not in _SAVED_BASES:
+        path = tempfile.mkdtemp(prefix="obliviate-base-")
+        mem.base.save_pretrained(path)
+        mem.tokenizer.save_pretrained(path)
+        _SAVED_BASES[id(mem)] = path
+    return _SAVED_BASES[id(mem)]
+
+
 def _erase(mem, ids=FORGET, retain=None, **overrides):
+    if LOSSES.get(overrides.get("method", "emso")).needs_token_reference:
+        overrides.setdefault("reference_model", saved_base(mem))
     config = EraseConfig(**{**FAST, **overrides})
     model = mem.fresh()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -177,6 +177,38 @@ def test_unlikelihood_pushes_memorized_tokens_hardest_where_ascent_pushes_least(
             assert size[2] > 0.3  # float32 rounds p to 1.0 here: still finite, still pushed
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_ga_to_reference_pushes_each_token_only_down_to_the_reference(setup, margin):
+    model, tok, prefixes, suffixes = setup
+    config = EraseConfig(
+        method="ga_to_reference",
+        reference_model="unused-here",
+        method_args={"retain_weight": 0, "reference_margin": margin},
+    )
+    loss = get_loss(config)
+    out = forward_suffix(model, prefixes, suffixes, 0)
+    own = [suffix_log_probs_unpadded(model, p, s).detach() for p, s in zip(prefixes, suffixes)]
+    # A reference 1 nat below the model on the first half of each suffix, 1 nat above it on the rest.
+    refs = [torch.where(torch.arange(len(o)) < len(o) // 2, o - 1.0, o + 1.0) for o in own]
+    aligned = torch.zeros(out.valid.shape)
+    aligned[out.valid] = torch.cat(refs)
+    ours = loss.sequence_losses(out, aligned).sum() / len(prefixes)
+    # Direct: sum over tokens of max(0, log p - log p_ref + margin), over all suffix tokens (token mean).
+    per_seq = [suffix_log_probs_unpadded(model, p, s) for p, s in zip(prefixes, suffixes)]
+    direct = sum((lp - r + margin).clamp_min(0).sum() for lp, r in zip(per_seq, refs)) / sum(SUFFIXES)
+    assert_same(model, ours, direct)
+    # Tokens already no likelier than the reference (by more than the margin) carry no term at all.
+    level = loss.sequence_losses(out, out.target_log_probs().detach() + margin + 1e-3)
+    assert torch.count_nonzero(level) == 0
+
+
+def test_ga_to_reference_without_a_reference_model_says_what_to_give():
+    from obliviate.erasure.config import EraseConfigError
+
+    with pytest.raises(EraseConfigError, match="needs reference_model: the model the fine-tuning started from"):
+        get_loss(EraseConfig(method="ga_to_reference"))
+
+
 @pytest.mark.parametrize("method,reduction", [("npo", "sequence"), ("npo", "token"), ("npo_rt", "sequence")])
 def test_npo_loss_and_gradient(setup, method, reduction):
     model, tok, prefixes, suffixes = setup
@@ -227,11 +259,13 @@ def test_default_reduction_is_each_losses_reference_convention():
         "ga": "token",
         "graddiff": "token",
         "unlikelihood": "token",
+        "ga_to_reference": "token",
         "npo": "sequence",
         "npo_rt": "sequence",
         "emso": "sequence",
     }
     for method, reduction in expected.items():
-        assert get_loss(EraseConfig(method=method)).reduction == reduction, method
-        assert get_loss(EraseConfig(method=method, forget_reduction="sequence")).reduction == "sequence"
-        assert get_loss(EraseConfig(method=method, forget_reduction="token")).reduction == "token"
+        extra = {"reference_model": "base"} if method == "ga_to_reference" else {}
+        assert get_loss(EraseConfig(method=method, **extra)).reduction == reduction, method
+        assert get_loss(EraseConfig(method=method, forget_reduction="sequence", **extra)).reduction == "sequence"
+        assert get_loss(EraseConfig(method=method, forget_reduction="token", **extra)).reduction == "token"

@@ -102,6 +102,13 @@ class EraseConfig:
         default=None,
         metadata={"help": "only parameters whose name matches: a regex, or a list of regexes (re.search); null = all."},
     )
+    reference_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "ga_to_reference: the model the fine-tuning started from (name, path or .gguf); its likelihood of "
+            "each forget token is scored once before the first step, and the model freed."
+        },
+    )
     reselect_every: int | None = field(
         default=None,
         metadata={

@@ -71,6 +71,35 @@ class EraserPasses:
             size = self._rows_per_pass(max(len(r) for r in rows))
             self.retain_original = OriginalRetainCache(self.model, rows, self.tokenizer.pad_token_id, size)
 
+    def _cache_token_reference(self) -> None:
+        """Before the first step: the reference model's log p(y_t) of every forget suffix token (ga_to_reference)."""
+        self.token_reference = None
+        if not self.loss.needs_token_reference:
+            return
+        from obliviate.modeling import load_model
+
+        reference = load_model(self.config.reference_model, device=str(self.accelerator.device)).eval()
+        probes = list(self.forget)
+        size = self._rows_per_pass(max(len(p.prefix_ids) + len(p.suffix_ids) for p in probes))
+        self.token_reference = {}
+        with torch.no_grad():
+            for start in range(0, len(probes), size):
+                part = probes[start : start + size]
+                out = forward_suffix(
+                    reference, [p.prefix_ids for p in part], [p.suffix_ids for p in part], self.tokenizer.pad_token_id
+                )
+                log_probs = out.target_log_probs()
+                for b, probe in enumerate(part):
+                    self.token_reference[probe.id] = log_probs[b][out.valid[b]].float().cpu()
+        del reference
+        release_freed_memory()
+
+    def _aligned_token_reference(self, probes: ProbeSet, batch: list[int], out) -> torch.Tensor:
+        """The batch's reference token log-probs laid out as ``out``'s ``(B, S)`` suffix positions."""
+        aligned = torch.zeros(out.valid.shape, device=out.valid.device)
+        aligned[out.valid] = torch.cat([self.token_reference[probes[i].id] for i in batch]).to(out.valid.device)
+        return aligned
+
     def _retain_loss_terms(self, generator: torch.Generator):
         """The shares of the loss's retain term on one seeded draw: its NLL, or its KL to the original."""
         if getattr(self, "retain_original", None) is None:
@@ -108,6 +137,8 @@ class EraserPasses:
             terms = {}
             if "loss" in kinds:
                 ref = reference[batch] if reference is not None else None
+                if self.loss.needs_token_reference:
+                    ref = self._aligned_token_reference(probes, batch, out)
                 terms["loss"] = keep(self.loss.sequence_losses(out, ref)).sum() / total
             if "nll" in kinds:
                 terms["nll"] = keep(out.sequence_nll()).sum() / total

@@ -138,6 +138,8 @@ class EraseLoss:
     """The dataclass of this loss's own settings (the recipe's ``method_args``); None: it has none."""
     needs_retain: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
+    needs_token_reference: ClassVar[bool] = False
+    """True: ``sequence_losses`` gets the ``reference_model``'s ``(B, S)`` log-likelihood of each suffix token."""
     default_reduction: ClassVar[str] = "sequence"
     """``forget_reduction`` when the config leaves it null: the convention of the loss's paper and peers."""
 

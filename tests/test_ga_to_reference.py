@@ -1,0 +1,51 @@
+"""``method: ga_to_reference``: the reference model's token log-likelihoods, scored once, floor each forget token.
+
+python -m pytest -q tests/test_ga_to_reference.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from obliviate.erasure import EraseConfig, Eraser
+from obliviate.modeling import ModelLoadError
+from tests.test_erasure import FAST, FORGET, _retain_texts, saved_base
+
+
+def _eraser(mem, **overrides):
+    config = EraseConfig(**{**FAST, "method": "ga_to_reference", "reference_model": saved_base(mem), **overrides})
+    return Eraser(mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), config, retain=_retain_texts())
+
+
+def test_token_reference_is_the_reference_models_unpadded_likelihood(memorized_gpt2):
+    mem = memorized_gpt2
+    eraser = _eraser(mem)
+    for probe in mem.probes.subset(FORGET):
+        ids = torch.tensor([probe.prefix_ids + probe.suffix_ids])
+        with torch.no_grad():
+            logits = mem.base(input_ids=ids).logits[0, len(probe.prefix_ids) - 1 : -1]
+        direct = logits.log_softmax(-1).gather(-1, torch.tensor(probe.suffix_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(eraser.token_reference[probe.id], direct, rtol=1e-4, atol=1e-5)
+        # The memorized model finds its canaries far likelier than the model it was fine-tuned from.
+        with torch.no_grad():
+            own = mem.model(input_ids=ids).logits[0, len(probe.prefix_ids) - 1 : -1].log_softmax(-1)
+        own = own.gather(-1, torch.tensor(probe.suffix_ids)[:, None]).squeeze(-1)
+        assert (own - direct).mean() > 1.0
+
+
+def test_erasure_stops_at_the_reference_when_the_reference_is_the_model_itself(memorized_gpt2, tmp_path):
+    """Reference = the memorized model: no token is likelier than the reference finds it, so nothing moves."""
+    mem = memorized_gpt2
+    mem.model.save_pretrained(tmp_path / "same")
+    mem.tokenizer.save_pretrained(tmp_path / "same")
+    eraser = _eraser(mem, reference_model=str(tmp_path / "same"), max_steps=3, method_args={"retain_weight": 0})
+    before = [p.detach().clone() for p in eraser.model.parameters()]
+    result = eraser.erase()
+    assert all(torch.equal(a, b) for a, b in zip(before, result.model.parameters()))
+    assert result.report["summary"]["forgotten"] == 0
+
+
+def test_a_missing_reference_model_fails_before_any_work(memorized_gpt2, tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        _eraser(memorized_gpt2, reference_model=str(tmp_path / "nowhere"))
