@@ -38,7 +38,7 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%d %H:%M:%S")}))
 
 
-def _resolve_data(entries: list, dirs: list[Path]) -> list:
+def resolve_data(entries: list, dirs: list[Path]) -> list:
     """Relative ``data:`` paths looked up in ``dirs`` in order (OUT/data, then the toy build)."""
     out = []
     for entry in entries:
@@ -181,9 +181,12 @@ def _erase(out: Path, settings: DemoSettings, toy: Path, track: Path, flagged_pa
     from obliviate.erasure import run_erase
 
     config = settings.erase
+    reference = config.reference_model
+    if reference and not Path(reference).is_absolute() and (toy / reference).is_dir():
+        config = dataclasses.replace(config, reference_model=str(toy / reference))  # `base`: the toy's base model
     if isinstance(config.gate, dict):
         config = dataclasses.replace(
-            config, gate={**config.gate, "benchmarks": _resolve_data(config.gate["benchmarks"], data_dirs)}
+            config, gate={**config.gate, "benchmarks": resolve_data(config.gate["benchmarks"], data_dirs)}
         )
     # Controls from the whole probe file: its unflagged members are reported as collateral. The held-out
     # text (never trained, never read by the gate or a loss) is scored before/after in the erasure report.
@@ -212,7 +215,7 @@ def _run(out: Path, settings: DemoSettings, toy_dir) -> dict:
     data_dirs = [out / "data", toy]
     with stage("before", "measure the fine-tuned model: every probe, and the utility suite"):
         _split_retain(out, toy, track, flagged_path, probe_rows)
-        utility = _resolve_data(settings.utility, data_dirs)  # after the split: OUT/data/retain.jsonl first
+        utility = resolve_data(settings.utility, data_dirs)  # after the split: OUT/data/retain.jsonl first
         scores_before, utility_before = _evaluate(track / "model", probe_rows, utility)
     with stage("erase", f"erase the flagged sequences with {settings.erase.method.upper()} under the utility gate"):
         erased = _erase(out, settings, toy, track, flagged_path, data_dirs)

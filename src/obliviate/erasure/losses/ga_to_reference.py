@@ -29,7 +29,6 @@ from obliviate.erasure.losses import register_loss
 from obliviate.erasure.losses.base import EraseLoss, SuffixOutput
 from obliviate.erasure.losses.graddiff import RetainNLL, RetainTermConfig
 
-
 _NOISE_NATS = 1e-4
 
 
