@@ -2,16 +2,17 @@
 
     python perf/erasure_bench.py                                   # everything (~15-30 min on 2 CPU cores)
     python perf/erasure_bench.py --sizes 8 32 --methods emso ga --selectors contrastive all --gate off
-    python perf/erasure_bench.py --demo-only                       # just the demo-setting check
+    python perf/erasure_bench.py --demo-only --demo-dir runs/demo  # each method on a `make demo` run's flagged set
 
 Setup, cached under ``--work`` (default ``runs/erasure-bench``):
 
-1. the toy build (``obliviate.toy.build_toy``);
-2. the demo setting: ``recipes/track-sft.yaml`` through ``obliviate.callbacks.run_track`` (TRL SFTTrainer
-   + MemorizationCallback). Its flagged canaries are erased with the defaults (``EraseConfig()``, default
-   gate: retain perplexity +2%): the "EMSO on the demo" target of DESIGN §8;
-3. large requests: the same recipe trained ``--epochs`` epochs (default 30) so that >= 128 members and
-   canaries are memorized. Forget sets are the N most memorized (exactly extractable first, then by MA),
+1. the demo's flagged set: a finished ``obliviate demo`` run (``--demo-dir``; ``WORK/demo`` is run first when
+   absent). Each of ``--demo-methods`` erases it with the demo recipe's erase settings and gate, only the
+   method swapped, judged by greedy ``generate()`` (``greedy still``), held-out perplexity and KL on the toy's
+   ``heldout.jsonl``, the controls' MA kept (the lower of the two groups) and the facts' multiple choice;
+2. the toy build (``obliviate.toy.build_toy``);
+3. large requests: ``recipes/track-sft.yaml`` through ``obliviate.callbacks.run_track`` (TRL SFTTrainer),
+   trained ``--epochs`` epochs (default 30) so that >= 128 members and canaries are memorized. Forget sets are the N most memorized (exactly extractable first, then by MA),
    the same sets for every method.
 
 Each run erases a fresh copy of the model with :class:`obliviate.erasure.Eraser` (``chunk_size`` 32,
@@ -98,7 +99,7 @@ class PeakMemory:
 
 
 def setup(work: Path, epochs: int) -> dict:
-    """Toy build, the demo-setting model and the long-trained model (each built once, then reused)."""
+    """Toy build and the long-trained model (each built once, then reused)."""
     from obliviate.callbacks import run_track
     from obliviate.toy import build_toy
 
@@ -107,12 +108,13 @@ def setup(work: Path, epochs: int) -> dict:
         build_toy(toy)
     recipe = str(ROOT / "recipes" / "track-sft.yaml")
     common = {"model": str(toy / "base"), "train_file": str(toy / "train.jsonl"), "probes": str(toy / "probes.jsonl")}
-    runs = {}
-    for name, extra in (("demo", {}), ("long", {"training.num_train_epochs": epochs, "tracking.every_n_steps": 10**6})):
-        out = work / f"track-{name}" if name == "demo" else work / f"track-{name}-{epochs}"
-        if not (out / "model").is_dir():
-            run_track(recipe, {**common, "output_dir": str(out), **extra})
-        runs[name] = out
+    out = work / f"track-long-{epochs}"
+    if not (out / "model").is_dir():
+        run_track(
+            recipe,
+            {**common, "output_dir": str(out), "training.num_train_epochs": epochs, "tracking.every_n_steps": 10**6},
+        )
+    runs = {"long": out}
     return {"toy": toy, **runs}
 
 
@@ -212,20 +214,52 @@ def most_memorized(model, tokenizer, probes: ProbeSet, n: int) -> tuple[ProbeSet
     return probes.subset([r["id"] for r in rows[:n]]), sum(r["exact_extraction"] for r in rows[:n])
 
 
-def demo_check(paths: dict) -> dict:
-    model, tokenizer = load_model_and_tokenizer(paths["demo"] / "model", device="cpu")
-    flagged = read_flagged(paths["demo"] / "memorization" / "flagged.jsonl", tokenizer)
-    canaries = flagged.by_role("canary")
-    controls = load_probes(paths["toy"] / "probes.jsonl", tokenizer, roles=("control",))
-    row = run_one(model, tokenizer, canaries, controls, paths["toy"], EraseConfig())
-    row["flagged_canaries"] = len(canaries)
-    print(
-        f"\ndemo setting: default EMSO on {len(canaries)} flagged canaries "
-        f"({', '.join(canaries.ids)}): forgotten {row['forgotten_pct']:.0f}%, retain perplexity "
-        f"{row['ppl_pct']:+.2f}%, held-out perplexity {row['heldout_pct']:+.2f}%, multiple-choice {row['mc_points']:+.1f} points, {row['steps']} steps, "
-        f"{row['wall_s']:.1f}s ({row['gate_pct']:.0f}% in the gate)"
-    )
-    return row
+def demo_rows(demo_dir: Path, methods: list[str]) -> list[dict]:
+    """Each method on the flagged set of a ``make demo`` run (``obliviate demo --out DIR``): the demo recipe's
+    erase settings and gate, only ``method`` swapped, judged by greedy ``generate()`` and held-out text."""
+    from obliviate.demo.recipe import load_demo_recipe
+    from obliviate.demo.run import resolve_erase_config
+
+    summary = json.loads((demo_dir / "demo.json").read_text())
+    toy = Path(summary["toy"])
+    model, tokenizer = load_model_and_tokenizer(summary["tracked_model"], device="cpu")
+    flagged = read_flagged(summary["flagged"], tokenizer)
+    forget = ProbeSet(p for p in flagged if p.role != "control")
+    controls = load_probes(toy / "probes.jsonl", tokenizer, roles=("control",))
+    rows = []
+    for method in methods:
+        recipe = load_demo_recipe(summary["recipe"], {"erase.method": method})
+        config = resolve_erase_config(recipe.erase, toy, [demo_dir / "data", toy])
+        row = {"method": method, **run_one(model, tokenizer, forget, controls, toy, config)}
+        rows.append(row)
+        print(
+            f"  demo {method:12s} greedy still {row['greedy_still']}/{row['greedy_before']} forgotten "
+            f"{row['forgotten_pct']:5.1f}% heldout {row['heldout_pct']:+6.2f}% KL {row['heldout_kl']:.3f} controls MA "
+            f"kept {row['controls_ma_kept_min']:.2f} mc {row['mc_points']:+5.1f} {row['wall_s']:6.1f}s",
+            flush=True,
+        )
+    return rows
+
+
+DEMO_HEADERS = ["method", "greedy still", "forgotten %", "heldout ppl Δ%", "heldout KL", "controls MA kept"]
+DEMO_HEADERS += ["MC Δ pts", "steps (attempted)", "wall s"]
+
+
+def demo_cells(rows: list[dict]) -> list[list]:
+    return [
+        [
+            r["method"],
+            f"{r['greedy_still']}/{r['greedy_before']}",
+            r["forgotten_pct"],
+            r["heldout_pct"],
+            r["heldout_kl"],
+            r["controls_ma_kept_min"],
+            r["mc_points"],
+            f"{r['steps']} ({r['attempted']})",
+            r["wall_s"],
+        ]
+        for r in rows
+    ]
 
 
 def main() -> None:
@@ -247,20 +281,41 @@ def main() -> None:
     parser.add_argument("--gate-every", type=int, default=5, help="gate check every N steps (the default gate: 1)")
     parser.add_argument("--tag", default="all", help="results file suffix (results-TAG.json / .md)")
     parser.add_argument("--demo-only", action="store_true")
+    parser.add_argument(
+        "--demo-dir", default=None, help="a finished `obliviate demo --out DIR` run (default: WORK/demo)"
+    )
+    parser.add_argument(
+        "--demo-methods",
+        nargs="+",
+        default=["emso", "ga", "graddiff", "npo", "npo_rt", "unlikelihood", "ga_to_reference"],
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
-    paths = setup(work, args.epochs)
+    work.mkdir(parents=True, exist_ok=True)
+    demo_dir = Path(args.demo_dir) if args.demo_dir else work / "demo"
+    if not (demo_dir / "demo.json").is_file():
+        from obliviate.cli import main as cli
+
+        cli(["demo", "--out", str(demo_dir)])
+    print(f"\nthe demo's flagged set ({demo_dir}), each method under the demo's gate:")
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} {'CUDA' if torch.cuda.is_available() else 'CPU'}",
-        "demo": demo_check(paths),
+        "demo": demo_rows(demo_dir, args.demo_methods),
         "runs": [],
     }
+    demo_table = format_table(demo_cells(results["demo"]), DEMO_HEADERS)
+    (work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
+    (work / f"results-{args.tag}-demo.md").write_text(
+        format_table(demo_cells(results["demo"]), DEMO_HEADERS, markdown=True) + "\n"
+    )
+    print("\n" + demo_table)
     if args.demo_only:
         return
+    paths = setup(work, args.epochs)
     model, tokenizer = load_model_and_tokenizer(paths["long"] / "model")
     probes = load_probes(paths["toy"] / "probes.jsonl", tokenizer)
     controls = probes.by_role("control")

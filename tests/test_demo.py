@@ -264,21 +264,8 @@ def _greedy_extracted(model, tokenizer, rows: list[dict]) -> set[str]:
     return {r["id"] for r, g in zip(rows, out) if g == r["suffix_ids"]}
 
 
-# Known gap, measured (docs/perf/erasure.md): seed 2 leaves one x8 canary greedy-extractable. Strict, so the day
-# the seed passes its mark must go.
-_SEED_GAPS = {2: "one x8 canary stays greedy-extractable"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "seed",
-    [
-        pytest.param(s, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=_SEED_GAPS[s]))
-        if s in _SEED_GAPS
-        else s
-        for s in (0, 1, 2)
-    ],
-)
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_demo_erases_every_extracted_sequence(tmp_path, monkeypatch, seed):
     """The demo's promise, judged independently of the eraser's own report: every flagged sequence greedy
     generate() extracts from the tracked model is not extracted from the erased model, held-out perplexity

@@ -176,18 +176,24 @@ def _evaluate(model_dir: Path, probe_rows: list[dict], utility: list[dict]) -> t
     return rows, results
 
 
-def _erase(out: Path, settings: DemoSettings, toy: Path, track: Path, flagged_path: Path, data_dirs: list[Path]):
-    """EMSO (or the recipe's method) under the gate, the gate's relative data paths resolved first."""
-    from obliviate.erasure import run_erase
-
-    config = settings.erase
+def resolve_erase_config(config, toy: Path, data_dirs: list[Path]):
+    """The recipe's erase section with its toy-relative paths made absolute: the gate's ``data:`` files (looked
+    up in ``data_dirs``) and ``reference_model: base`` (the toy's base model)."""
     reference = config.reference_model
     if reference and not Path(reference).is_absolute() and (toy / reference).is_dir():
-        config = dataclasses.replace(config, reference_model=str(toy / reference))  # `base`: the toy's base model
+        config = dataclasses.replace(config, reference_model=str(toy / reference))
     if isinstance(config.gate, dict):
         config = dataclasses.replace(
             config, gate={**config.gate, "benchmarks": resolve_data(config.gate["benchmarks"], data_dirs)}
         )
+    return config
+
+
+def _erase(out: Path, settings: DemoSettings, toy: Path, track: Path, flagged_path: Path, data_dirs: list[Path]):
+    """The recipe's method under the gate, its relative paths resolved first."""
+    from obliviate.erasure import run_erase
+
+    config = resolve_erase_config(settings.erase, toy, data_dirs)
     # Controls from the whole probe file: its unflagged members are reported as collateral. The held-out
     # text (never trained, never read by the gate or a loss) is scored before/after in the erasure report.
     return run_erase(
