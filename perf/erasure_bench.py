@@ -336,6 +336,7 @@ def main() -> None:
                         max_steps=args.max_steps,
                         learning_rate=args.lr_all if selector == "all" else args.lr,
                         gate=gate_section(paths["toy"], forget, tokenizer, args.gate_every) if gate == "on" else None,
+                        reference_model=str(paths["toy"] / "base"),  # ga_to_reference's; the others ignore it
                     )
                     row = {
                         "size": size,
