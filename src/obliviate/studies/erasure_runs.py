@@ -177,6 +177,7 @@ def measures(report: dict, set_mean: dict) -> dict:
 def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, method: str, selector: str, seed: int):
     """Erase the forget set of ``size`` from a copy of the seed's model with one arm; the measured row."""
     from obliviate.erasure import Eraser
+    from obliviate.erasure.criterion import build_criterion
     from obliviate.erasure.run import filter_retain
 
     m = seed_model
@@ -184,6 +185,9 @@ def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, meth
     controls = m.probes.by_role("control")
     retain, _ = filter_retain(m.dir / "retain.jsonl", forget, m.tokenizer)
     erase = erase_config(config, method, selector, seed, m.dir)
+    # What the two criteria say before erasure: a request whose sequences already pass says nothing.
+    forgotten_before, _ = build_criterion(erase, controls).check(m.model, m.tokenizer, forget)
+    set_mean_before = set_mean_check(config, m.model, m.tokenizer, forget, controls)
     start = time.perf_counter()
     result = Eraser(
         copy.deepcopy(m.model), m.tokenizer, forget, erase, controls=controls, retain=retain, collateral=others
@@ -198,6 +202,8 @@ def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, meth
         "learning_rate": erase.learning_rate,
         "forget_ids": forget.ids,
         "forget_extractable": sum(r["exact_extraction"] for r in m.ranked[:size]),
+        "memorized_before": 1 - float(forgotten_before.float().mean()),
+        "set_mean_before": set_mean_before,
         **measures(result.report, set_mean_check(config, result.model, m.tokenizer, forget, controls)),
         "wall_s": wall,
     }
@@ -207,7 +213,7 @@ def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, meth
 def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[dict], dict]:
     """Every run of the recipe's blocks (cached per run); the rows and each seed model's record."""
     runs, models, loaded = [], {}, {}
-    todo = sorted(config.runs(), key=lambda r: r[0])  # model by model (stable: block order within one)
+    todo = config.runs()  # block order: the recipe puts what matters most first
     for i, (model, size, method, selector) in enumerate(todo, 1):
         seed = model[0]
         name = f"{model_name(model)}-f{size}-{method}-{selector}"
