@@ -57,6 +57,19 @@ def _hand_perplexity(model, tokenizer, texts: list[str]) -> float:
     return math.exp(total / tokens)
 
 
+def _hand_kl(original, erased, tokenizer, texts: list[str]) -> float:
+    """Token-weighted mean of KL(P_original || Q_erased) over every predicted position of every text (nats)."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            p = original(ids).logits[0, :-1].double().log_softmax(-1)
+            q = erased(ids).logits[0, :-1].double().log_softmax(-1)
+            total += (p.exp() * (p - q)).sum().item()
+            tokens += ids.shape[1] - 1
+    return total / tokens
+
+
 def _greedy_hits(model, ids: list[int], start: int) -> list[bool]:
     """Teacher-forced argmax == the true token at every position from ``start`` on."""
     with torch.no_grad():
@@ -78,7 +91,7 @@ def test_every_arm_ran_and_its_numbers_are_sane(study):
     assert json.loads((out / "erasure.json").read_text())["minimal"] is True
 
 
-def test_heldout_perplexity_equals_a_plain_hf_computation(study):
+def test_heldout_perplexity_and_kl_equal_a_plain_hf_computation(study):
     out, results = study
     texts = [r["text"] for r in read_jsonl(out / "models" / "seed0-n24-e2" / "heldout.jsonl")]
     original, tokenizer = _load(out / "models" / "seed0-n24-e2" / "track" / "model")
@@ -88,6 +101,7 @@ def test_heldout_perplexity_equals_a_plain_hf_computation(study):
         erased = _erased(out, row)
         assert row["heldout_ppl_before"] == pytest.approx(before, rel=1e-4)
         assert row["heldout_ppl_after"] == pytest.approx(_hand_perplexity(erased, tokenizer, texts), rel=1e-4)
+        assert row["kl"] == pytest.approx(_hand_kl(original, erased, tokenizer, texts), rel=1e-3, abs=1e-6)
 
 
 def test_the_forget_set_is_the_most_memorized_and_all_weights_at_a_big_lr_move_the_model(study):

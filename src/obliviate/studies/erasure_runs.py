@@ -113,7 +113,8 @@ def erase_config(config: ErasureStudyConfig, method: str, selector: str, seed: i
     lr = config.selector_learning_rates.get(selector, config.erase.get("learning_rate", 3e-4))
     utility = [
         {"name": "perplexity", "data": str(data / "heldout.jsonl"), "label": "heldout_ppl"},
-        {"name": "kl_to_original", "data": str(data / "heldout.jsonl"), "label": "heldout_kl"},
+        # The whole distribution (top_k null): exact KL on a toy vocabulary, not the top-64 lower bound.
+        {"name": "kl_to_original", "data": str(data / "heldout.jsonl"), "label": "heldout_kl", "top_k": None},
         {"name": "multiple_choice", "data": str(data / "multiple_choice.jsonl"), "label": "mc"},
     ]
     settings = {**config.erase, "learning_rate": lr, "seed": seed, "gate": None, "plots": False}
