@@ -86,9 +86,9 @@ def test_every_arm_ran_and_its_numbers_are_sane(study):
         assert r["collapsed"] == (r["heldout_ppl_after"] > 2 * r["heldout_ppl_before"])
         assert r["heldout_ppl_change"] == pytest.approx(r["heldout_ppl_after"] / r["heldout_ppl_before"] - 1)
     md = (out / "erasure.md").read_text()
-    assert "## Block minimal" in md and "| 4 | entropy_only | emso / all | 1 |" in md
+    assert "## Block minimal" in md and "| 4 | 24 | entropy_only | emso / all | 1 |" in md
     claim = md.split("## The claim")[1]  # the four main methods only: entropy_only is not one of them
-    assert "| 4 | emso | emso / contrastive | 1 |" in claim and "entropy_only" not in claim
+    assert "| 4 | 24 | emso | emso / contrastive | 1 |" in claim and "entropy_only" not in claim
     assert (out / "erasure_forgetting_vs_utility.png").is_file()
     assert json.loads((out / "erasure.json").read_text())["minimal"] is True
 

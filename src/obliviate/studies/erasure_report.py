@@ -14,6 +14,7 @@ from obliviate.studies.erasure import ARMS, COLLAPSE_RATIO, ErasureStudyConfig
 
 HEADERS = [
     "size",
+    "corpus records",
     "arm",
     "method / selector",
     "seeds",
@@ -53,6 +54,7 @@ def _cells(rows: list[dict]) -> list:
 
     return [
         first["size"],
+        first["n_members"],
         first["arm"],
         f"{first['method']} / {first['selector']}",
         len(rows),
@@ -74,13 +76,13 @@ def _cells(rows: list[dict]) -> list:
 
 
 def grouped_table(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
-    """One row per (size, method, selector) of ``pairs`` present in ``runs``, over their seeds."""
+    """One row per (size, corpus, method, selector) of ``pairs`` present in ``runs``, over their seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if (r["method"], r["selector"]) in pairs:
-            groups.setdefault((r["size"], r["method"], r["selector"]), []).append(r)
+            groups.setdefault((r["size"], r["n_members"], r["method"], r["selector"]), []).append(r)
     order = {pair: i for i, pair in enumerate(pairs)}
-    keys = sorted(groups, key=lambda k: (k[0], order[k[1:]]))
+    keys = sorted(groups, key=lambda k: (k[0], k[1], order[k[2:]]))
     return markdown_table(HEADERS, [_cells(groups[k]) for k in keys])
 
 
