@@ -13,7 +13,8 @@ and measures: forgotten share (the per-sequence criterion, and Jang et al.'s set
 erased model), held-out perplexity change and KL to the original on the toy's never-trained text,
 multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
 not asked to be forgotten, collapse (held-out perplexity more than doubled) and wall time. The run
-blocks (which arms, sizes and seeds) are in the recipe; the grid code is :mod:`obliviate.studies.erasure_runs`.
+blocks (which arms, sizes and seeds) are in the recipe; the runs are :mod:`obliviate.studies.erasure_runs`, the
+tables and plot :mod:`obliviate.studies.erasure_report`.
 """
 
 from __future__ import annotations
