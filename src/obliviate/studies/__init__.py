@@ -17,6 +17,7 @@ STUDIES = {
     "skew": ("obliviate.studies.skew", "SkewConfig"),
     "finetune_method": ("obliviate.studies.finetune_method", "FinetuneMethodConfig"),
     "density": ("obliviate.studies.density", "DensityStudyConfig"),
+    "erasure": ("obliviate.studies.erasure", "ErasureStudyConfig"),
 }
 """study name -> (module, config class)."""
 

@@ -1,0 +1,165 @@
+"""Study 4, erasure (Zhang et al. 2025, EMSO, arXiv 2408.04983): EMSO and its baselines on one request grid.
+
+    obliviate study recipes/studies/erasure.yaml --out runs/studies/erasure
+
+EMSO erases memorized sequences by maximizing the entropy of the model's next-token distributions on
+them (a bounded loss) while updating only the weights a contrastive gradient score selects; its claim
+is that it keeps utility better than gradient ascent at equal forgetting, most on large requests.
+Here the toy is fine-tuned long enough (``epochs`` on ``n_members`` records) that hundreds of trained
+sequences are memorized; forget sets are its N most memorized members/canaries (exactly extractable
+first, then by MA), the same for every method; each run erases a fresh copy of the model without a gate
+(to the forgetting criterion or ``max_steps``, so the methods are compared at what forgetting cost them)
+and measures: forgotten share (the per-sequence criterion, and Jang et al.'s set-mean criterion on the
+erased model), held-out perplexity change and KL to the original on the toy's never-trained text,
+multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
+not asked to be forgotten, collapse (held-out perplexity more than doubled) and wall time. The run
+blocks (which arms, sizes and seeds) are in the recipe; the runs are :mod:`obliviate.studies.erasure_runs`, the
+tables and plot :mod:`obliviate.studies.erasure_report`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from obliviate.studies.common import StudyConfig, StudyError, positive_int, prepare_base, write_outputs
+
+ARMS = {
+    "emso": ("emso", "contrastive"),
+    "entropy_only": ("emso", "all"),
+    "emso_retain": ("emso", "contrastive_retain"),
+    "ga": ("ga", "all"),
+    "graddiff": ("graddiff", "all"),
+    "npo": ("npo", "all"),
+}
+"""Named arms of the method comparison -> (method, selector). ``emso`` is the paper-faithful one (forget-only
+contrastive selection); ``entropy_only`` the same loss on every weight (EMSO without its selective optimization);
+``emso_retain`` obliviate's retain-contrast selector; GA, GradDiff and NPO update every weight, as in their papers."""
+
+COLLAPSE_RATIO = 2.0
+"""A run collapsed when its held-out perplexity after erasure is more than this times the one before."""
+
+
+def arm_pair(arm: str) -> tuple[str, str]:
+    """``(method, selector)`` of an arm: a name of :data:`ARMS` or ``method/selector``."""
+    if arm in ARMS:
+        return ARMS[arm]
+    if arm.count("/") == 1:
+        method, selector = arm.split("/")
+        return method, selector
+    raise StudyError(f"arm {arm!r} is neither one of {', '.join(ARMS)} nor 'method/selector' (e.g. ga/magnitude).")
+
+
+def arm_name(method: str, selector: str) -> str:
+    """The arm's name: its :data:`ARMS` name when it has one, else ``method/selector``."""
+    return next((name for name, pair in ARMS.items() if pair == (method, selector)), f"{method}/{selector}")
+
+
+@dataclass
+class RunBlock:
+    """One block of runs: every arm x size x seed. Arms are ``arms`` plus the product ``methods`` x ``selectors``;
+    ``n_members`` / ``epochs`` (default: the study's) say which SFT model the block erases from."""
+
+    name: str
+    sizes: list[int]
+    seeds: list[int]
+    n_members: int
+    epochs: int
+    arms: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    selectors: list[str] = field(default_factory=list)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        out = [arm_pair(a) for a in self.arms] + list(itertools.product(self.methods, self.selectors))
+        return list(dict.fromkeys(out))
+
+
+@dataclass
+class ErasureStudyConfig(StudyConfig):
+    """Study 4: erasure methods x selectors x forget-set sizes, forgetting against utility."""
+
+    n_members: int = field(
+        default=160, metadata={"help": "Records in the SFT corpus of a block that does not set its own."}
+    )
+    epochs: int = field(default=30, metadata={"help": "SFT epochs of a block that does not set its own."})
+    blocks: list = field(
+        default_factory=list,
+        metadata={
+            "help": "Run blocks {name, sizes, seeds, arms | methods x selectors}; a run shared by blocks is run once."
+        },
+    )
+    erase: dict = field(
+        default_factory=dict, metadata={"help": "EraseConfig fields every run shares (gate null: none)."}
+    )
+    selector_learning_rates: dict = field(
+        default_factory=lambda: {"all": 1e-4},
+        metadata={"help": "learning_rate by selector, over erase.learning_rate (all weights move 100x more)."},
+    )
+    el_n: int = field(default=3, metadata={"help": "n of EL_n in the set-mean criterion (short toy sequences)."})
+    el_stride: int = field(default=2, metadata={"help": "stride over prefix lengths of EL_n (cost)."})
+    max_others: int = field(
+        default=128, metadata={"help": "Trained sequences not asked to be forgotten scored for collateral (a sample)."}
+    )
+    save_models: bool = field(default=False, metadata={"help": "Save each erased model under OUT/runs/<run>/model."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("n_members", "epochs", "el_n", "el_stride", "max_others"):
+            positive_int(getattr(self, name), name)
+        if not isinstance(self.erase, dict) or "gate" in self.erase and self.erase["gate"] not in (None,):
+            raise StudyError("erase must be a mapping of EraseConfig fields, with gate: null (runs go ungated).")
+        if not isinstance(self.blocks, list) or not self.blocks:
+            raise StudyError("blocks must be a non-empty list of {name, sizes, seeds, arms | methods x selectors}.")
+        self.blocks = [self._block(b) for b in self.blocks]
+
+    def _block(self, raw) -> RunBlock:
+        if isinstance(raw, RunBlock):
+            return raw
+        keys = ("name", "sizes", "seeds", "n_members", "epochs", "arms", "methods", "selectors")
+        if not isinstance(raw, dict) or set(raw) - set(keys) or not {"name", "sizes"} <= set(raw):
+            raise StudyError(f"a block has keys {', '.join(keys)} (name and sizes required); got {raw!r}.")
+        block = RunBlock(**{"seeds": self.seeds[:1], "n_members": self.n_members, "epochs": self.epochs, **raw})
+        for n in (*block.sizes, block.n_members, block.epochs):
+            positive_int(n, f"block {block.name}: sizes, n_members and epochs")
+        if unknown := set(block.seeds) - set(self.seeds):
+            raise StudyError(f"block {block.name}: seeds {sorted(unknown)} are not among the study's seeds.")
+        if not block.pairs():
+            raise StudyError(f"block {block.name} names no arm: give arms, or methods and selectors.")
+        self._check_pairs(block)
+        return block
+
+    def _check_pairs(self, block: RunBlock) -> None:
+        from obliviate.erasure import LOSSES, SELECTORS
+
+        for method, selector in block.pairs():
+            if method not in LOSSES.names() or selector not in SELECTORS.names():
+                raise StudyError(
+                    f"block {block.name}: {method}/{selector} is not a method/selector pair; methods: "
+                    f"{', '.join(LOSSES.names())}; selectors: {', '.join(SELECTORS.names())}."
+                )
+
+    def runs(self) -> list[tuple[tuple[int, int, int], int, str, str]]:
+        """Every distinct ((seed, n_members, epochs), size, method, selector) of the blocks, in block order."""
+        keys = [
+            ((s, b.n_members, b.epochs), n, m, sel)
+            for b in self.blocks
+            for s in b.seeds
+            for n in b.sizes
+            for m, sel in b.pairs()
+        ]
+        return list(dict.fromkeys(keys))
+
+
+def run_study(config: ErasureStudyConfig, out: Path) -> dict:
+    from obliviate.studies.erasure_report import plots, tables
+    from obliviate.studies.erasure_runs import erase_all
+
+    start = time.perf_counter()
+    base = prepare_base(out, config)
+    runs, models = erase_all(config, base, out)
+    results = {"models": models, "runs": runs}
+    results["plots"] = plots(out, runs)
+    write_outputs(out, "erasure", config, results, tables(config, runs, models), time.perf_counter() - start)
+    return results

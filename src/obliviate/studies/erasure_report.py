@@ -1,0 +1,161 @@
+"""Study 4's tables and plot: one table per run block (mean ± std over its seeds), the seed models, the plot.
+
+python -c "from obliviate.studies.erasure_report import tables; help(tables)"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from obliviate.studies.common import markdown_table, pyplot, save_figure
+from obliviate.studies.erasure import ARMS, COLLAPSE_RATIO, ErasureStudyConfig
+
+HEADERS = [
+    "size",
+    "corpus records",
+    "arm",
+    "method / selector",
+    "seeds",
+    "extractable in set",
+    "memorized before (per-seq)",
+    "forgotten (per-seq)",
+    "set-mean memorized before",
+    "set-mean forgotten",
+    "extraction after",
+    "held-out ppl Δ%",
+    "KL to original",
+    "MC Δ pts",
+    "controls MA Δ",
+    "others MA Δ",
+    "collapsed",
+    "steps",
+    "wall s",
+]
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    """``mean ± std`` over seeds (population std) at ``digits`` decimals; one value alone shows only itself."""
+    x = np.asarray(values, float)
+    return f"{x.mean():.{digits}f}" if len(x) == 1 else f"{x.mean():.{digits}f} ± {x.std():.{digits}f}"
+
+
+def _cells(rows: list[dict]) -> list:
+    """One table row from the runs of one (size, arm) over seeds."""
+    first = rows[0]
+
+    def col(f, digits: int = 3):
+        values = [f(r) for r in rows]
+        return "–" if any(v is None for v in values) else _mean_std(values, digits)
+
+    def count(f):
+        return f"{sum(bool(f(r)) for r in rows)}/{len(rows)}"
+
+    return [
+        first["size"],
+        first["n_members"],
+        first["arm"],
+        f"{first['method']} / {first['selector']}",
+        len(rows),
+        col(lambda r: r["forget_extractable"], 0),
+        col(lambda r: r["memorized_before"], 2),
+        col(lambda r: r["forgotten"], 2),
+        count(lambda r: not r["set_mean_before"]["forgotten"]),
+        count(lambda r: r["set_mean"]["forgotten"]),
+        col(lambda r: r["extraction_after"], 2),
+        col(lambda r: 100 * r["heldout_ppl_change"], 1),
+        col(lambda r: r["kl"], 2),
+        col(lambda r: 100 * (r["mc_after"] - r["mc_before"]), 1),
+        col(lambda r: r["controls_ma_change"]),
+        col(lambda r: r["others_ma_change"]),
+        count(lambda r: r["collapsed"]),
+        col(lambda r: r["steps"], 0),
+        col(lambda r: r["wall_s"], 0),
+    ]
+
+
+def grouped_table(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """One row per (size, corpus, method, selector) of ``pairs`` present in ``runs``, over their seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if (r["method"], r["selector"]) in pairs:
+            groups.setdefault((r["size"], r["n_members"], r["method"], r["selector"]), []).append(r)
+    order = {pair: i for i, pair in enumerate(pairs)}
+    keys = sorted(groups, key=lambda k: (k[0], k[1], order[k[2:]]))
+    return markdown_table(HEADERS, [_cells(groups[k]) for k in keys])
+
+
+def in_block(block, r: dict) -> bool:
+    model = (r["n_members"], r["epochs"]) == (block.n_members, block.epochs)
+    return model and r["seed"] in block.seeds and r["size"] in block.sizes
+
+
+def block_table(block, runs: list[dict]) -> str:
+    return grouped_table([r for r in runs if in_block(block, r)], block.pairs())
+
+
+CLAIM_ARMS = ("emso", "ga", "graddiff", "npo")
+
+
+def claim_table(runs: list[dict]) -> str:
+    """The four main methods at every request size measured (every seed each was run with)."""
+    return grouped_table(runs, [ARMS[a] for a in CLAIM_ARMS])
+
+
+def models_table(models: dict) -> str:
+    rows = [
+        [name, m["train_rows"], m["trained"], m["extractable"], f"{m['sft_seconds']:.0f}"]
+        for name, m in sorted(models.items())
+    ]
+    return markdown_table(["model", "SFT rows", "trained sequences", "exactly extractable", "SFT s"], rows)
+
+
+def tables(config: ErasureStudyConfig, runs: list[dict], models: dict) -> list[tuple[str, str]]:
+    out = [("Seed models (members + canaries after SFT)", models_table(models))]
+    for block in config.blocks:
+        title = (
+            f"Block {block.name}: n_members {block.n_members}, {block.epochs} epochs, forget sets of {block.sizes}, "
+            f"seeds {block.seeds} (mean ± std over seeds; collapsed = held-out ppl > {COLLAPSE_RATIO:g}x)"
+        )
+        out.append((title, block_table(block, runs)))
+    out.append(
+        (
+            "The claim: EMSO vs GA (and GradDiff, NPO) by request size, every seed run (all blocks)",
+            claim_table(runs),
+        )
+    )
+    return out
+
+
+def plots(out: Path, runs: list[dict]) -> list[str]:
+    """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per method, marker per size."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = sorted({r["method"] for r in runs})
+    sizes = sorted({r["size"] for r in runs})
+    markers = dict(zip(sizes, "os^Dvp*"))
+    panels = (
+        (lambda r: 100 * r["heldout_ppl_change"], "held-out perplexity change %", "symlog"),
+        (lambda r: r["kl"], "KL to the original on held-out text (nats/token)", "log"),
+    )
+    for ax, (y, label, scale) in zip(axes, panels):
+        for i, method in enumerate(methods):
+            for size in sizes:
+                rows = [r for r in runs if r["method"] == method and r["size"] == size]
+                if rows:
+                    ax.scatter(
+                        [100 * r["forgotten"] for r in rows],
+                        [max(y(r), 1e-4) if scale == "log" else y(r) for r in rows],
+                        color=f"C{i}",
+                        marker=markers[size],
+                        alpha=0.75,
+                        label=f"{method}, n={size}",
+                    )
+        ax.set_yscale(scale, **({"linthresh": 10} if scale == "symlog" else {}))
+        ax.set(xlabel="forgotten % (per-sequence criterion)", ylabel=label)
+    axes[0].axhline(100 * (COLLAPSE_RATIO - 1), color="grey", ls="--", lw=0.8)
+    axes[0].set_title("forgetting vs utility, every run (dashed: collapse)")
+    axes[1].set_title("forgetting vs drift from the original")
+    axes[1].legend(fontsize=6, ncol=2)
+    return [save_figure(fig, out / "erasure_forgetting_vs_utility.png")]
