@@ -37,7 +37,7 @@ def positive_int(value: Any, name: str) -> None:
 class StudyConfig:
     """Fields every study recipe has; each study's config adds its own."""
 
-    study: str = field(default="", metadata={"help": "Which study: skew, finetune_method or density."})
+    study: str = field(default="", metadata={"help": "Which study: skew, finetune_method, density or erasure."})
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "SFT seeds (corpus shuffle and training); >= 3 where a gap is small."},
