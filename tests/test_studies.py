@@ -111,6 +111,30 @@ def test_density_injected_copies_raise_the_density_of_their_original(density):
         assert r["log_density"] >= bound - 1e-6, r
 
 
+def test_density_flag_rule_is_calibrated_on_128_controls_per_group(density):
+    # The corpus's own 16 controls per group make the 99th percentile their maximum; the study adds the
+    # corpus's calibration controls, so each group's threshold is the percentile of 128 never-trained probes.
+    out, _ = density
+    memo = out / "runs" / "seed0" / "track" / "memorization"
+    groups = json.loads((memo / "flagged.meta.json").read_text())["groups"]
+    history = read_jsonl(memo / "history.jsonl")
+    last = max(r["step"] for r in history)
+    for group in ("pin", "record"):
+        ma = [
+            r["memorization_accuracy"]
+            for r in history
+            if r["step"] == last and r["role"] == "control" and r["group"] == group
+        ]
+        assert groups[group]["controls"] == len(ma) == 128
+        assert groups[group]["judged_by"] == "controls"
+        assert groups[group]["control_ma_threshold"] == pytest.approx(np.percentile(ma, 99))
+    group_of = {r["id"]: r["group"] for r in history}
+    for row in read_jsonl(memo / "flagged.jsonl"):
+        if row["reason"] == "control_relative_ma":
+            threshold = groups[group_of[row["id"]]]["control_ma_threshold"]
+            assert row["metrics"]["memorization_accuracy"] > threshold, row
+
+
 def test_density_regression_is_least_squares_with_an_interval_around_it(density):
     _, results = density
     seed = results["per_seed"][0]
@@ -137,7 +161,8 @@ def test_finetune_method_mia_and_parameter_counts(tmp_path):
     rows = [r for r in history if r["step"] == last]
     pos = np.array([r["reference_ratio"] for r in rows if r["role"] != "control"])
     neg = np.sort([r["reference_ratio"] for r in rows if r["role"] == "control"])[::-1]
-    threshold = neg[int(0.1 * len(neg))]  # 10% of 32 controls: 3 may lie above the threshold
+    assert len(neg) == 2 * 128  # the corpus's controls and its calibration controls, 128 per group
+    threshold = neg[25]  # 10% of 256 controls: 25 may lie above the threshold
     final = results["per_method"]["full"][0]["curve"][-1]
     assert final["recall/reference_ratio"] == pytest.approx(np.mean(pos > threshold))
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()

@@ -93,6 +93,16 @@ def prepare_base(out: Path, config: StudyConfig) -> Path:
     return toy
 
 
+def probes_with_calibration(corpus) -> list[dict]:
+    """Copies of the corpus's probes followed by its ``calibration_controls`` (never-trained, per group).
+
+    A study that sets a threshold on the controls (a 10%-FPR cut, a 99th percentile) needs many: with the
+    corpus's 16 controls per group a 10% FPR lets 3 of 32 through and a 99th percentile is their maximum;
+    ``make_corpus(controls_per_group=128)`` draws the rest last, so every other row is unchanged.
+    """
+    return [dict(p) for p in corpus.probes + corpus.calibration_controls]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

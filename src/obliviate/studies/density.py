@@ -10,7 +10,8 @@ the kernel of :mod:`obliviate.metrics.density`, bandwidth by Scott's rule on the
 injection unless given, one exact copy of the probe itself left out). Copies or paraphrases of ``targets`` members are injected into
 the training set to raise their density; after fine-tuning, memorization accuracy (MA) and the flag
 are regressed on log-density by least squares, with R² and slope and their bootstrap percentile
-confidence intervals.
+confidence intervals. The flag rule's control percentile is taken over 128 never-trained controls per
+group (the corpus's and its calibration controls), not over the corpus's 16.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from obliviate.studies.common import (
     mean_std,
     positive_int,
     prepare_base,
+    probes_with_calibration,
     pyplot,
     read_jsonl,
     save_figure,
@@ -194,7 +196,7 @@ def _per_seed(config: DensityStudyConfig, base: Path, out: Path, seed: int) -> d
     from obliviate.data.synthetic import make_corpus
 
     corpus = make_corpus(seed=seed)
-    probes = [dict(p) for p in corpus.probes]
+    probes = probes_with_calibration(corpus)  # 128 controls per group: the flag rule's 99th percentile
     train = inject(corpus.train, probes, config)
     trained = [p for p in probes if p["role"] in TRAINED_ROLES]
     density = densities(base, trained, corpus.train, train, config)

@@ -9,7 +9,8 @@ with full fine-tuning recall at 10% FPR rose from 28% to 94.5% over 20 epochs wh
 perplexity plateaued near 19.6; fine-tuning the head was the most vulnerable, small adapters the least.
 
 Here every method trains the same toy corpus from the same base; each epoch the callback scores the
-members, canaries and never-trained controls with the base as reference model. Reported per epoch:
+members, canaries and never-trained controls (the corpus's and its calibration controls: 128 per group,
+so a 10% FPR admits 25 of 256) with the base as reference model. Reported per epoch:
 recall at ``max_fpr`` (:func:`obliviate.metrics.sets.recall_at_fpr`, threshold from the controls) and
 AUC of ``reference_ratio`` (and of the loss attack), validation perplexity (the controls' token-weighted
 suffix loss: never-trained text of the training formats), extraction rate; after training, the exposure
@@ -35,6 +36,7 @@ from obliviate.studies.common import (
     mean_std,
     positive_int,
     prepare_base,
+    probes_with_calibration,
     pyplot,
     save_figure,
     track_run,
@@ -184,6 +186,7 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed
     from obliviate.data.synthetic import make_corpus
 
     corpus = make_corpus(seed=seed)
+    probes = probes_with_calibration(corpus)  # 128 controls per group: a real 10%-FPR threshold
     keep = keep_model_callback()
     extra = {k: method[k] for k in ("lora", "trainable") if method.get(k) is not None}
     training = {"num_train_epochs": config.epochs}
@@ -193,7 +196,7 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed
         out / "runs" / f"{method['name']}-seed{seed}",
         base,
         corpus.train,
-        corpus.probes,
+        probes,
         config,
         seed,
         training=training,
@@ -203,7 +206,7 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed
     )
     curve = [mia_at_step(rows, config.mia_scores, config.max_fpr) for _, rows in sorted(run.by_step().items())]
     wanted = config.exposure_repetitions and config.seeds.index(seed) < config.exposure_seeds
-    exposure = canary_exposures(keep, corpus.probes, config) if wanted else {}
+    exposure = canary_exposures(keep, probes, config) if wanted else {}
     print(f"  {method['name']} seed {seed}: {run.seconds:.0f}s, val ppl {curve[-1]['val_ppl']:.2f}", flush=True)
     return {"curve": curve, "exposure": exposure, "seconds": run.seconds}
 
