@@ -5,6 +5,8 @@ python -m pytest -q tests/test_erasure_losses.py
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,6 +202,62 @@ def test_ga_to_reference_pushes_each_token_only_down_to_the_reference(setup, mar
     # Tokens already no likelier than the reference (by more than the margin) carry no term at all.
     level = loss.sequence_losses(out, out.target_log_probs().detach() + margin + 1e-3)
     assert torch.count_nonzero(level) == 0
+
+
+def log_odds_unpadded(model, prefix: list[int], suffix: list[int]) -> torch.Tensor:
+    """log p - log(1 - p) of each suffix token from one unpadded forward pass (with gradients)."""
+    logits = model(input_ids=torch.tensor([prefix + suffix])).logits[0, len(prefix) - 1 : -1]
+    p = logits.softmax(-1).gather(-1, torch.tensor(suffix)[:, None]).squeeze(-1)
+    return p.log() - (1 - p).log()
+
+
+def test_ga_to_reference_log_odds_gradient_is_the_gain_weighted_log_odds_gradient(setup):
+    """gradient log_odds: the same value as log_prob, and the gradient of sum_t gain_t x log-odds_t (gain constant)."""
+    model, tok, prefixes, suffixes = setup
+    config = EraseConfig(
+        method="ga_to_reference", reference_model="x", method_args={"retain_weight": 0, "gradient": "log_odds"}
+    )
+    out = forward_suffix(model, prefixes, suffixes, 0)
+    own = [suffix_log_probs_unpadded(model, p, s).detach() for p, s in zip(prefixes, suffixes)]
+    refs = [torch.where(torch.arange(len(o)) < len(o) // 2, o - 1.5, o + 1.0) for o in own]
+    aligned = torch.zeros(out.valid.shape)
+    aligned[out.valid] = torch.cat(refs)
+    ours = get_loss(config).sequence_losses(out, aligned).sum() / len(prefixes)
+    gains = [(o - r).clamp_min(0) for o, r in zip(own, refs)]  # 1.5 on the first half of each suffix, else 0
+    odds = [log_odds_unpadded(model, p, s) for p, s in zip(prefixes, suffixes)]
+    surrogate = sum((g * lo).sum() for g, lo in zip(gains, odds)) / sum(SUFFIXES)
+    assert ours.item() == pytest.approx(sum(g.sum() for g in gains).item() / sum(SUFFIXES), rel=1e-5)
+    torch.testing.assert_close(grads(model, ours), grads(model, surrogate), rtol=1e-3, atol=1e-6)
+
+
+def test_log_odds_gradient_pushes_a_saturated_secret_and_spares_a_format_token():
+    """Why the option exists. Token 0: a secret at p = 0.9998 the reference gives 1e-3; token 1: a format token at
+    p = 0.9998 the reference gives 0.99. log_prob's push on the secret is 1e-4 in size; log_odds pushes it ~1 per
+    nat of gain, and the format token (gain 0.01 nats) ~100 times less."""
+    from obliviate.erasure.losses.base import SuffixOutput
+
+    reference = torch.tensor([[math.log(1e-3), math.log(0.99)]])
+    sizes = {}
+    for gradient in ("log_prob", "log_odds"):
+        logits = torch.tensor([[[9.0, 0.0, 0.0], [9.0, 0.0, 0.0]]], requires_grad=True)
+        out = SuffixOutput(logits, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+        config = EraseConfig(
+            method="ga_to_reference",
+            reference_model="x",
+            forget_reduction="sequence",
+            method_args={"gradient": gradient},
+        )
+        (grad,) = torch.autograd.grad(get_loss(config).sequence_losses(out, reference).sum(), logits)
+        sizes[gradient] = grad[0, :, 0].abs()
+    assert sizes["log_prob"][0] < 1e-3 and sizes["log_odds"][0] > 1.0
+    assert sizes["log_odds"][1] < sizes["log_odds"][0] / 50
+
+
+def test_ga_to_reference_rejects_an_unknown_gradient():
+    from obliviate.erasure.config import EraseConfigError
+
+    with pytest.raises(EraseConfigError, match="gradient must be one of log_prob, log_odds"):
+        EraseConfig(method="ga_to_reference", reference_model="x", method_args={"gradient": "logit"})
 
 
 def test_ga_to_reference_without_a_reference_model_says_what_to_give():
