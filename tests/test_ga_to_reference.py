@@ -49,3 +49,25 @@ def test_erasure_stops_at_the_reference_when_the_reference_is_the_model_itself(m
 def test_a_missing_reference_model_fails_before_any_work(memorized_gpt2, tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         _eraser(memorized_gpt2, reference_model=str(tmp_path / "nowhere"))
+
+
+def test_the_report_gives_the_controls_ma_on_the_reference_model(memorized_gpt2):
+    """Where the never-trained controls stood before the fine-tuning, so a fall in their MA back to that level
+    reads as the fine-tuning's own lesson reverted, not as damage below it."""
+    from obliviate.erasure.result import format_summary
+    from obliviate.metrics import score_probes
+
+    mem = memorized_gpt2
+    controls = mem.probes.by_role("control")
+    config = EraseConfig(**{**FAST, "method": "ga_to_reference", "reference_model": saved_base(mem), "max_steps": 2})
+    eraser = Eraser(
+        mem.fresh(), mem.tokenizer, mem.probes.subset(FORGET), config, retain=_retain_texts(), controls=controls
+    )
+    report = eraser.erase().report
+    on_base = score_probes(mem.base, mem.tokenizer, controls)
+    for group, change in report["collateral"]["controls"].items():
+        rows = [r for r, p in zip(on_base, controls) if p.group == group]
+        expected = sum(r["memorization_accuracy"] for r in rows) / len(rows)
+        assert change["memorization_accuracy_reference"] == pytest.approx(expected, abs=1e-6)
+    assert report["controls"]["reference"]["count"] == len(controls)
+    assert "MA reference" in format_summary(report)

@@ -24,6 +24,7 @@ class ScoredSets:
     forget_after: list[dict] = field(default_factory=list)
     controls_before: Rows = None
     controls_after: Rows = None
+    controls_reference: Rows = None  # the controls on ``reference_model`` (the model the fine-tuning started from)
     collateral_before: Rows = None
     collateral_after: Rows = None
 

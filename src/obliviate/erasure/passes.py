@@ -21,7 +21,7 @@ from obliviate.erasure.losses import forward_suffix, retain_nll_terms
 from obliviate.erasure.memory import bound_heap_retention, release_freed_memory, rows_per_pass
 from obliviate.erasure.selection import accumulate_streams
 from obliviate.erasure.update import SelectedUpdate
-from obliviate.metrics import context_length
+from obliviate.metrics import context_length, score_probes
 
 
 def _seeded(*parts: int) -> torch.Generator:
@@ -91,6 +91,16 @@ class EraserPasses:
                 log_probs = out.target_log_probs()
                 for b, probe in enumerate(part):
                     self.token_reference[probe.id] = log_probs[b][out.valid[b]].float().cpu()
+        if self.controls:
+            # Where the controls stood before the fine-tuning: a format the fine-tuning itself taught (their MA
+            # above the reference's) goes back when it is reverted; the report says so beside "kept".
+            self.log.scores.controls_reference = score_probes(
+                reference,
+                self.tokenizer,
+                self.controls,
+                batch_size=self.config.score_batch_size,
+                sampling=self.sampling,
+            )
         del reference
         release_freed_memory()
 

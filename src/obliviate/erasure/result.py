@@ -35,11 +35,18 @@ def control_summary(rows: list[dict] | None) -> dict | None:
     }
 
 
-def group_change(before: list[dict] | None, after: list[dict] | None, groups: dict[str, str | None]) -> dict | None:
-    """Per group: count, mean MA and mean suffix loss before/after, and after/before MA ratio (collateral)."""
+def group_change(
+    before: list[dict] | None,
+    after: list[dict] | None,
+    groups: dict[str, str | None],
+    reference: list[dict] | None = None,
+) -> dict | None:
+    """Per group: count, mean MA and mean suffix loss before/after, and after/before MA ratio (collateral);
+    with ``reference`` rows (the same probes on the reference model) also their mean MA there."""
     if not before:
         return None
     after_by_id = {r["id"]: r for r in after}
+    reference_by_id = {r["id"]: r for r in reference or []}
     out = {}
     for g in sorted({groups.get(r["id"]) for r in before}, key=str):
         b = [r for r in before if groups.get(r["id"]) == g]
@@ -56,6 +63,10 @@ def group_change(before: list[dict] | None, after: list[dict] | None, groups: di
             "extraction_rate_before": sb["extraction_rate"],
             "extraction_rate_after": sa["extraction_rate"],
         }
+        if reference_by_id:
+            out[str(g)]["memorization_accuracy_reference"] = set_mean(
+                [reference_by_id[r["id"]] for r in b], "memorization_accuracy"
+            )
     return out
 
 
@@ -109,18 +120,27 @@ def _summary(log: ErasureLog, sequences: list[dict], controls_change: dict | Non
         "format_damage": [
             f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
             f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
-            f"{100 * floor:.0f}% required)"
+            f"{100 * floor:.0f}% required{_reference_note(c)})"
             for g, c in (controls_change or {}).items()
             if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor
         ],
     }
 
 
+def _reference_note(change: dict) -> str:
+    """Where the reference model puts the group: damage below it, or the fine-tuning's own lesson reverted."""
+    ref = change.get("memorization_accuracy_reference")
+    if ref is None:
+        return ""
+    where = "below" if change["memorization_accuracy_after"] < ref else "back toward"
+    return f"; the reference model gives them {ref:.3f}: {where} where the fine-tuning found them"
+
+
 def build_report(log: ErasureLog) -> dict:
     """The ``erasure_report.json`` mapping of a finished run, from its :class:`~obliviate.erasure.log.ErasureLog`."""
     sequences = _sequences(log)
     scores = log.scores
-    controls_change = group_change(scores.controls_before, scores.controls_after, log.groups)
+    controls_change = group_change(scores.controls_before, scores.controls_after, log.groups, scores.controls_reference)
     gate = dict(log.gate) if log.gate is not None else None
     return {
         "config": log.config,
@@ -136,6 +156,7 @@ def build_report(log: ErasureLog) -> dict:
         "controls": {
             "before": control_summary(scores.controls_before),
             "after": control_summary(scores.controls_after),
+            "reference": control_summary(scores.controls_reference),  # on reference_model; None without one
         },
         # Collateral damage per group: never-trained controls, and trained probes that were not erased.
         "collateral": {
@@ -208,20 +229,13 @@ def format_summary(report: dict) -> str:
         text += "\n\n" + format_table(util, ["utility (heldout_*: text the gate never saw)", "before", "after"])
     controls = (report.get("collateral") or {}).get("controls")
     if controls:
-        rows = [
-            [
-                g,
-                c["count"],
-                c["memorization_accuracy_before"],
-                c["memorization_accuracy_after"],
-                c["loss_before"],
-                c["loss_after"],
-            ]
-            for g, c in controls.items()
-        ]
-        text += "\n\n" + format_table(
-            rows, ["controls' group", "n", "MA before", "MA after", "loss before", "loss after"]
-        )
+        # The reference model's MA (ga_to_reference) says where the fine-tuning found the controls.
+        reference = any("memorization_accuracy_reference" in c for c in controls.values())
+        keys = ["count", *(["memorization_accuracy_reference"] if reference else [])]
+        keys += ["memorization_accuracy_before", "memorization_accuracy_after", "loss_before", "loss_after"]
+        rows = [[g, *(c.get(k, float("nan")) for k in keys)] for g, c in controls.items()]
+        header = ["controls' group", "n", *(["MA reference"] if reference else [])]
+        text += "\n\n" + format_table(rows, header + ["MA before", "MA after", "loss before", "loss after"])
     return text
 
 
