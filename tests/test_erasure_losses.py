@@ -5,8 +5,6 @@ python -m pytest -q tests/test_erasure_losses.py
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,53 +209,52 @@ def log_odds_unpadded(model, prefix: list[int], suffix: list[int]) -> torch.Tens
     return p.log() - (1 - p).log()
 
 
-def test_ga_to_reference_log_odds_gradient_is_the_gain_weighted_log_odds_gradient(setup):
-    """gradient log_odds: the same value as log_prob, and the gradient of sum_t gain_t x log-odds_t (gain constant)."""
+def test_ga_to_reference_in_log_odds_space(setup):
+    """space log_odds: the same one-sided term on log p - log(1 - p), value and gradient against a direct computation."""
     model, tok, prefixes, suffixes = setup
     config = EraseConfig(
-        method="ga_to_reference", reference_model="x", method_args={"retain_weight": 0, "gradient": "log_odds"}
+        method="ga_to_reference", reference_model="x", method_args={"retain_weight": 0, "space": "log_odds"}
     )
+    loss = get_loss(config)
     out = forward_suffix(model, prefixes, suffixes, 0)
-    own = [suffix_log_probs_unpadded(model, p, s).detach() for p, s in zip(prefixes, suffixes)]
-    refs = [torch.where(torch.arange(len(o)) < len(o) // 2, o - 1.5, o + 1.0) for o in own]
+    odds = [log_odds_unpadded(model, p, s) for p, s in zip(prefixes, suffixes)]
+    torch.testing.assert_close(
+        loss.token_reference(out).detach()[out.valid], torch.cat(odds).detach(), rtol=1e-4, atol=1e-4
+    )
+    # A reference 1.5 below the model on the first half of each suffix, 1 above it on the rest.
+    refs = [torch.where(torch.arange(len(o)) < len(o) // 2, o.detach() - 1.5, o.detach() + 1.0) for o in odds]
     aligned = torch.zeros(out.valid.shape)
     aligned[out.valid] = torch.cat(refs)
-    ours = get_loss(config).sequence_losses(out, aligned).sum() / len(prefixes)
-    gains = [(o - r).clamp_min(0) for o, r in zip(own, refs)]  # 1.5 on the first half of each suffix, else 0
-    odds = [log_odds_unpadded(model, p, s) for p, s in zip(prefixes, suffixes)]
-    surrogate = sum((g * lo).sum() for g, lo in zip(gains, odds)) / sum(SUFFIXES)
-    assert ours.item() == pytest.approx(sum(g.sum() for g in gains).item() / sum(SUFFIXES), rel=1e-5)
-    torch.testing.assert_close(grads(model, ours), grads(model, surrogate), rtol=1e-3, atol=1e-6)
+    ours = loss.sequence_losses(out, aligned).sum() / len(prefixes)
+    direct = sum((o - r).clamp_min(0).sum() for o, r in zip(odds, refs)) / sum(SUFFIXES)
+    assert ours.item() == pytest.approx(direct.item(), rel=1e-4)
+    torch.testing.assert_close(grads(model, ours), grads(model, direct), rtol=1e-3, atol=1e-6)
 
 
-def test_log_odds_gradient_pushes_a_saturated_secret_and_spares_a_format_token():
-    """Why the option exists. Token 0: a secret at p = 0.9998 the reference gives 1e-3; token 1: a format token at
-    p = 0.9998 the reference gives 0.99. log_prob's push on the secret is 1e-4 in size; log_odds pushes it ~1 per
-    nat of gain, and the format token (gain 0.01 nats) ~100 times less."""
+def test_log_odds_push_a_saturated_token_where_log_prob_does_not():
+    """Why the space exists: at p = 0.9998 the log p gradient on the logits is 1e-4 the size of the log-odds one,
+    and where float32 rounds p to 1 the log-odds is still finite and still pushed."""
     from obliviate.erasure.losses.base import SuffixOutput
 
-    reference = torch.tensor([[math.log(1e-3), math.log(0.99)]])
     sizes = {}
-    for gradient in ("log_prob", "log_odds"):
-        logits = torch.tensor([[[9.0, 0.0, 0.0], [9.0, 0.0, 0.0]]], requires_grad=True)
+    for space in ("log_prob", "log_odds"):
+        logits = torch.tensor([[[9.0, 0.0, 0.0], [30.0, 0.0, 0.0]]], requires_grad=True)
         out = SuffixOutput(logits, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
         config = EraseConfig(
-            method="ga_to_reference",
-            reference_model="x",
-            forget_reduction="sequence",
-            method_args={"gradient": gradient},
+            method="ga_to_reference", reference_model="x", forget_reduction="sequence", method_args={"space": space}
         )
-        (grad,) = torch.autograd.grad(get_loss(config).sequence_losses(out, reference).sum(), logits)
-        sizes[gradient] = grad[0, :, 0].abs()
-    assert sizes["log_prob"][0] < 1e-3 and sizes["log_odds"][0] > 1.0
-    assert sizes["log_odds"][1] < sizes["log_odds"][0] / 50
+        (grad,) = torch.autograd.grad(get_loss(config).sequence_losses(out, torch.full((1, 2), -5.0)).sum(), logits)
+        assert torch.isfinite(grad).all()
+        sizes[space] = grad[0, :, 0].abs()
+    assert sizes["log_prob"][0] < 1e-3 and sizes["log_odds"][0] > 0.3
+    assert sizes["log_odds"][1] > 0.3
 
 
-def test_ga_to_reference_rejects_an_unknown_gradient():
+def test_ga_to_reference_rejects_an_unknown_space():
     from obliviate.erasure.config import EraseConfigError
 
-    with pytest.raises(EraseConfigError, match="gradient must be one of log_prob, log_odds"):
-        EraseConfig(method="ga_to_reference", reference_model="x", method_args={"gradient": "logit"})
+    with pytest.raises(EraseConfigError, match="space must be one of log_prob, log_odds"):
+        EraseConfig(method="ga_to_reference", reference_model="x", method_args={"space": "logit"})
 
 
 def test_ga_to_reference_without_a_reference_model_says_what_to_give():

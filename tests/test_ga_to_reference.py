@@ -34,6 +34,18 @@ def test_token_reference_is_the_reference_models_unpadded_likelihood(memorized_g
         assert (own - direct).mean() > 1.0
 
 
+def test_token_reference_in_log_odds_space_is_the_reference_models_log_odds(memorized_gpt2):
+    mem = memorized_gpt2
+    eraser = _eraser(mem, method_args={"space": "log_odds"})
+    for probe in mem.probes.subset(FORGET):
+        ids = torch.tensor([probe.prefix_ids + probe.suffix_ids])
+        with torch.no_grad():
+            logits = mem.base(input_ids=ids).logits[0, len(probe.prefix_ids) - 1 : -1].double()
+        p = logits.softmax(-1).gather(-1, torch.tensor(probe.suffix_ids)[:, None]).squeeze(-1)
+        direct = (p.log() - (1 - p).log()).float()
+        torch.testing.assert_close(eraser.token_reference[probe.id], direct, rtol=1e-4, atol=1e-4)
+
+
 def test_erasure_stops_at_the_reference_when_the_reference_is_the_model_itself(memorized_gpt2, tmp_path):
     """Reference = the memorized model: no token is likelier than the reference finds it, so nothing moves."""
     mem = memorized_gpt2

@@ -72,7 +72,7 @@ class EraserPasses:
             self.retain_original = OriginalRetainCache(self.model, rows, self.tokenizer.pad_token_id, size)
 
     def _cache_token_reference(self) -> None:
-        """Before the first step: the reference model's log p(y_t) of every forget suffix token (ga_to_reference)."""
+        """Before the first step: the reference model's score of every forget suffix token (ga_to_reference)."""
         self.token_reference = None
         if not self.loss.needs_token_reference:
             return
@@ -88,9 +88,9 @@ class EraserPasses:
                 out = forward_suffix(
                     reference, [p.prefix_ids for p in part], [p.suffix_ids for p in part], self.tokenizer.pad_token_id
                 )
-                log_probs = out.target_log_probs()
+                scores = self.loss.token_reference(out)  # log p, or log-odds: the loss's own space
                 for b, probe in enumerate(part):
-                    self.token_reference[probe.id] = log_probs[b][out.valid[b]].float().cpu()
+                    self.token_reference[probe.id] = scores[b][out.valid[b]].float().cpu()
         if self.controls:
             # Where the controls stood before the fine-tuning: a format the fine-tuning itself taught (their MA
             # above the reference's) goes back when it is reverted; the report says so beside "kept".
