@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "recipes" / "real"
 
 
-def test_erase_reference_recipe_is_ga_to_reference_with_the_kl_retain_term_under_the_default_gate():
-    paths, config = _split(read_recipe(str(REAL / "erase-reference.yaml"), {}), "erase-reference.yaml")
+def test_erase_recipe_is_ga_to_reference_in_log_odds_with_the_kl_retain_term_under_the_default_gate():
+    paths, config = _split(read_recipe(str(REAL / "erase.yaml"), {}), "erase.yaml")
     assert config.method == "ga_to_reference" and config.reference_model == "runs/real/base"
-    assert config.method_args["retain_objective"] == "kl"
+    assert config.method_args["retain_objective"] == "kl" and config.method_args["space"] == "log_odds"
     loss = get_loss(config)
-    assert loss.needs_token_reference and loss.retain_objective == "kl"
+    assert loss.needs_token_reference and loss.retain_objective == "kl" and loss.args.space == "log_odds"
     assert config.gate == {"every": 5, "benchmarks": ["default"]}
     assert paths["heldout"] == "runs/real/data/heldout.jsonl" and paths["retain"] == "runs/real/data/retain.jsonl"
     assert paths["heldout"] != paths["retain"]  # held-out text no loss and no gate reads
@@ -28,6 +28,11 @@ def test_erase_reference_recipe_is_ga_to_reference_with_the_kl_retain_term_under
 
 def test_run_sh_links_the_reference_and_takes_the_erase_recipe_from_the_environment():
     script = (REAL / "run.sh").read_text()
-    assert 'ln -sfn "$MODEL" "$RUN/base"' in script  # erase-reference.yaml's reference_model: runs/real/base
+    assert 'ln -sfn "$MODEL" "$RUN/base"' in script  # erase.yaml's reference_model: runs/real/base
     assert "ERASE_RECIPE=${ERASE_RECIPE:-recipes/real/erase.yaml}" in script
     assert '--config "$ERASE_RECIPE"' in script
+
+
+def test_the_emso_recipe_still_loads():
+    _, config = _split(read_recipe(str(REAL / "erase-emso.yaml"), {}), "erase-emso.yaml")
+    assert config.method == "emso" and get_loss(config) is not None

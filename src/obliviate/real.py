@@ -213,7 +213,7 @@ class RealDataConfig:
 
     seed: int = field(default=0, metadata={"help": "seed of the records, the text split and the questions."})
     secrets: int = field(default=8, metadata={"help": "customer records with a unique secret, trained on."})
-    controls: int = field(default=8, metadata={"help": "records of the same format, never trained on."})
+    controls: int = field(default=64, metadata={"help": "records of the same format, never trained on."})
     repeats: int = field(default=2, metadata={"help": "copies of each secret record in train.jsonl."})
     chunk_tokens: int = field(default=48, metadata={"help": "maximum tokens of a real-text row."})
     retain_rows: int = field(default=32, metadata={"help": "real-text rows of retain.jsonl (the gate's text)."})

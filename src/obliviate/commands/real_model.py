@@ -24,7 +24,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", help="also write the real recipes' data files into this directory")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --data files")
     parser.add_argument("--secrets", type=int, default=8, help="--data: secret records trained on")
-    parser.add_argument("--controls", type=int, default=8, help="--data: records never trained on")
+    parser.add_argument(
+        "--controls",
+        type=int,
+        default=64,
+        help="--data: records never trained on (64: enough for the 0.9-quantile thresholds)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="--data: copies of each secret record")
     parser.add_argument("--train-text", action="store_true", help="--data: also train on the retain text")
 
