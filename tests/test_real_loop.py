@@ -10,6 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,7 @@ def run_dir(tmp_path_factory, model_dir) -> Path:
     """A working directory holding runs/real/data, as `obliviate real-model --data runs/real/data` writes it."""
     root = tmp_path_factory.mktemp("real")
     write_real_data(root / "runs" / "real" / "data", load_tokenizer(model_dir))
+    (root / "runs" / "real" / "base").symlink_to(model_dir)  # erase.yaml's reference_model, as run.sh links it
     return root
 
 
@@ -66,6 +72,19 @@ def scores_by_id(path: Path) -> dict[str, dict]:
     return {r["id"]: r for r in read_jsonl(path)}
 
 
+@torch.inference_mode()
+def heldout_perplexity(model_dir, path) -> float:
+    """exp of the token-mean next-token loss over the held-out rows, one unpadded row at a time (plain HF)."""
+    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu")
+    total, count = 0.0, 0
+    for row in read_jsonl(path):
+        ids = torch.tensor([tokenizer(row["text"])["input_ids"]])
+        n = ids.shape[1] - 1
+        total += model(input_ids=ids, labels=ids).loss.item() * n
+        count += n
+    return math.exp(total / count)
+
+
 def test_conversion_keeps_the_gguf_model(model_dir):
     """The cached safetensors directory computes what the packaged GGUF computes, and saved no quantizer."""
     assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
@@ -81,8 +100,9 @@ def test_conversion_keeps_the_gguf_model(model_dir):
 
 
 def test_full_finetune_loop(run_dir, model_dir):
-    """SFT of the top 4 layers makes >= 4 secrets extractable; score agrees with generate(); erasure under the
-    gate leaves none extractable and the input untouched."""
+    """SFT of the top 4 layers makes >= 4 secrets extractable; score agrees with generate(); the recipe's default
+    erasure reports what greedy generate() says, keeps held-out text within +5% and the controls above the base's
+    level, peaks within 4x the weights + 1.5 GB and leaves the input untouched."""
     from obliviate.callbacks import run_track
 
     with contextlib.chdir(run_dir):
@@ -119,41 +139,60 @@ def test_full_finetune_loop(run_dir, model_dir):
         assert flagged_ids >= extractable  # every extractable secret was flagged
         del model
 
-        # Erase under the gate: the input is untouched, the flagged secrets no longer come back greedily.
+        # The recipe's default erasure, as a user runs it (its own process: its peak RSS is measured).
         before = sha256(trained)
-        assert (
-            cli(["erase", "--config", str(RECIPES / "erase.yaml"), "--out", "runs/real/erase-full", "--no-progress"])
-            == 0
-        )
-        assert sha256(trained) == before
+        command = [sys.executable, "-m", "obliviate.cli", "erase", "--config", str(RECIPES / "erase.yaml")]
+        command += ["--out", "runs/real/erase-full", "--no-progress"]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # bytes (Linux reports KiB)
+        assert sha256(trained) == before  # the input directory is unchanged
         report = json.loads(Path("runs/real/erase-full/erasure_report.json").read_text())
         assert (Path("runs/real/erase-full") / "model.safetensors").is_file()
         erased, _ = load_model_and_tokenizer("runs/real/erase-full", device="cpu")
         after = greedy_extracted(erased, probes)
-        # The tool is honest about what it did: its extraction rate is what greedy generate() says, and the
-        # verdict line says "erased" only when nothing comes back. (Whether the defaults erase every secret
-        # here is issue 10's open target; the figures are printed below.)
-        secrets = [i for i in after if i in flagged_ids]
+        del erased
+
+        # What holds on every seed measured (docs/real-model.md), judged independently of the tool's summary.
+        secrets = sorted(i for i in after if i in flagged_ids)
+        assert not any(after[i] for i in after if i not in flagged_ids)  # no control comes back
+        # The tool's extraction rate is what greedy generate() says, and it says "erased" only when every
+        # secret meets the criterion (on seed 0 all 8 stop being the greedy continuation; on seed 1 the gate
+        # rejects every block: not asserted, printed below).
         assert report["summary"]["extraction_rate_after"] == pytest.approx(
             sum(after[i] for i in secrets) / len(secrets)
         )
-        assert not any(after[i] for i in after if i not in flagged_ids)  # no control comes back
-        if any(after[i] for i in secrets):  # a secret still comes back: the verdict must not say "erased"
-            assert report["summary"]["not_erased"] is not None
-        # The gate's benchmark held: retain perplexity at most +2% over the model given to erase.
+        forgotten = report["summary"]["forgotten"]
+        assert (report["summary"]["not_erased"] is None) == (forgotten == len(secrets))
+        held = report["heldout"]
+        ppl = [held[w]["heldout_gate_ppl"]["perplexity"] for w in ("before", "after")]
+        assert ppl[1] <= 1.05 * ppl[0]  # held-out real text (read by no loss and no gate) at most +5%
+        assert ppl[1] == pytest.approx(
+            heldout_perplexity("runs/real/erase-full", "runs/real/data/heldout.jsonl"), rel=1e-3
+        )
+        weights = sum(f.stat().st_size for f in trained.glob("*.safetensors"))
+        assert peak_rss <= 4 * weights + 1.5e9, f"erase peaked at {peak_rss / 1e9:.2f} GB"
+        # The controls (64: their group is judged against their own 0.9-quantile, not absolute thresholds) are
+        # not pushed below where the model stood before this fine-tuning. Their MA above that level was taught
+        # by the secrets themselves (SFT trains on nothing else), so "kept >= 75% of it" is not asked here
+        # (docs/real-model.md); the report shows the reference level beside before/after.
+        assert report["thresholds"]["control_groups"] == {"passphrase": 64}
+        controls = report["collateral"]["controls"]["passphrase"]
+        floor = min(controls["memorization_accuracy_before"], controls["memorization_accuracy_reference"])
+        assert controls["memorization_accuracy_after"] >= 0.75 * floor
         util = report["utility"]
-        limit = 1.02 * util["before"]["retain"]["perplexity"]
-        assert util["after"]["retain"]["perplexity"] <= limit
-        kept = [d for d in report["gate_decisions"] if d["decision"] == "accepted"]
-        assert kept and all(d["scores"]["retain"]["perplexity"] <= limit for d in kept)
-        controls = report["controls"]
-        # Not asserted here, measured and printed for the erasure tuning (issue 10's targets): every flagged
-        # secret below the controls' MA and extraction probability (`forgotten`), held-out perplexity <= +5%,
-        # controls keeping >= 75% of their MA. The erasure defaults are being re-tuned against them.
     # What was measured, for `pytest -s` and the CI log.
     print(
         json.dumps(
-            {"summary": report["summary"], "utility": util, "controls": controls, "timings": report["timings"]},
+            {
+                "summary": report["summary"],
+                "utility": util,
+                "heldout": held,
+                "controls": report["controls"],
+                "timings": report["timings"],
+                "peak_rss": peak_rss,
+                "greedy_extracted_after": sum(after[i] for i in secrets),
+            },
             default=str,
         )
     )
