@@ -1,4 +1,4 @@
-"""``method_args.retain_objective: kl``: the retain term as KL(original || current), cached before the first step.
+"""``method_args.retain_objective: kl`` / ``no_worse``: the retain term against the original, cached before the first step.
 
 python -m pytest -q tests/test_retain_kl.py
 """
@@ -72,6 +72,50 @@ def test_top_k_cache_is_a_lower_bound_and_zero_at_the_original(models):
     assert at_original == pytest.approx(0.0, abs=1e-5)
 
 
+def _direct_nll_rise(original, current, rows) -> torch.Tensor:
+    """Mean over every predicted token of max(0, NLL_current - NLL_original), each row unpadded."""
+    total, tokens = 0.0, 0
+    for r in rows:
+        ids = torch.tensor([r])
+        with torch.no_grad():
+            before = original(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])
+        now = current(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])
+        total = total + (before - now).clamp_min(0).sum()
+        tokens += len(r) - 1
+    return total / tokens
+
+
+def test_no_worse_terms_equal_the_one_sided_nll_rise_on_unpadded_rows(models):
+    tok, original, moved = models
+    rows = _rows(tok)
+    cache = OriginalRetainCache(original, rows, tok.pad_token_id, rows_per_pass=2, top_k=4)
+    picks = [1, 4, 2]
+    ours = sum(cache.terms(moved, picks, tok.pad_token_id, 2, "no_worse"))
+    direct = _direct_nll_rise(original, moved, [rows[i] for i in picks])
+    assert ours.item() > 1e-3 and ours.item() == pytest.approx(direct.item(), rel=1e-4)
+    params = list(moved.parameters())
+    g_ours = torch.autograd.grad(ours, params)
+    g_direct = torch.autograd.grad(_direct_nll_rise(original, moved, [rows[i] for i in picks]), params)
+    for a, b in zip(g_ours, g_direct):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+    # Zero at the original.
+    at_original = sum(cache.terms(original, picks, tok.pad_token_id, 2, "no_worse")).item()
+    assert at_original == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_worse_is_not_rewarded_for_fitting_the_text(models):
+    """A model likelier than the original on every retain token has no term at all (the NLL form would pull on)."""
+    tok, original, _ = models
+    rows = _rows(tok)
+    cache = OriginalRetainCache(original, rows, tok.pad_token_id, rows_per_pass=8)
+    # As if the original had been 5 nats worse on every token: the model now is likelier everywhere.
+    cache.cache = [(top, ids, target - 5.0) for top, ids, target in cache.cache]
+    value = sum(cache.terms(original, list(range(len(rows))), tok.pad_token_id, 8, "no_worse"))
+    assert value.item() == 0.0
+    kl = sum(cache.terms(original, list(range(len(rows))), tok.pad_token_id, 8, "kl"))  # the KL reads no target
+    assert kl.item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_the_cache_is_the_original_model_not_a_moved_one(memorized_gpt2):
     """Built before the first step: after a run that changed the weights, it still equals the original's."""
     mem = memorized_gpt2
@@ -100,5 +144,5 @@ def test_the_cache_is_the_original_model_not_a_moved_one(memorized_gpt2):
 
 
 def test_unknown_retain_objective_names_the_choices():
-    with pytest.raises(EraseConfigError, match="retain_objective must be one of nll, kl"):
+    with pytest.raises(EraseConfigError, match="retain_objective must be one of nll, kl, no_worse"):
         EraseConfig(method="graddiff", method_args={"retain_objective": "mse"})

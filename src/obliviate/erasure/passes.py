@@ -62,11 +62,12 @@ class EraserPasses:
         return [r for r in rows if len(r) >= 2] or [rows[0] * 2]
 
     def _cache_retain_original(self) -> None:
-        """Before the first step: the original's retain distributions, when the loss's retain term is a KL."""
+        """Before the first step: the original's retain distributions, when the loss's retain term reads them."""
         self.retain_original = None
-        if self.loss.needs_retain and getattr(self.loss, "retain_objective", "nll") == "kl" and self.retain_texts:
-            from obliviate.erasure.retain_kl import OriginalRetainCache
+        from obliviate.erasure.retain_kl import CACHED_OBJECTIVES, OriginalRetainCache
 
+        objective = getattr(self.loss, "retain_objective", "nll")
+        if self.loss.needs_retain and objective in CACHED_OBJECTIVES and self.retain_texts:
             rows = [self._retain_ids(i) for i in range(len(self.retain_texts))]
             size = self._rows_per_pass(max(len(r) for r in rows))
             self.retain_original = OriginalRetainCache(self.model, rows, self.tokenizer.pad_token_id, size)
@@ -111,13 +112,15 @@ class EraserPasses:
         return aligned
 
     def _retain_loss_terms(self, generator: torch.Generator):
-        """The shares of the loss's retain term on one seeded draw: its NLL, or its KL to the original."""
+        """The shares of the loss's retain term on one seeded draw: its NLL, or its KL / NLL rise against the original."""
         if getattr(self, "retain_original", None) is None:
             yield from self._retain_nll_terms(generator)
             return
         picks = self._retain_pick(generator)
         size = self._rows_per_pass(max(len(self.retain_original.rows[i]) for i in picks))
-        yield from self.retain_original.kl_terms(self.model, picks, self.tokenizer.pad_token_id, size)
+        yield from self.retain_original.terms(
+            self.model, picks, self.tokenizer.pad_token_id, size, self.loss.retain_objective
+        )
 
     def _retain_nll_terms(self, generator: torch.Generator):
         """Token-bounded shares of the retain NLL of one seeded draw of retain rows (losses/base.py)."""

@@ -28,7 +28,8 @@ class RetainTermConfig:
         default="nll",
         metadata={
             "help": "nll: the retain text's NLL (the published GradDiff / NPO-RT); kl: KL(original || current) on it "
-            "(erasure/retain_kl.py), which keeps the model where it was instead of fitting the text."
+            "(erasure/retain_kl.py), which keeps the model where it was instead of fitting the text; no_worse: the "
+            "NLL's rise above the original's, token by token (first-order at the start, where the KL is flat)."
         },
     )
 
