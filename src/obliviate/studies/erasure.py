@@ -8,11 +8,11 @@ is that it keeps utility better than gradient ascent at equal forgetting, most o
 Here the toy is fine-tuned long enough (``epochs`` on ``n_members`` records) that hundreds of trained
 sequences are memorized; forget sets are its N most memorized members/canaries (exactly extractable
 first, then by MA), the same for every method; each run erases a fresh copy of the model, by default
-without a gate (to the forgetting criterion or ``max_steps``, so the methods are compared at what forgetting
-cost them), or under the block's ``gate`` (``default``: the product's gate, so the methods are compared at
-what they forget within the same utility budget), and measures: forgotten share (the per-sequence criterion, and Jang et al.'s set-mean criterion on the
-erased model), held-out perplexity change and KL to the original on the toy's never-trained text,
-multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
+without a gate (to the forgetting criterion or ``max_steps``, so the methods are compared at what
+forgetting cost them), or under the block's ``gate`` (``default``: the product's gate, so the methods are
+compared at what they forget within the same utility budget), and measures: forgotten share (the
+per-sequence criterion, and Jang et al.'s set-mean criterion on the erased model), held-out perplexity
+change and KL to the original on the toy's never-trained text, multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
 not asked to be forgotten, collapse (held-out perplexity more than doubled) and wall time. The run
 blocks (which arms, sizes and seeds) are in the recipe; the runs are :mod:`obliviate.studies.erasure_runs`, the
 tables and plot :mod:`obliviate.studies.erasure_report`.
