@@ -12,10 +12,11 @@ without a gate (to the forgetting criterion or ``max_steps``, so the methods are
 forgetting cost them), or under the block's ``gate`` (``default``: the product's gate, so the methods are
 compared at what they forget within the same utility budget), and measures: forgotten share (the
 per-sequence criterion, and Jang et al.'s set-mean criterion on the erased model), held-out perplexity
-change and KL to the original on the toy's never-trained text, multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
-not asked to be forgotten, collapse (held-out perplexity more than doubled) and wall time. The run
-blocks (which arms, sizes and seeds) are in the recipe; the runs are :mod:`obliviate.studies.erasure_runs`, the
-tables and plot :mod:`obliviate.studies.erasure_report`.
+change and KL to the original on the toy's never-trained text, multiple-choice accuracy change, MA
+change of the never-trained controls (128 per group) and of the trained sequences not asked to be
+forgotten, collapse (held-out perplexity more than doubled), what the gate rejected and wall time. The
+run blocks (which arms, sizes and seeds, which gate) are in the recipe; the runs are
+:mod:`obliviate.studies.erasure_runs`, the tables and plot :mod:`obliviate.studies.erasure_report`.
 """
 
 from __future__ import annotations
