@@ -1,9 +1,10 @@
 """Study 4 (recipes/studies/erasure.yaml) in --minimal mode, its numbers checked against hand computations.
 
 The minimal recipe fine-tunes a tiny corpus for two epochs and erases its 4 most memorized sequences with
-three arms (paper-faithful EMSO, EMSO's loss on every weight at a large lr, GA); the erased models are saved,
-so held-out perplexity, the forget set and the set-mean MA are recomputed here from the models themselves
-with plain HF forward passes, independently of obliviate.metrics.
+three arms (paper-faithful EMSO, EMSO's loss on every weight at a large lr, GA), and again under the product's
+gate with GA and ga_to_reference; the erased models are saved, so held-out and gate-text perplexity, the forget
+set and the set-mean MA are recomputed here from the models themselves with plain HF forward passes,
+independently of obliviate.metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from obliviate.config import RecipeError
+from obliviate.erasure.inputs import split_retain
 from obliviate.studies import run_recipe
 from obliviate.studies.common import StudyError, load_study, read_jsonl
 from obliviate.studies.erasure import ErasureStudyConfig
@@ -34,14 +36,18 @@ def _load(path: Path):
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
+def _run_dir(out: Path, row: dict) -> Path:
+    gated = "-gated" if row["gate"] == "default" else ""
+    return out / "runs" / f"seed0-n24-e2-f4-{row['method']}-{row['selector']}{gated}"
+
+
 def _erased(out: Path, row: dict):
     """The erased model of ``row`` (the study saves weights only: the tokenizer is the SFT model's)."""
-    path = out / "runs" / f"seed0-n24-e2-f4-{row['method']}-{row['selector']}" / "model"
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    return AutoModelForCausalLM.from_pretrained(_run_dir(out, row) / "model").eval()
 
 
-def _run(results, arm: str) -> dict:
-    (row,) = [r for r in results["runs"] if r["arm"] == arm]
+def _run(results, arm: str, gate=None) -> dict:
+    (row,) = [r for r in results["runs"] if r["arm"] == arm and r["gate"] == gate]
     return row
 
 
@@ -79,7 +85,8 @@ def _greedy_hits(model, ids: list[int], start: int) -> list[bool]:
 
 def test_every_arm_ran_and_its_numbers_are_sane(study):
     out, results = study
-    assert [r["arm"] for r in results["runs"]] == ["emso", "entropy_only", "ga"]
+    assert [r["arm"] for r in results["runs"] if r["gate"] is None] == ["emso", "entropy_only", "ga"]
+    assert [r["arm"] for r in results["runs"] if r["gate"] == "default"] == ["ga", "ga_to_reference"]
     for r in results["runs"]:
         assert 0 <= r["forgotten"] <= 1 and 0 <= r["extraction_after"] <= 1 and len(r["forget_ids"]) == 4
         assert r["kl"] >= 0 and 0 <= r["mc_after"] <= 1 and r["wall_s"] > 0
@@ -87,8 +94,11 @@ def test_every_arm_ran_and_its_numbers_are_sane(study):
         assert r["heldout_ppl_change"] == pytest.approx(r["heldout_ppl_after"] / r["heldout_ppl_before"] - 1)
     md = (out / "erasure.md").read_text()
     assert "## Block minimal" in md and "| 4 | 24 | entropy_only | emso / all | 1 |" in md
-    claim = md.split("## The claim")[1]  # the four main methods only: entropy_only is not one of them
+    claim = md.split("## The claim")[1]  # the four main methods only, ungated: entropy_only is not one of them
     assert "| 4 | 24 | emso | emso / contrastive | 1 |" in claim and "entropy_only" not in claim
+    assert claim.count("| 4 | 24 | ga | ga / all | 1 |") == 1 and "ga_to_reference" not in claim
+    gated = md.split("## Block gated")[1].split("## The claim")[0]
+    assert "gate rejections" in gated and "| 4 | 24 | ga_to_reference | ga_to_reference / contrastive | 1 |" in gated
     assert (out / "erasure_forgetting_vs_utility.png").is_file()
     assert json.loads((out / "erasure.json").read_text())["minimal"] is True
 
@@ -147,11 +157,63 @@ def test_set_mean_ma_is_the_mean_full_sequence_ma_of_the_erased_model(study):
     )
 
 
+def test_gated_runs_report_the_gates_decisions_and_stay_within_its_bounds(study):
+    out, results = study
+    original, tokenizer = _load(out / "models" / "seed0-n24-e2" / "track" / "model")
+    for arm, uses_retain in (("ga", False), ("ga_to_reference", True)):  # ga_to_reference has a retain NLL term
+        row = _run(results, arm, gate="default")
+        report = json.loads((_run_dir(out, row) / "erasure_report.json").read_text())
+        decisions = report["gate_decisions"]
+        # Under gate every: 1, one decision per attempted step; the row counts what the report records.
+        assert len(decisions) == row["gate_checks"] == report["summary"]["attempted_steps"] > 0
+        assert row["gate_rejections"] == sum(d["decision"] == "rejected" for d in decisions)
+        assert row["chunks_gate_exhausted"] == sum(c["status"] == "gate_exhausted" for c in report["chunks"])
+        before, after = report["utility"]["before"]["heldout_ppl"], report["utility"]["after"]["heldout_ppl"]
+        assert row["heldout_ppl_change"] == pytest.approx(after["perplexity"] / before["perplexity"] - 1, rel=1e-9)
+        # The gate's text: the retain rows left after dropping the forget set, its gate-only part (read by no loss).
+        forget = {
+            p["prompt"] + p["completion"]
+            for p in read_jsonl(out / "models" / "seed0-n24-e2" / "probes.jsonl")
+            if p["id"] in row["forget_ids"]
+        }
+        retain = [r["text"] for r in read_jsonl(out / "models" / "seed0-n24-e2" / "retain.jsonl")]
+        split = split_retain([t for t in retain if t.strip() not in forget], 0.5, 0.25, uses_retain)
+        assert len(split.gate) == report["retain_split"]["gate_rows"] and not set(split.gate) & set(split.loss)
+        ppl_before = _hand_perplexity(original, tokenizer, split.gate)
+        ppl_after = _hand_perplexity(_erased(out, row), tokenizer, split.gate)
+        assert report["gate"]["baseline"]["gate_ppl"]["perplexity"] == pytest.approx(ppl_before, rel=1e-4)
+        assert -0.10 <= ppl_after / ppl_before - 1 <= 0.02  # the default gate's two-sided perplexity bound
+    # GA on every weight at lr 3e-2 breaks the gate at once (ungated, one step took held-out ppl x100+):
+    # the gate must have rolled it back, and the model it kept is the one it accepted.
+    ga = _run(results, "ga", gate="default")
+    assert ga["gate_rejections"] >= 1 and _run(results, "ga")["heldout_ppl_change"] > 1
+    assert ga["heldout_ppl_change"] < 0.02
+    moved = _run(results, "ga_to_reference", gate="default")
+    assert moved["steps"] > 0 and moved["kl"] > 0
+
+
+def test_controls_are_128_per_group_of_never_trained_text(study):
+    out, results = study
+    controls = read_jsonl(out / "models" / "seed0-n24-e2" / "controls.jsonl")
+    trained = {p["prompt"] + p["completion"] for p in read_jsonl(out / "models" / "seed0-n24-e2" / "train.jsonl")}
+    assert {g: sum(c["group"] == g for c in controls) for g in ("pin", "record")} == {"pin": 128, "record": 128}
+    assert all(c["role"] == "control" and c["prompt"] + c["completion"] not in trained for c in controls)
+    row = _run(results, "emso")
+    report = json.loads((_run_dir(out, row) / "erasure_report.json").read_text())
+    assert {g: c["count"] for g, c in report["collateral"]["controls"].items()} == {"pin": 128, "record": 128}
+
+
 def test_bad_erasure_recipes_say_what_to_change():
     with pytest.raises(RecipeError, match="neither one of emso"):
         load_study(RECIPE, ErasureStudyConfig, overrides={"blocks": [{"name": "x", "sizes": [8], "arms": ["emso2"]}]})
     with pytest.raises(RecipeError, match="gate: null"):
         load_study(RECIPE, ErasureStudyConfig, overrides={"erase": {"gate": "default"}})
+    with pytest.raises(RecipeError, match="block x: gate: gate must be a mapping, 'default' or null"):
+        load_study(
+            RECIPE,
+            ErasureStudyConfig,
+            overrides={"blocks": [{"name": "x", "sizes": [8], "arms": ["ga"], "gate": "strict"}]},
+        )
     with pytest.raises(RecipeError, match="not among the study's seeds"):
         load_study(
             RECIPE,
@@ -161,4 +223,4 @@ def test_bad_erasure_recipes_say_what_to_change():
     with pytest.raises(StudyError, match="raise n_members"):
         from obliviate.studies.erasure_runs import SeedModel
 
-        SeedModel(Path("."), None, None, None, [{"id": "a"}], {}).forget_set(2)
+        SeedModel(Path("."), None, None, None, None, [{"id": "a"}], {}).forget_set(2)

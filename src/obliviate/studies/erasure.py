@@ -7,22 +7,27 @@ them (a bounded loss) while updating only the weights a contrastive gradient sco
 is that it keeps utility better than gradient ascent at equal forgetting, most on large requests.
 Here the toy is fine-tuned long enough (``epochs`` on ``n_members`` records) that hundreds of trained
 sequences are memorized; forget sets are its N most memorized members/canaries (exactly extractable
-first, then by MA), the same for every method; each run erases a fresh copy of the model without a gate
-(to the forgetting criterion or ``max_steps``, so the methods are compared at what forgetting cost them)
-and measures: forgotten share (the per-sequence criterion, and Jang et al.'s set-mean criterion on the
-erased model), held-out perplexity change and KL to the original on the toy's never-trained text,
-multiple-choice accuracy change, MA change of the never-trained controls and of the trained sequences
-not asked to be forgotten, collapse (held-out perplexity more than doubled) and wall time. The run
-blocks (which arms, sizes and seeds) are in the recipe; the runs are :mod:`obliviate.studies.erasure_runs`, the
-tables and plot :mod:`obliviate.studies.erasure_report`.
+first, then by MA), the same for every method; each run erases a fresh copy of the model, by default
+without a gate (to the forgetting criterion or ``max_steps``, so the methods are compared at what
+forgetting cost them), or under the block's ``gate`` (``default``: the product's gate, so the methods are
+compared at what they forget within the same utility budget), and measures: forgotten share (the
+per-sequence criterion, and Jang et al.'s set-mean criterion on the erased model), held-out perplexity
+change and KL to the original on the toy's never-trained text, multiple-choice accuracy change, MA
+change of the never-trained controls (128 per group) and of the trained sequences not asked to be
+forgotten, collapse (held-out perplexity more than doubled), what the gate rejected and wall time. The
+run blocks (which arms, sizes and seeds, which gate) are in the recipe; the runs are
+:mod:`obliviate.studies.erasure_runs`, the tables and plot :mod:`obliviate.studies.erasure_report`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from obliviate.studies.common import StudyConfig, StudyError, positive_int, prepare_base, write_outputs
 
@@ -33,10 +38,13 @@ ARMS = {
     "ga": ("ga", "all"),
     "graddiff": ("graddiff", "all"),
     "npo": ("npo", "all"),
+    "ga_to_reference": ("ga_to_reference", "contrastive"),
 }
 """Named arms of the method comparison -> (method, selector). ``emso`` is the paper-faithful one (forget-only
 contrastive selection); ``entropy_only`` the same loss on every weight (EMSO without its selective optimization);
-``emso_retain`` obliviate's retain-contrast selector; GA, GradDiff and NPO update every weight, as in their papers."""
+``emso_retain`` obliviate's retain-contrast selector; GA, GradDiff and NPO update every weight, as in their papers;
+``ga_to_reference`` is obliviate's product method (GA on each token only while the model finds it likelier than the
+seed's base model before SFT, plus GradDiff's retain term) on EMSO's contrastive 1%, as recipes/demo.yaml runs it."""
 
 COLLAPSE_RATIO = 2.0
 """A run collapsed when its held-out perplexity after erasure is more than this times the one before."""
@@ -52,6 +60,15 @@ def arm_pair(arm: str) -> tuple[str, str]:
     raise StudyError(f"arm {arm!r} is neither one of {', '.join(ARMS)} nor 'method/selector' (e.g. ga/magnitude).")
 
 
+def gate_tag(gate) -> str:
+    """A run's gate in its file name: ``""`` ungated, ``"-gated"`` the default gate, ``"-gate<hash>"`` a section."""
+    if gate is None:
+        return ""
+    if gate == "default":
+        return "-gated"
+    return "-gate" + hashlib.sha256(json.dumps(gate, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def arm_name(method: str, selector: str) -> str:
     """The arm's name: its :data:`ARMS` name when it has one, else ``method/selector``."""
     return next((name for name, pair in ARMS.items() if pair == (method, selector)), f"{method}/{selector}")
@@ -60,7 +77,8 @@ def arm_name(method: str, selector: str) -> str:
 @dataclass
 class RunBlock:
     """One block of runs: every arm x size x seed. Arms are ``arms`` plus the product ``methods`` x ``selectors``;
-    ``n_members`` / ``epochs`` (default: the study's) say which SFT model the block erases from."""
+    ``n_members`` / ``epochs`` (default: the study's) say which SFT model the block erases from; ``gate`` (default
+    null: ungated) is the EraseConfig ``gate`` of every run of the block (``default``: the product's gate)."""
 
     name: str
     sizes: list[int]
@@ -70,6 +88,7 @@ class RunBlock:
     arms: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     selectors: list[str] = field(default_factory=list)
+    gate: Any = None
 
     def pairs(self) -> list[tuple[str, str]]:
         out = [arm_pair(a) for a in self.arms] + list(itertools.product(self.methods, self.selectors))
@@ -109,7 +128,10 @@ class ErasureStudyConfig(StudyConfig):
         for name in ("n_members", "epochs", "el_n", "el_stride", "max_others"):
             positive_int(getattr(self, name), name)
         if not isinstance(self.erase, dict) or "gate" in self.erase and self.erase["gate"] not in (None,):
-            raise StudyError("erase must be a mapping of EraseConfig fields, with gate: null (runs go ungated).")
+            raise StudyError(
+                "erase must be a mapping of EraseConfig fields, with gate: null (runs go ungated); a gate goes on "
+                "a block (gate: default)."
+            )
         if not isinstance(self.blocks, list) or not self.blocks:
             raise StudyError("blocks must be a non-empty list of {name, sizes, seeds, arms | methods x selectors}.")
         self.blocks = [self._block(b) for b in self.blocks]
@@ -117,7 +139,7 @@ class ErasureStudyConfig(StudyConfig):
     def _block(self, raw) -> RunBlock:
         if isinstance(raw, RunBlock):
             return raw
-        keys = ("name", "sizes", "seeds", "n_members", "epochs", "arms", "methods", "selectors")
+        keys = ("name", "sizes", "seeds", "n_members", "epochs", "arms", "methods", "selectors", "gate")
         if not isinstance(raw, dict) or set(raw) - set(keys) or not {"name", "sizes"} <= set(raw):
             raise StudyError(f"a block has keys {', '.join(keys)} (name and sizes required); got {raw!r}.")
         block = RunBlock(**{"seeds": self.seeds[:1], "n_members": self.n_members, "epochs": self.epochs, **raw})
@@ -128,7 +150,18 @@ class ErasureStudyConfig(StudyConfig):
         if not block.pairs():
             raise StudyError(f"block {block.name} names no arm: give arms, or methods and selectors.")
         self._check_pairs(block)
+        self._check_gate(block)
         return block
+
+    def _check_gate(self, block: RunBlock) -> None:
+        """The block's gate as EraseConfig reads it (its keys and schedule checked now, not after hours of runs)."""
+        from obliviate.erasure import EraseConfig
+        from obliviate.erasure.config import EraseConfigError
+
+        try:
+            EraseConfig(gate=block.gate)
+        except EraseConfigError as err:
+            raise StudyError(f"block {block.name}: gate: {err}") from err
 
     def _check_pairs(self, block: RunBlock) -> None:
         from obliviate.erasure import LOSSES, SELECTORS
@@ -140,16 +173,16 @@ class ErasureStudyConfig(StudyConfig):
                     f"{', '.join(LOSSES.names())}; selectors: {', '.join(SELECTORS.names())}."
                 )
 
-    def runs(self) -> list[tuple[tuple[int, int, int], int, str, str]]:
-        """Every distinct ((seed, n_members, epochs), size, method, selector) of the blocks, in block order."""
-        keys = [
-            ((s, b.n_members, b.epochs), n, m, sel)
-            for b in self.blocks
-            for s in b.seeds
-            for n in b.sizes
-            for m, sel in b.pairs()
-        ]
-        return list(dict.fromkeys(keys))
+    def runs(self) -> list[tuple[tuple[int, int, int], int, str, str, Any]]:
+        """Every distinct ((seed, n_members, epochs), size, method, selector, gate) of the blocks, in block order."""
+        keys, seen = [], set()
+        for b in self.blocks:
+            for s, n, (m, sel) in itertools.product(b.seeds, b.sizes, b.pairs()):
+                key = ((s, b.n_members, b.epochs), n, m, sel, b.gate)
+                if (tag := (*key[:4], gate_tag(b.gate))) not in seen:
+                    seen.add(tag)
+                    keys.append(key)
+        return keys
 
 
 def run_study(config: ErasureStudyConfig, out: Path) -> dict:

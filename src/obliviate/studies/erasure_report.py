@@ -1,5 +1,8 @@
 """Study 4's tables and plot: one table per run block (mean ± std over its seeds), the seed models, the plot.
 
+A gated block's table adds what the gate did (rejected blocks, chunks it stopped); the claim table and the plot
+are the ungated runs (equal forgetting), a gated block its own table (equal utility budget).
+
 python -c "from obliviate.studies.erasure_report import tables; help(tables)"
 """
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from obliviate.studies.common import markdown_table, pyplot, save_figure
-from obliviate.studies.erasure import ARMS, COLLAPSE_RATIO, ErasureStudyConfig
+from obliviate.studies.erasure import ARMS, COLLAPSE_RATIO, ErasureStudyConfig, gate_tag
 
 HEADERS = [
     "size",
@@ -34,6 +37,26 @@ HEADERS = [
     "wall s",
 ]
 
+GATED_HEADERS = [
+    "size",
+    "corpus records",
+    "arm",
+    "method / selector",
+    "seeds",
+    "memorized before (per-seq)",
+    "forgotten (per-seq)",
+    "extraction after",
+    "held-out ppl Δ%",
+    "KL to original",
+    "MC Δ pts",
+    "controls MA Δ",
+    "others MA Δ",
+    "gate rejections",
+    "chunks gate_exhausted",
+    "steps",
+    "wall s",
+]
+
 
 def _mean_std(values: list[float], digits: int) -> str:
     """``mean ± std`` over seeds (population std) at ``digits`` decimals; one value alone shows only itself."""
@@ -41,9 +64,8 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{x.mean():.{digits}f}" if len(x) == 1 else f"{x.mean():.{digits}f} ± {x.std():.{digits}f}"
 
 
-def _cells(rows: list[dict]) -> list:
-    """One table row from the runs of one (size, arm) over seeds."""
-    first = rows[0]
+def _columns(rows: list[dict]):
+    """``col(f, digits)`` (mean ± std of ``f`` over ``rows``) and ``count(f)`` (how many rows ``f`` holds for)."""
 
     def col(f, digits: int = 3):
         values = [f(r) for r in rows]
@@ -52,6 +74,13 @@ def _cells(rows: list[dict]) -> list:
     def count(f):
         return f"{sum(bool(f(r)) for r in rows)}/{len(rows)}"
 
+    return col, count
+
+
+def _cells(rows: list[dict]) -> list:
+    """One table row from the runs of one (size, arm) over seeds."""
+    first = rows[0]
+    col, count = _columns(rows)
     return [
         first["size"],
         first["n_members"],
@@ -75,7 +104,33 @@ def _cells(rows: list[dict]) -> list:
     ]
 
 
-def grouped_table(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
+def _gated_cells(rows: list[dict]) -> list:
+    """One row of a gated block's table: forgetting and utility as :func:`_cells`, and what the gate did."""
+    first = rows[0]
+    col, _ = _columns(rows)
+    exhausted = sum(r["chunks_gate_exhausted"] for r in rows)
+    return [
+        first["size"],
+        first["n_members"],
+        first["arm"],
+        f"{first['method']} / {first['selector']}",
+        len(rows),
+        col(lambda r: r["memorized_before"], 2),
+        col(lambda r: r["forgotten"], 2),
+        col(lambda r: r["extraction_after"], 2),
+        col(lambda r: 100 * r["heldout_ppl_change"], 1),
+        col(lambda r: r["kl"], 2),
+        col(lambda r: 100 * (r["mc_after"] - r["mc_before"]), 1),
+        col(lambda r: r["controls_ma_change"]),
+        col(lambda r: r["others_ma_change"]),
+        col(lambda r: r["gate_rejections"], 1),
+        f"{exhausted}/{sum(r['chunks'] for r in rows)}",  # over every chunk of every seed
+        col(lambda r: r["steps"], 0),
+        col(lambda r: r["wall_s"], 0),
+    ]
+
+
+def grouped_table(runs: list[dict], pairs: list[tuple[str, str]], gated: bool = False) -> str:
     """One row per (size, corpus, method, selector) of ``pairs`` present in ``runs``, over their seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -83,24 +138,31 @@ def grouped_table(runs: list[dict], pairs: list[tuple[str, str]]) -> str:
             groups.setdefault((r["size"], r["n_members"], r["method"], r["selector"]), []).append(r)
     order = {pair: i for i, pair in enumerate(pairs)}
     keys = sorted(groups, key=lambda k: (k[0], k[1], order[k[2:]]))
+    if gated:
+        return markdown_table(GATED_HEADERS, [_gated_cells(groups[k]) for k in keys])
     return markdown_table(HEADERS, [_cells(groups[k]) for k in keys])
+
+
+def ungated(r: dict) -> bool:
+    return r.get("gate") is None  # rows cached before blocks had gates have no "gate"
 
 
 def in_block(block, r: dict) -> bool:
     model = (r["n_members"], r["epochs"]) == (block.n_members, block.epochs)
-    return model and r["seed"] in block.seeds and r["size"] in block.sizes
+    same_gate = gate_tag(r.get("gate")) == gate_tag(block.gate)
+    return model and same_gate and r["seed"] in block.seeds and r["size"] in block.sizes
 
 
 def block_table(block, runs: list[dict]) -> str:
-    return grouped_table([r for r in runs if in_block(block, r)], block.pairs())
+    return grouped_table([r for r in runs if in_block(block, r)], block.pairs(), gated=block.gate is not None)
 
 
 CLAIM_ARMS = ("emso", "ga", "graddiff", "npo")
 
 
 def claim_table(runs: list[dict]) -> str:
-    """The four main methods at every request size measured (every seed each was run with)."""
-    return grouped_table(runs, [ARMS[a] for a in CLAIM_ARMS])
+    """The four main methods at every request size measured ungated (every seed each was run with)."""
+    return grouped_table([r for r in runs if ungated(r)], [ARMS[a] for a in CLAIM_ARMS])
 
 
 def models_table(models: dict) -> str:
@@ -116,12 +178,14 @@ def tables(config: ErasureStudyConfig, runs: list[dict], models: dict) -> list[t
     for block in config.blocks:
         title = (
             f"Block {block.name}: n_members {block.n_members}, {block.epochs} epochs, forget sets of {block.sizes}, "
-            f"seeds {block.seeds} (mean ± std over seeds; collapsed = held-out ppl > {COLLAPSE_RATIO:g}x)"
+            f"seeds {block.seeds}, gate {block.gate if block.gate is not None else 'none'} (mean ± std over seeds; "
+            + ("chunks gate_exhausted over all seeds' chunks)" if block.gate is not None else "")
+            + (f"collapsed = held-out ppl > {COLLAPSE_RATIO:g}x)" if block.gate is None else "")
         )
         out.append((title, block_table(block, runs)))
     out.append(
         (
-            "The claim: EMSO vs GA (and GradDiff, NPO) by request size, every seed run (all blocks)",
+            "The claim: EMSO vs GA (and GradDiff, NPO) by request size, every seed run (all ungated blocks)",
             claim_table(runs),
         )
     )
@@ -129,7 +193,9 @@ def tables(config: ErasureStudyConfig, runs: list[dict], models: dict) -> list[t
 
 
 def plots(out: Path, runs: list[dict]) -> list[str]:
-    """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per method, marker per size."""
+    """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per method, marker per size
+    (the ungated runs: a gated run stops where the gate does, a different comparison)."""
+    runs = [r for r in runs if ungated(r)]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     methods = sorted({r["method"] for r in runs})

@@ -3,8 +3,9 @@
     python -c "from obliviate.studies.erasure_runs import erase_one; help(erase_one)"
 
 Everything is cached under the study's ``--out``: ``models/seed<S>/`` (corpus files and the tracked SFT run)
-and ``runs/<run>.json`` (one measured erasure), each with the settings it was made with, so a rerun of the
-recipe reuses what is still valid and a changed setting redoes only what it touches.
+and ``runs/<run>.json`` (one measured erasure; its full erasure report in ``runs/<run>/erasure_report.json``),
+each with the settings it was made with, so a rerun of the recipe reuses what is still valid and a changed
+setting redoes only what it touches.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.studies.common import TRAINED_ROLES, StudyError, track_run, write_jsonl
-from obliviate.studies.erasure import COLLAPSE_RATIO, ErasureStudyConfig, arm_name
+from obliviate.studies.common import TRAINED_ROLES, StudyError, probes_with_calibration, track_run, write_jsonl
+from obliviate.studies.erasure import COLLAPSE_RATIO, ErasureStudyConfig, arm_name, gate_tag
 
 
 def _key(settings: dict) -> str:
@@ -40,6 +41,7 @@ class SeedModel:
     model: object
     tokenizer: object
     probes: object
+    controls: object
     ranked: list[dict]
     record: dict
 
@@ -61,6 +63,9 @@ class SeedModel:
 
 def sft_model(config: ErasureStudyConfig, base: Path, out: Path, model: tuple[int, int, int]) -> SeedModel:
     """Fine-tune the toy base on a corpus of ``n_members`` records for ``epochs`` (reused when already done).
+
+    The never-trained controls the erasure reads (criterion thresholds, controls' MA change) are the corpus's
+    and its ``calibration_controls``: 128 per group in ``controls.jsonl``, not the 16 per group SFT tracks.
 
     Args:
         model: ``(seed, n_members, epochs)``; the seed draws the corpus and trains.
@@ -91,14 +96,20 @@ def sft_model(config: ErasureStudyConfig, base: Path, out: Path, model: tuple[in
         record = {"key": key, "seed": seed, "n_members": n_members, "epochs": epochs, "train_rows": len(corpus.train)}
         record["sft_seconds"] = run.seconds
         (run_dir / "model.json").write_text(json.dumps(record, indent=1))
+    if not (run_dir / "controls.jsonl").is_file():  # also for an SFT model cached before the file existed
+        corpus = make_corpus(n_members=n_members, seed=seed)
+        controls = [p for p in probes_with_calibration(corpus) if p["role"] == "control"]
+        write_jsonl(run_dir / "controls.jsonl", controls)
     lm, tokenizer = load_model_and_tokenizer(run_dir / "track" / "model", device="cpu")
     probes = load_probes(run_dir / "probes.jsonl", tokenizer)
+    controls = load_probes(run_dir / "controls.jsonl", tokenizer)
     rows = score_probes(lm, tokenizer, probes.by_role(*TRAINED_ROLES))
     rows.sort(
         key=lambda r: (-r["exact_extraction"], -r["memorization_accuracy"], -r["extraction_probability"], r["id"])
     )
     record = {**record, "trained": len(rows), "extractable": sum(r["exact_extraction"] for r in rows)}
-    return SeedModel(run_dir, lm, tokenizer, probes, rows, record)
+    record["controls"] = len(controls)
+    return SeedModel(run_dir, lm, tokenizer, probes, controls, rows, record)
 
 
 def model_name(model: tuple[int, int, int]) -> str:
@@ -106,8 +117,12 @@ def model_name(model: tuple[int, int, int]) -> str:
     return f"seed{seed}-n{n_members}-e{epochs}"
 
 
-def erase_config(config: ErasureStudyConfig, method: str, selector: str, seed: int, data: Path):
-    """The EraseConfig of one run: the recipe's ``erase`` section, the arm, its lr and the utility it reports."""
+def erase_config(
+    config: ErasureStudyConfig, method: str, selector: str, seed: int, data: Path, gate=None, reference: Path = None
+):
+    """The EraseConfig of one run: the recipe's ``erase`` section, the arm, its lr, the block's gate (None: none)
+    and the utility it reports. ``reference`` is the model SFT started from (``reference_model`` of
+    ga_to_reference and of the report's controls line)."""
     from obliviate.erasure import EraseConfig
 
     lr = config.selector_learning_rates.get(selector, config.erase.get("learning_rate", 3e-4))
@@ -117,7 +132,11 @@ def erase_config(config: ErasureStudyConfig, method: str, selector: str, seed: i
         {"name": "kl_to_original", "data": str(data / "heldout.jsonl"), "label": "heldout_kl", "top_k": None},
         {"name": "multiple_choice", "data": str(data / "multiple_choice.jsonl"), "label": "mc"},
     ]
-    settings = {**config.erase, "learning_rate": lr, "seed": seed, "gate": None, "plots": False}
+    settings = {**config.erase, "learning_rate": lr, "seed": seed, "gate": gate, "plots": False}
+    if method == "ga_to_reference":
+        if reference is None:
+            raise StudyError("ga_to_reference needs the model SFT started from: pass reference.")
+        settings["reference_model"] = str(reference)
     return EraseConfig(method=method, selector=selector, utility=utility, **settings)
 
 
@@ -172,20 +191,40 @@ def measures(report: dict, set_mean: dict) -> dict:
         "collapsed": ppl_after > COLLAPSE_RATIO * ppl_before,
         "steps": s["steps"],
         "chunk_status": sorted({c["status"] for c in report["chunks"]}),
+        "chunks": s["chunks"],
+        # Under a gate: how often it rolled a block back, and chunks it stopped (every retry of a block rejected).
+        "gate_checks": len(report["gate_decisions"]),
+        "gate_rejections": s["gate_rejections"],
+        "chunks_gate_exhausted": s["chunks_gate_exhausted"],
     }
 
 
-def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, method: str, selector: str, seed: int):
-    """Erase the forget set of ``size`` from a copy of the seed's model with one arm; the measured row."""
+def erase_one(
+    config: ErasureStudyConfig,
+    seed_model: SeedModel,
+    size: int,
+    method: str,
+    selector: str,
+    seed: int,
+    gate=None,
+    reference: Path | None = None,
+):
+    """Erase the forget set of ``size`` from a copy of the seed's model with one arm (under ``gate``, None: none);
+    the measured row, the erased model and its erasure report.
+
+    The retain text is the seed's ``retain.jsonl`` less the forget set; EraseConfig splits it (by hash) into the
+    part a loss may read and the gate's part, so the gate reads only text no loss or selector trains on. The
+    held-out perplexity and KL are on ``heldout.jsonl``, read by neither.
+    """
     from obliviate.erasure import Eraser
     from obliviate.erasure.criterion import build_criterion
     from obliviate.erasure.run import filter_retain
 
     m = seed_model
     forget, others = m.forget_set(size), m.others(size, config.max_others)
-    controls = m.probes.by_role("control")
+    controls = m.controls
     retain, _ = filter_retain(m.dir / "retain.jsonl", forget, m.tokenizer)
-    erase = erase_config(config, method, selector, seed, m.dir)
+    erase = erase_config(config, method, selector, seed, m.dir, gate, reference)
     # What the two criteria say before erasure: a request whose sequences already pass says nothing.
     forgotten_before, _ = build_criterion(erase, controls).check(m.model, m.tokenizer, forget)
     set_mean_before = set_mean_check(config, m.model, m.tokenizer, forget, controls)
@@ -200,6 +239,7 @@ def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, meth
         "method": method,
         "selector": selector,
         "arm": arm_name(method, selector),
+        "gate": gate,
         "learning_rate": erase.learning_rate,
         "forget_ids": forget.ids,
         "forget_extractable": sum(r["exact_extraction"] for r in m.ranked[:size]),
@@ -208,18 +248,18 @@ def erase_one(config: ErasureStudyConfig, seed_model: SeedModel, size: int, meth
         **measures(result.report, set_mean_check(config, result.model, m.tokenizer, forget, controls)),
         "wall_s": wall,
     }
-    return row, result.model
+    return row, result.model, result.report
 
 
 def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[dict], dict]:
     """Every run of the recipe's blocks (cached per run); the rows and each seed model's record."""
     runs, models, loaded = [], {}, {}
     todo = config.runs()  # block order: the recipe puts what matters most first
-    for i, (model, size, method, selector) in enumerate(todo, 1):
+    reference = base / "base"  # the toy base every seed's SFT started from
+    for i, (model, size, method, selector, gate) in enumerate(todo, 1):
         seed = model[0]
-        name = f"{model_name(model)}-f{size}-{method}-{selector}"
-        erase = erase_config(config, method, selector, seed, Path("."))
-        key = _key({"erase": erase.to_dict(), "el": [config.el_n, config.el_stride, config.max_others]})
+        name = f"{model_name(model)}-f{size}-{method}-{selector}{gate_tag(gate)}"
+        erase = erase_config(config, method, selector, seed, Path("."), gate, Path("reference"))
         path = out / "runs" / f"{name}.json"
         if model not in loaded:
             loaded.clear()  # one SFT model in memory at a time
@@ -227,11 +267,14 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
             models[model_name(model)] = loaded[model].record
             print(f"{model_name(model)}: {loaded[model].record}", flush=True)
         record = models[model_name(model)]
+        settings = {"erase": erase.to_dict(), "el": [config.el_n, config.el_stride, config.max_others]}
+        key = _key({**settings, "controls": record["controls"]})
         row = _cached(path, key + record["key"])
         if row is None:
-            row, erased = erase_one(config, loaded[model], size, method, selector, seed)
+            row, erased, report = erase_one(config, loaded[model], size, method, selector, seed, gate, reference)
             row.update(key=key + record["key"], n_members=model[1], epochs=model[2])
-            path.parent.mkdir(parents=True, exist_ok=True)
+            (out / "runs" / name).mkdir(parents=True, exist_ok=True)
+            (out / "runs" / name / "erasure_report.json").write_text(json.dumps(report, default=str))
             path.write_text(json.dumps(row, indent=1))
             if config.save_models:
                 erased.save_pretrained(out / "runs" / name / "model")
@@ -239,7 +282,8 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
         print(
             f"  [{i}/{len(todo)}] {name}: forgotten {row['forgotten']:.2f} set-mean {row['set_mean']['forgotten']} "
             f"held-out ppl {100 * row['heldout_ppl_change']:+.1f}% KL {row['kl']:.3f} "
-            f"MC {100 * (row['mc_after'] - row['mc_before']):+.1f} pts {row['steps']} steps {row['wall_s']:.0f}s",
+            f"MC {100 * (row['mc_after'] - row['mc_before']):+.1f} pts {row['steps']} steps "
+            f"{row.get('gate_rejections', 0)} rejected {row['wall_s']:.0f}s",
             flush=True,
         )
     return runs, models
