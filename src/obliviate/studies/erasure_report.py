@@ -77,16 +77,17 @@ def _columns(rows: list[dict]):
     return col, count
 
 
+def _run_cells(rows: list[dict]) -> list:
+    """The cells that say which runs a table row holds: size, corpus records, arm, method / selector, seeds."""
+    first = rows[0]
+    return [first["size"], first["n_members"], first["arm"], f"{first['method']} / {first['selector']}", len(rows)]
+
+
 def _cells(rows: list[dict]) -> list:
     """One table row from the runs of one (size, arm) over seeds."""
-    first = rows[0]
     col, count = _columns(rows)
     return [
-        first["size"],
-        first["n_members"],
-        first["arm"],
-        f"{first['method']} / {first['selector']}",
-        len(rows),
+        *_run_cells(rows),
         col(lambda r: r["forget_extractable"], 0),
         col(lambda r: r["memorized_before"], 2),
         col(lambda r: r["forgotten"], 2),
@@ -106,15 +107,10 @@ def _cells(rows: list[dict]) -> list:
 
 def _gated_cells(rows: list[dict]) -> list:
     """One row of a gated block's table: forgetting and utility as :func:`_cells`, and what the gate did."""
-    first = rows[0]
     col, _ = _columns(rows)
     exhausted = sum(r["chunks_gate_exhausted"] for r in rows)
     return [
-        first["size"],
-        first["n_members"],
-        first["arm"],
-        f"{first['method']} / {first['selector']}",
-        len(rows),
+        *_run_cells(rows),
         col(lambda r: r["memorized_before"], 2),
         col(lambda r: r["forgotten"], 2),
         col(lambda r: r["extraction_after"], 2),
