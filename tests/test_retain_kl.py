@@ -50,7 +50,7 @@ def test_kl_terms_equal_the_full_kl_on_unpadded_rows(models):
     vocab = original.get_input_embeddings().num_embeddings
     cache = OriginalRetainCache(original, rows, tok.pad_token_id, rows_per_pass=2, top_k=vocab)
     picks = [3, 0, 4]
-    ours = sum(cache.kl_terms(moved, picks, tok.pad_token_id, rows_per_pass=2))
+    ours = sum(cache.terms(moved, picks, tok.pad_token_id, 2, "kl"))
     direct = _direct_kl(original, moved, [rows[i] for i in picks])
     assert ours.item() > 1e-3  # the moved model really moved
     assert ours.item() == pytest.approx(direct.item(), rel=1e-4)
@@ -65,10 +65,10 @@ def test_top_k_cache_is_a_lower_bound_and_zero_at_the_original(models):
     tok, original, moved = models
     rows = _rows(tok)
     cache = OriginalRetainCache(original, rows, tok.pad_token_id, rows_per_pass=8, top_k=8)
-    coarse = sum(cache.kl_terms(moved, list(range(len(rows))), tok.pad_token_id, 8)).item()
+    coarse = sum(cache.terms(moved, list(range(len(rows))), tok.pad_token_id, 8, "kl")).item()
     exact = _direct_kl(original, moved, rows).item()
     assert 0 < coarse <= exact + 1e-6
-    at_original = sum(cache.kl_terms(original, list(range(len(rows))), tok.pad_token_id, 8)).item()
+    at_original = sum(cache.terms(original, list(range(len(rows))), tok.pad_token_id, 8, "kl")).item()
     assert at_original == pytest.approx(0.0, abs=1e-5)
 
 

@@ -93,7 +93,3 @@ class OriginalRetainCache:
                 else:  # NLL now - NLL before = log p_before(y) - log p_now(y), counted only where it rose
                     total = total + (p_target - own[b][out.valid[b]]).clamp_min(0).sum()
             yield total / targets
-
-    def kl_terms(self, model, picks: list[int], pad_token_id: int, rows_per_pass: int):
-        """:meth:`terms` with ``objective="kl"``."""
-        return self.terms(model, picks, pad_token_id, rows_per_pass, "kl")
