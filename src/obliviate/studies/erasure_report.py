@@ -15,42 +15,28 @@ import numpy as np
 from obliviate.studies.common import markdown_table, pyplot, save_figure
 from obliviate.studies.erasure import ARMS, COLLAPSE_RATIO, ErasureStudyConfig, gate_tag
 
+RUN_HEADERS = ["size", "corpus records", "arm", "method / selector", "seeds"]  # the cells of _run_cells
+_UTILITY_HEADERS = ["held-out ppl Δ%", "KL to original", "MC Δ pts", "controls MA Δ", "others MA Δ"]
 HEADERS = [
-    "size",
-    "corpus records",
-    "arm",
-    "method / selector",
-    "seeds",
+    *RUN_HEADERS,
     "extractable in set",
     "memorized before (per-seq)",
     "forgotten (per-seq)",
     "set-mean memorized before",
     "set-mean forgotten",
     "extraction after",
-    "held-out ppl Δ%",
-    "KL to original",
-    "MC Δ pts",
-    "controls MA Δ",
-    "others MA Δ",
+    *_UTILITY_HEADERS,
     "collapsed",
     "steps",
     "wall s",
 ]
 
 GATED_HEADERS = [
-    "size",
-    "corpus records",
-    "arm",
-    "method / selector",
-    "seeds",
+    *RUN_HEADERS,
     "memorized before (per-seq)",
     "forgotten (per-seq)",
     "extraction after",
-    "held-out ppl Δ%",
-    "KL to original",
-    "MC Δ pts",
-    "controls MA Δ",
-    "others MA Δ",
+    *_UTILITY_HEADERS,
     "gate rejections",
     "chunks gate_exhausted",
     "steps",
