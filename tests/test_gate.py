@@ -88,7 +88,16 @@ def test_destructive_step_is_rejected_and_rolled_back_bitwise(setup):
     # Restoring is exact, so the restored model scores exactly the pre-step scores.
     assert gate.check(model, step=2, chunk=0).scores["retain"] == gate.decisions[0]["scores"]["retain"]
     assert [d["decision"] for d in gate.decisions] == ["accepted", "rejected", "rejected", "accepted"]
-    assert set(gate.decisions[1]) == {"decision", "scores", "violations", "step", "chunk", "wall_s"}
+    assert set(gate.decisions[1]) == {
+        "decision",
+        "scores",
+        "violations",
+        "step",
+        "chunk",
+        "wall_s",
+        "anchor",
+        "outside_original",
+    }
     assert gate.total_seconds >= sum(d["wall_s"] for d in gate.decisions)
 
 

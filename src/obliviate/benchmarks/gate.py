@@ -26,6 +26,7 @@ import torch
 
 from obliviate.benchmarks.block import BlockAttempt, GateBlock, run_steps, set_lr, ungated_block  # noqa: F401
 from obliviate.benchmarks.gate_config import DEFAULT_ENTRY, GateConfig, GateDecision
+from obliviate.benchmarks.gate_reference import ReferenceBand
 from obliviate.benchmarks.registry import get_benchmark
 from obliviate.benchmarks.suite import UtilitySuite
 from obliviate.benchmarks.tolerances import (  # noqa: F401 - re-exported: the gate's public names
@@ -76,6 +77,8 @@ class UtilityGate:
         every: optimizer steps between checks.
         backoff: learning-rate factor applied after a rejection.
         max_retries: retries of a rejected block before the gate gives up on it.
+        reference: also accept a model between the original and a reference model (call
+            :meth:`measure_reference` before :meth:`measure_baseline`; benchmarks/gate_reference.py).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class UtilityGate:
         every: int = 1,
         backoff: float = 0.5,
         max_retries: int = 3,
+        reference: bool = False,
     ):
         check_schedule(every, backoff, max_retries)
         self.suite, self.every, self.backoff, self.max_retries = suite, every, backoff, max_retries
@@ -108,6 +112,7 @@ class UtilityGate:
         self.total_seconds = 0.0
         self.rollback_seconds = 0.0
         self._snapshot: _Snapshot | None = None
+        self.band = ReferenceBand(suite, lambda: self.tolerances) if reference else None
 
     @classmethod
     def from_config(cls, section: dict | GateConfig | None, tokenizer) -> UtilityGate | None:
@@ -143,11 +148,20 @@ class UtilityGate:
             benchmarks.append(bench)
             for kind in kinds or ([None] if "score" in entry else []):
                 tolerances.append(Tolerance(bench.label, kind, entry[kind] if kind else None, entry.get("score")))
-        return cls(UtilitySuite(benchmarks), tolerances, config.every, config.backoff, config.max_retries)
+        suite = UtilitySuite(benchmarks)
+        return cls(suite, tolerances, config.every, config.backoff, config.max_retries, config.reference)
 
     @property
     def gated_labels(self) -> list[str]:
         return list(dict.fromkeys(t.benchmark for t in self.tolerances))
+
+    def measure_reference(self, reference) -> None:
+        """Score the gated benchmarks on the reference model (``gate.reference``), before :meth:`measure_baseline`."""
+        if self.band is None:
+            raise GateError("measure_reference() on a gate without `reference: true`.")
+        start = time.perf_counter()
+        self.band.measure_reference(reference)
+        self.total_seconds += time.perf_counter() - start
 
     def measure_baseline(self, model) -> dict[str, dict[str, float]]:
         """Run the whole suite on the model before erasure; stored as ``gate.baseline`` and returned.
@@ -156,7 +170,6 @@ class UtilityGate:
         """
         start = time.perf_counter()
         baseline = self.suite.run(model)
-        self.total_seconds += time.perf_counter() - start
         self.baseline = baseline
         self.tolerances = [
             t.resolved(self.suite[t.benchmark], strict=True, scores=baseline.get(t.benchmark, {}))
@@ -168,6 +181,9 @@ class UtilityGate:
                     f"benchmark {t.benchmark!r} has no score {t.score!r}; its scores: "
                     f"{', '.join(baseline[t.benchmark])}."
                 )
+        if self.band is not None:
+            self.band.measure_original(model)
+        self.total_seconds += time.perf_counter() - start
         logger.info("gate baseline: %s", _format_scores(baseline))
         return baseline
 
@@ -186,20 +202,28 @@ class UtilityGate:
             raise GateError("gate.check() before gate.measure_baseline(model): measure the model before erasing.")
         start = time.perf_counter()
         scores = self.suite.run(model, labels=self.gated_labels)
-        wall = time.perf_counter() - start
-        self.total_seconds += wall
         violations = [
             v
             for t in self.tolerances
             if (v := t.violation(self.baseline[t.benchmark][t.score], scores[t.benchmark][t.score]))
         ]
-        decision = GateDecision(not violations, step, chunk, scores, violations, wall)
+        anchor, outside_original = "original", []
+        if violations and self.band is not None:
+            # Outside the original's bounds: still accepted when between the original and the reference.
+            between, extra = self.band.violations(model, scores, self.baseline)
+            scores = {**scores, **extra}
+            anchor, outside_original = ("reference band", violations) if not between else (None, [])
+            violations = [] if not between else violations + between
+        wall = time.perf_counter() - start
+        self.total_seconds += wall
+        decision = GateDecision(not violations, step, chunk, scores, violations, wall, anchor, outside_original)
         self.decisions.append(decision.to_dict())
         logger.info(
-            "gate step %s%s: %s (%.2fs) %s%s",
+            "gate step %s%s: %s%s (%.2fs) %s%s",
             step,
             "" if chunk is None else f" chunk {chunk}",
             decision.decision,
+            " (between the original and the reference)" if anchor == "reference band" else "",
             wall,
             _format_scores(scores),
             f" violations: {'; '.join(violations)}" if violations else "",
@@ -343,6 +367,7 @@ class UtilityGate:
             "decisions": self.decisions,
             "total_seconds": self.total_seconds,
             "rollback_seconds": self.rollback_seconds,
+            "reference": self.band.summary() if self.band is not None else None,
             "accepted": sum(d["decision"] == "accepted" for d in self.decisions),
             "rejected": sum(d["decision"] == "rejected" for d in self.decisions),
         }

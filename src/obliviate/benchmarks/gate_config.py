@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from obliviate.benchmarks.suite import check_entries
-from obliviate.benchmarks.tolerances import check_schedule
+from obliviate.benchmarks.tolerances import GateError, check_schedule
 
 DEFAULT_ENTRY = "default"
 """In a gate section's ``benchmarks:``, the default gate's entries (see :func:`default_gate_entries`)."""
@@ -26,6 +26,8 @@ class GateDecision:
     scores: dict[str, dict[str, float]]
     violations: list[str]
     wall_s: float
+    anchor: str | None = None
+    outside_original: list[str] = field(default_factory=list)
 
     @property
     def decision(self) -> str:
@@ -39,6 +41,8 @@ class GateDecision:
             "scores": self.scores,
             "violations": list(self.violations),
             "wall_s": self.wall_s,
+            "anchor": self.anchor,
+            "outside_original": list(self.outside_original),
         }
 
 
@@ -57,7 +61,18 @@ class GateConfig:
         },
     )
 
+    reference: bool = field(
+        default=False,
+        metadata={
+            "help": "also accept a model between the original and the erasure's reference_model (the model the "
+            "fine-tuning started from): scores inside the band the two span, no farther from the reference than "
+            "the original (benchmarks/gate_reference.py)."
+        },
+    )
+
     def __post_init__(self):
+        if not isinstance(self.reference, bool):
+            raise GateError(f"gate.reference must be true or false, got {self.reference!r}")
         check_schedule(self.every, self.backoff, self.max_retries)
         # "default" stands for the default gate's entries on the gate-only retain split (erasure/inputs.py).
         entries = (

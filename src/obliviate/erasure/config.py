@@ -105,8 +105,9 @@ class EraseConfig:
     reference_model: str | None = field(
         default=None,
         metadata={
-            "help": "ga_to_reference: the model the fine-tuning started from (name, path or .gguf); its likelihood of "
-            "each forget token is scored once before the first step, and the model freed."
+            "help": "the model the fine-tuning started from (name, path or .gguf), for ga_to_reference (its likelihood "
+            "of each forget token) and gate.reference (its scores of the gate's text): measured once before the "
+            "first step, and the model freed."
         },
     )
     reselect_every: int | None = field(
@@ -376,7 +377,12 @@ class EraseConfig:
             from obliviate.benchmarks.gate import GateConfig
             from obliviate.config import from_dict
 
-            from_dict(GateConfig, self.gate, "the gate section")  # key and schedule errors now, not mid-run
+            gate = from_dict(GateConfig, self.gate, "the gate section")  # key and schedule errors now, not mid-run
+            if gate.reference and not self.reference_model:
+                raise EraseConfigError(
+                    "gate.reference: true needs reference_model: the model the fine-tuning started from (a name "
+                    "or path), whose scores of the gate's text are the gate's second anchor."
+                )
         if self.utility is not None and not isinstance(self.utility, list):
             raise EraseConfigError("utility must be a list of benchmark entries or null.")
 

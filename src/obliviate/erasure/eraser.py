@@ -107,7 +107,7 @@ class Eraser(EraserPasses):
             groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s for p in s},
             retain_split=self.split.to_dict() if self.split is not None else None,
         )
-        self._cache_token_reference()  # here, so a bad reference_model fails before any work
+        self._use_reference_model()  # here, so a bad reference_model fails before any work
 
     def _set_probes(self, forget: ProbeSet, controls: ProbeSet | None, collateral: ProbeSet | None) -> None:
         """Check the forget set and the controls against the model; drop collateral rows that are being erased."""

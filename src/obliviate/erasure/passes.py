@@ -72,14 +72,28 @@ class EraserPasses:
             size = self._rows_per_pass(max(len(r) for r in rows))
             self.retain_original = OriginalRetainCache(self.model, rows, self.tokenizer.pad_token_id, size)
 
-    def _cache_token_reference(self) -> None:
-        """Before the first step: the reference model's score of every forget suffix token (ga_to_reference)."""
+    def _use_reference_model(self) -> None:
+        """Before any work: what the reference model is needed for, measured on it once (then it is freed).
+
+        ga_to_reference's per-token floor and the controls' level before the fine-tuning; the gate's second
+        anchor (``gate.reference``): its scores of the gate's text.
+        """
         self.token_reference = None
-        if not self.loss.needs_token_reference:
+        gate_band = self.gate is not None and self.gate.band is not None
+        if not (self.loss.needs_token_reference or gate_band):
             return
         from obliviate.modeling import load_model
 
         reference = load_model(self.config.reference_model, device=str(self.accelerator.device)).eval()
+        if gate_band:
+            self.gate.measure_reference(reference)
+        if self.loss.needs_token_reference:
+            self._cache_token_reference(reference)
+        del reference
+        release_freed_memory()
+
+    def _cache_token_reference(self, reference) -> None:
+        """The reference model's score of every forget suffix token (ga_to_reference), and of the controls."""
         probes = list(self.forget)
         size = self._rows_per_pass(max(len(p.prefix_ids) + len(p.suffix_ids) for p in probes))
         self.token_reference = {}
@@ -102,8 +116,6 @@ class EraserPasses:
                 batch_size=self.config.score_batch_size,
                 sampling=self.sampling,
             )
-        del reference
-        release_freed_memory()
 
     def _aligned_token_reference(self, probes: ProbeSet, batch: list[int], out) -> torch.Tensor:
         """The batch's reference token log-probs laid out as ``out``'s ``(B, S)`` suffix positions."""

@@ -53,8 +53,9 @@ def _trajectory(report: dict, plots_dir: Path) -> list[Section]:
         [
             _num(d.get("step")),
             _num(d.get("chunk")),
-            d.get("decision", "–"),
-            "; ".join(d.get("violations") or []) or "–",
+            d.get("decision", "–")
+            + (" (between original and reference)" if d.get("anchor") == "reference band" else ""),
+            "; ".join(d.get("violations") or d.get("outside_original") or []) or "–",
             ", ".join(f"{k}={v:.4g}" for k, v in _flat(d.get("scores")).items()),
         ]
         for d in decisions
@@ -78,7 +79,13 @@ def _trajectory(report: dict, plots_dir: Path) -> list[Section]:
             "set's extraction rate and mean MA after each optimizer step. Bottom: the gated utility scores as a "
             "change from before erasure, with the gate's tolerances dashed. After every gated block of steps the "
             "gate either accepts (✓) or rejects (✗): a rejected block is rolled back bit-for-bit, the learning rate "
-            f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted.",
+            f"is reduced and the block retried. {n_acc} of {len(decisions)} gate checks were accepted"
+            + (
+                f", {n_band} of them outside the original's bounds but between it and the reference model "
+                "(gate.reference; the violations column gives the original's bounds they broke)."
+                if (n_band := sum(d.get("anchor") == "reference band" for d in decisions))
+                else "."
+            ),
             img,
             tables,
         )
