@@ -158,6 +158,7 @@ def test_toy_recipe_as_written_memorizes_8x_canaries(tmp_path):
     assert {f"canary-x8-{i}" for i in range(4)} <= ids
     assert not [r for r in flagged if r["role"] == "control"]
     record = json.loads((out / "track.json").read_text())
-    # At the end at least two canaries are still exactly extractable (measured: 2 of 16 since the facts are
-    # repeated 24 times, 3 of 16 before; the 8x ones were all flagged along the way, asserted above).
-    assert record["final_summary"]["canary/extraction_rate"] >= 2 / 16
+    # At the end some canary is still exactly extractable. Measured: 2 of 16 on the CPU this was written on
+    # (3 of 16 before the facts were repeated 24 times), 1 of 16 on an AMD EPYC: a floor of 2 sat exactly on
+    # one machine's rounding. The 8x ones were all flagged along the way on both, asserted above.
+    assert record["final_summary"]["canary/extraction_rate"] >= 1 / 16
