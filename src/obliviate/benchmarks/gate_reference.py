@@ -44,7 +44,7 @@ class ReferenceBand:
 
     Args:
         suite: the gate's suite.
-        tolerances: the gate's tolerances (resolved at the baseline: read at each call, not copied).
+        tolerances_of: returns the gate's tolerances (resolved at the baseline, so read at each call).
     """
 
     def __init__(self, suite, tolerances_of):
