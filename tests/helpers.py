@@ -100,3 +100,13 @@ def make_memorized(arch: str = "gpt2", steps: int = 300) -> Memorized:
     train_on(model, tokenizer, [r["prompt"] + r["completion"] for r in corpus.train], steps)
     probes = load_probes(corpus.probes, tokenizer)
     return Memorized(model, tokenizer, probes, base, arch)
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now: each multi-process launch gets its own, so launches in parallel
+    test workers (pytest -n) do not meet on the recipes' fixed main_process_port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -33,7 +33,9 @@ def _readme_line(fragment: str) -> list[str]:
 def _launch(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     assert argv[:2] == ["accelerate", "launch"], argv
     # CI's PATH has no venv bin: the same launcher, through this interpreter.
-    command = [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
+    from tests.helpers import free_port
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()), *argv[2:]]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
