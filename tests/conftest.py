@@ -25,6 +25,12 @@ torch.set_num_threads(1)
 from tests.helpers import Memorized, make_memorized  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """The real-model loop first (stable otherwise): under pytest -n its tests, the longest of the slow tiers,
+    start at once instead of leaving one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("real") is None)
+
+
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory):
     """The built-in toy build (base lightly pre-trained) written once per session."""

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# One worker under pytest -n: every test here reads the same two launches (the module fixture `runs`).
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def _launch(n: int, out: Path) -> dict:
