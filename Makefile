@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-# Test processes (pytest-xdist). Each test runs torch on one thread, so on a 2-core machine two workers take
-# about half the wall time of one; `make test WORKERS=1` runs them in this process. The fast tier keeps each
+# Test processes (pytest-xdist). Each test runs torch on one thread; on the 2-core sandbox two workers took
+# 1.3-1.4x less wall time than one (docs/performance.md); `make test WORKERS=1` runs them in this process. The fast tier keeps each
 # file on one worker (its module fixtures, up to two minutes of training, are built once); the slow tiers
 # spread single tests (loadgroup: a file that shares one expensive run marks it `xdist_group`).
 WORKERS ?= 2
@@ -43,7 +43,7 @@ real-model: setup
 	$(BIN)/python -m pip install -q "gguf>=0.10"
 	OMP_NUM_THREADS=1 $(BIN)/obliviate real-model
 
-# The whole loop on the real model (docs/real-model.md), ~10 minutes on 2 CPU cores (the GGUF and
+# The whole loop on the real model (docs/real-model.md), 10-19 minutes on 2 CPU cores (the GGUF and
 # real-text tests, which need no real model, run in `make test`).
 test-real: real-model
 	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m real tests/test_real_loop.py
