@@ -257,6 +257,10 @@ class EraseConfig:
     extraction_samples: int = field(default=100, metadata={"help": "n of extraction_probability (attacker's samples)."})
     score_every: int = field(default=1, metadata={"help": "check the forgetting criterion every N optimizer steps."})
     score_batch_size: int = field(default=32, metadata={"help": "sequences per scoring pass."})
+    prefix_cache_mb: float = field(
+        default=512,
+        metadata={"help": "MB of cached hidden states below the lowest block the erasure may write (0: off)."},
+    )
     seed: int = field(default=0, metadata={"help": "seed of every random draw (random selector, retain batches)."})
     dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded in by run_erase/CLI."})
     plots: bool = field(default=True, metadata={"help": "write PNG plots next to erasure_report.json."})
@@ -327,6 +331,8 @@ class EraseConfig:
             raise EraseConfigError(f"max_grad_norm must be > 0 or null; got {self.max_grad_norm}.")
         if self.weight_decay < 0:
             raise EraseConfigError(f"weight_decay must be >= 0; got {self.weight_decay}.")
+        if not self.prefix_cache_mb >= 0:
+            raise EraseConfigError(f"prefix_cache_mb must be >= 0 (0 turns the cache off); got {self.prefix_cache_mb}.")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise EraseConfigError("adam_beta1 and adam_beta2 must be in [0, 1).")
         limits = (self.max_memorization_accuracy, self.max_extraction_probability, self.max_extraction_likelihood)

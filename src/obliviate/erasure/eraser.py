@@ -35,6 +35,7 @@ from obliviate.erasure.log import ErasureLog
 from obliviate.erasure.losses import get_loss
 from obliviate.erasure.passes import EraserPasses
 from obliviate.erasure.passes import _seeded as _seeded
+from obliviate.erasure.prefix_cache import FrozenPrefixCache
 from obliviate.erasure.result import ErasureResult, build_report
 from obliviate.erasure.selectors import get_selector
 from obliviate.erasure.state import fingerprint, resume, save_checkpoint
@@ -171,6 +172,14 @@ class Eraser(EraserPasses):
         )
         self.all_params = dict(self.model.named_parameters())
         self.last_selection = None
+
+    def _install_prefix_cache(self) -> None:
+        """Serve the blocks below the lowest one the erasure may write from cached hidden states (prefix_cache.py)."""
+        sample = [list(p.prefix_ids) + list(p.suffix_ids) for p in list(self.forget)[:2]]
+        sample += [ids for ids in (self._retain_ids(i) for i in range(min(2, len(self.retain_texts)))) if len(ids) > 1]
+        budget = int(self.config.prefix_cache_mb * 2**20)
+        self.prefix_cache, reason = FrozenPrefixCache.install(self.model, self.candidates, sample, budget)
+        self.log.prefix_cache = {"status": reason}
 
     @property
     def selections_made(self) -> int:
@@ -349,8 +358,21 @@ class Eraser(EraserPasses):
     def erase(self) -> ErasureResult:
         """Run the erasure (resuming from ``checkpoint_dir`` when it holds a state) and return the result."""
         start = time.perf_counter()
-        config, log = self.config, self.log
         self._prepare_model()
+        self._install_prefix_cache()
+        try:
+            return self._erase(start)
+        finally:
+            self._remove_prefix_cache()  # also when the run fails: the model computes as a plain model again
+
+    def _remove_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.log.prefix_cache.update(self.prefix_cache.summary())
+            self.prefix_cache.remove()
+            self.prefix_cache = None
+
+    def _erase(self, start: float) -> ErasureResult:
+        config, log = self.config, self.log
         extra = None
         if config.utility:
             from obliviate.benchmarks import UtilitySuite
@@ -385,5 +407,6 @@ class Eraser(EraserPasses):
         log.heldout_source = "--heldout" if self.heldout_texts is not None else "retain audit split"
         for n, p in self.all_params.items():
             p.requires_grad_(self._requires_grad[n])
+        self._remove_prefix_cache()  # before the report: it records what the cache did
         log.timings.update(self._elapsed(start))
         return ErasureResult(self.model, self.tokenizer, build_report(log), config)

@@ -55,6 +55,7 @@ class ErasureLog:
         retain_split: how the retain text was split (``RetainSplit.to_dict()``), None without retain text.
         retain_contrast: the selector's lambda (0 for selectors without one).
         resumed_from: the chunk a resumed run started from (None: not resumed).
+        prefix_cache: whether the frozen-prefix cache served the run and what it did (``prefix_cache.py``).
     """
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +78,7 @@ class ErasureLog:
     retain_split: dict[str, Any] | None = None
     retain_contrast: float = 0.0
     resumed_from: int | None = None
+    prefix_cache: dict[str, Any] = field(default_factory=dict)
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds

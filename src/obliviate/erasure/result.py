@@ -172,6 +172,7 @@ def build_report(log: ErasureLog) -> dict:
         "retain_split": log.retain_split,
         "thresholds": log.thresholds,
         "timings": dict(log.timings),
+        "prefix_cache": log.prefix_cache,
         "resumed_from_chunk": log.resumed_from,
     }
 
