@@ -149,7 +149,7 @@ def test_it_refuses_where_a_written_weight_feeds_the_frozen_blocks():
     cache.remove()
 
 
-_EMBEDDINGS = "off: the erasure may write a weight used before the first block (the embeddings)"
+_EMBEDDINGS = "off: a weight that may change is used before block 1 (the embeddings, a head tied to them, or block 0)"
 
 
 class TupleBlocks(torch.nn.Module):
@@ -229,3 +229,41 @@ def test_an_erasure_with_the_cache_takes_the_steps_one_without_takes(memorized_l
     for (name, p), q in zip(runs[512].model.named_parameters(), runs[0].model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=name)
     assert not runs[512].model.model._forward_pre_hooks  # the model handed back is a plain model
+
+
+def test_the_callback_scores_a_partly_frozen_model_as_without_the_cache(tmp_path, caplog):
+    """SFT of GPT-2's top block only: the callback's scores over training equal the uncached ones, and the frozen
+    block ran once per probe, not at every scoring."""
+    import logging
+
+    from obliviate.callbacks import MemorizationCallback
+    from obliviate.data import read_jsonl
+    from tests.ddp_worker import fresh_model, sft_data, sft_probes, sft_trainer
+
+    histories, block0_calls = {}, {}
+    for budget in (256, 0):
+        model = fresh_model(sft_data()[0])
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("transformer.h.1."))
+        calls = [0]  # rows through block 0
+        model.transformer.h[0].register_forward_hook(lambda m, i, out: calls.__setitem__(0, calls[0] + out.shape[0]))
+        trainer = sft_trainer(tmp_path / f"run{budget}", model=model, max_steps=12)
+        out = tmp_path / f"track{budget}"
+        callback = MemorizationCallback(
+            trainer, sft_probes(), every_n_steps=4, prefix_cache_mb=budget, output_dir=str(out)
+        )
+        trainer.add_callback(callback)
+        with caplog.at_level(logging.INFO, logger="obliviate.callbacks.memorization"):
+            trainer.train()
+        histories[budget] = read_jsonl(out / "memorization" / "history.jsonl")
+        block0_calls[budget] = calls[0]
+        assert callback._prefix is None and not model.transformer._forward_pre_hooks  # removed at train end
+    assert "frozen-prefix cache on: blocks 0-0 of 2 served from the cache" in caplog.text
+    cached, plain = histories[256], histories[0]
+    assert len(cached) == len(plain) > 3 * len(sft_probes())  # steps 0, 4, 8, 12
+    for a, b in zip(cached, plain):
+        assert (a["id"], a["step"], a["exact_extraction"]) == (b["id"], b["step"], b["exact_extraction"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    # Uncached, every scoring runs every probe through block 0; cached, each probe once (and the check's rows).
+    scorings = len(plain) // len(sft_probes())
+    assert block0_calls[0] - block0_calls[256] >= (scorings - 2) * len(sft_probes())

@@ -39,6 +39,13 @@ class TrackConfig:
         },
     )
     batch_size: int = field(default=32, metadata={"help": "Probes per forward pass."})
+    prefix_cache_mb: float = field(
+        default=256,
+        metadata={
+            "help": "MB of cached probe hidden states below the lowest trainable block (frozen blocks run once "
+            "per probe, not at every scoring); 0: off. Off by itself under FSDP/DeepSpeed."
+        },
+    )
     max_probes: int | None = field(
         default=512,
         metadata={
@@ -95,6 +102,8 @@ class TrackConfig:
             unknown = [m for m in self.metrics if m not in HISTORY_METRICS]
             if unknown:
                 raise TrackingError(f"unknown metrics {unknown}; choose from {', '.join(HISTORY_METRICS)}.")
+        if not (isinstance(self.prefix_cache_mb, (int, float)) and self.prefix_cache_mb >= 0):
+            raise TrackingError(f"prefix_cache_mb must be >= 0 (0: off), got {self.prefix_cache_mb!r}.")
         if not 0 < self.min_k <= 1:
             raise TrackingError(f"min_k must be in (0, 1], got {self.min_k}")
         if self.prefix_tokens < 1 or self.suffix_tokens < 1:

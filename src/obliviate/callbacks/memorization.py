@@ -109,6 +109,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         sampling=UNSET,
         min_k=UNSET,
         score_on_start=UNSET,
+        prefix_cache_mb=UNSET,
         output_dir: str | None = None,
         reference_model=None,
         tokenizer=None,
@@ -125,6 +126,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
             sampling=sampling,
             min_k=min_k,
             score_on_start=score_on_start,
+            prefix_cache_mb=prefix_cache_mb,
         )
         cfg = self.config
         self.trainer = trainer
@@ -158,6 +160,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         self.last_rows: list[dict] = []
         self.last_summary: dict = {}
         self._last_step: int | None = None
+        self._prefix: tuple | None = None  # (FrozenPrefixCache | None, status, trainable parameter ids)
         # {probe id: baseline row}: the step-0 scores, or the reference model's (DESIGN §4 calibration).
         self.baselines: dict[str, dict] = {}
         self.baseline_source = "reference model" if self.reference_model is not None else "step 0"
@@ -208,6 +211,9 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.evaluate(state, control)
+        if self._prefix is not None and self._prefix[0] is not None:
+            self._prefix[0].remove()  # the trained model leaves as a plain model
+        self._prefix = None
 
     # -- the work ---------------------------------------------------------------------------------
     def _load_baselines(self, state) -> None:
@@ -262,9 +268,14 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         accelerator = self.trainer.accelerator
         # Padded to equal length on every rank: under FSDP/ZeRO-3 each forward is a collective.
         shard, real = shard_probes(self.probes, accelerator.num_processes, accelerator.process_index)
+        trained = model is None
         model = model if model is not None else self._model()
         modes = [(m, m.training) for m in model.modules()]
+        cache = None
         try:
+            cache = self._frozen_prefix(model) if trained and len(shard) else None
+            if cache is not None:
+                cache.enabled = True
             rows = (
                 score_probes(
                     model,
@@ -280,12 +291,44 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
                 else []
             )
         finally:
+            if cache is not None:
+                cache.enabled = False  # the trainer's own passes run the whole model
             for module, training in modes:
                 module.training = training
         rows = gather_rows(rows, accelerator, real)  # each rank's padding dropped before gathering
         for row in rows:
             row["group"] = self.probes[row["id"]].group
         return rows
+
+    def _frozen_prefix(self, model):
+        """The frozen-prefix cache (erasure/prefix_cache.py) on the trained model, or None where it is off.
+
+        The blocks below the lowest one holding a trainable parameter never change while the trainer steps, so
+        each probe's hidden states there are computed once, not at every scoring. Re-installed if the set of
+        trainable parameters changes (a layer unfrozen mid-run); off under FSDP / DeepSpeed, whose forward
+        passes are collectives over sharded weights.
+        """
+        from obliviate.erasure.prefix_cache import FrozenPrefixCache
+
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        ids = frozenset(id(p) for p in trainable.values())
+        if self._prefix is not None and self._prefix[2] == ids:
+            return self._prefix[0]
+        if self._prefix is not None and self._prefix[0] is not None:
+            self._prefix[0].remove()
+        sharded = str(self.trainer.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+        if sharded or not trainable:
+            self._prefix = (None, "off (sharded weights)" if sharded else "off (nothing trainable)", ids)
+            return None
+        model.eval()  # the exactness check compares two passes: no dropout between them
+        sample = [list(p.prefix_ids) + list(p.suffix_ids) for p in list(self.probes)[:4]]
+        budget = int(self.config.prefix_cache_mb * 2**20)
+        cache, status = FrozenPrefixCache.install(model, trainable, sample, budget)
+        if cache is not None:
+            cache.enabled = False
+        logger.info("memorization probes: frozen-prefix cache %s", status)
+        self._prefix = (cache, status, ids)
+        return cache
 
     def evaluate(self, state, control) -> dict | None:
         """Score, flag, write and log at ``state.global_step`` (once per step); returns the logged metrics."""

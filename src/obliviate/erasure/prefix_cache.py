@@ -101,7 +101,10 @@ class FrozenPrefixCache:
         name, blocks = found
         frozen = _lowest_written_block(model, blocks, candidates, sample[0])
         if frozen < 1:
-            return None, "off: the erasure may write a weight used before the first block (the embeddings)"
+            return (
+                None,
+                "off: a weight that may change is used before block 1 (the embeddings, a head tied to them, or block 0)",
+            )
         cache = cls(model, name, blocks, frozen, max_bytes)
         try:
             difference = cache._check(sample)
