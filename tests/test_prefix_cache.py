@@ -246,7 +246,7 @@ def test_the_callback_scores_a_partly_frozen_model_as_without_the_cache(tmp_path
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("transformer.h.1."))
         calls = [0]  # rows through block 0
-        model.transformer.h[0].register_forward_hook(lambda m, i, out: calls.__setitem__(0, calls[0] + out.shape[0]))
+        model.transformer.h[0].register_forward_hook(lambda m, i, out, c=calls: c.__setitem__(0, c[0] + out.shape[0]))
         trainer = sft_trainer(tmp_path / f"run{budget}", model=model, max_steps=12)
         out = tmp_path / f"track{budget}"
         callback = MemorizationCallback(
