@@ -43,7 +43,7 @@ real-model: setup
 	$(BIN)/python -m pip install -q "gguf>=0.10"
 	OMP_NUM_THREADS=1 $(BIN)/obliviate real-model
 
-# The whole loop on the real model (docs/real-model.md), 10-19 minutes on 2 CPU cores (the GGUF and
+# The whole loop on the real model (docs/real-model.md), ~12 minutes on 2 CPU cores, two workers (the GGUF and
 # real-text tests, which need no real model, run in `make test`).
 test-real: real-model
 	OMP_NUM_THREADS=1 $(call PYTEST,loadgroup) -m real tests/test_real_loop.py --durations=25

