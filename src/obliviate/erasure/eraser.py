@@ -366,7 +366,7 @@ class Eraser(EraserPasses):
             self._remove_prefix_cache()  # also when the run fails: the model computes as a plain model again
 
     def _remove_prefix_cache(self) -> None:
-        if self.prefix_cache is not None:
+        if getattr(self, "prefix_cache", None) is not None:  # None, or never installed (install itself failed)
             self.log.prefix_cache.update(self.prefix_cache.summary())
             self.prefix_cache.remove()
             self.prefix_cache = None
