@@ -160,7 +160,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         self.last_rows: list[dict] = []
         self.last_summary: dict = {}
         self._last_step: int | None = None
-        self._prefix: tuple | None = None  # (FrozenPrefixCache | None, status, trainable parameter ids)
+        self._prefix: tuple | None = None  # (FrozenPrefixCache or None, the trainable parameters' ids)
         # {probe id: baseline row}: the step-0 scores, or the reference model's (DESIGN §4 calibration).
         self.baselines: dict[str, dict] = {}
         self.baseline_source = "reference model" if self.reference_model is not None else "step 0"
@@ -312,13 +312,13 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         ids = frozenset(id(p) for p in trainable.values())
-        if self._prefix is not None and self._prefix[2] == ids:
+        if self._prefix is not None and self._prefix[1] == ids:
             return self._prefix[0]
         if self._prefix is not None and self._prefix[0] is not None:
             self._prefix[0].remove()
         sharded = str(self.trainer.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
         if sharded or not trainable:
-            self._prefix = (None, "off (sharded weights)" if sharded else "off (nothing trainable)", ids)
+            self._prefix = (None, ids)
             return None
         model.eval()  # the exactness check compares two passes: no dropout between them
         sample = [list(p.prefix_ids) + list(p.suffix_ids) for p in list(self.probes)[:4]]
@@ -327,7 +327,7 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
         if cache is not None:
             cache.enabled = False
         logger.info("memorization probes: frozen-prefix cache %s", status)
-        self._prefix = (cache, status, ids)
+        self._prefix = (cache, ids)
         return cache
 
     def evaluate(self, state, control) -> dict | None:

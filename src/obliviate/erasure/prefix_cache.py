@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from obliviate.erasure.memory import release_freed_memory
+from obliviate.metrics.teacher_forced import collate
 
 
 class _Captured(BaseException):
@@ -124,18 +125,13 @@ class FrozenPrefixCache:
         row's first token (the scorer's): the two layouts the cache serves.
         """
         rows = sample[:4]
-        longest = max(len(r) for r in rows)
         device = next(self.model.parameters()).device
         worst = 0.0
         for side in ("right", "left"):
-            ids = torch.zeros(len(rows), longest, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, row in enumerate(rows):
-                span = slice(0, len(row)) if side == "right" else slice(longest - len(row), longest)
-                ids[b, span], mask[b, span] = torch.tensor(row), 1
+            ids, mask, positions, _ = collate(rows, [[] for _ in rows], 0, side)  # pad id 0: masked, never read
             inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-            if side == "left":
-                inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            if side == "left":  # the scorer's layout; right padding is HF's, with default positions
+                inputs["position_ids"] = positions.to(device)
             self.enabled = False
             full = torch.log_softmax(self.model(**inputs).logits.float(), -1)
             self.enabled = True
