@@ -320,3 +320,33 @@ def test_chunked_statistics_equal_one_chunk(memorized_gpt2, monkeypatch):
     chunked = score_sequences(model, *args, **kwargs)
     for name, values in whole.items():
         torch.testing.assert_close(chunked[name], values, atol=0, rtol=0, msg=name)
+
+
+def test_head_reads_a_contiguous_window_and_keeps_no_hook(memorized):
+    """logits_to_keep slices the hidden states; the head must get a flat copy (a 3-D strided view makes
+    F.linear a batched matmul on a weight expanded per row: 3x slower on a 49k head), and no hook may outlive
+    the call: scores are those of the plain pass."""
+    model, probes = memorized.model, memorized.probes
+    head = model.get_output_embeddings()
+    seen = []
+    # A forward hook sees the input as the head's forward got it, after every pre-hook.
+    spy = head.register_forward_hook(lambda module, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        scores = score_sequences(model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes], 1, batch_size=4)
+    finally:
+        spy.remove()
+    assert seen and all(seen)
+    assert not head._forward_pre_hooks
+    expected = [suffix_logits_by_hand(model, p).argmax(-1).tolist() == list(p.suffix_ids) for p in probes]
+    assert scores["exact_extraction"].bool().tolist() == expected
+
+
+def test_scores_without_moments_equal_those_with_them(memorized):
+    """moments=False drops Min-K%++ (and only it); every other score is bit for bit the full pass's."""
+    model, probes = memorized.model, memorized.probes
+    args = ([p.prefix_ids for p in probes], [p.suffix_ids for p in probes], 1)
+    full = score_sequences(model, *args, batch_size=4)
+    lean = score_sequences(model, *args, batch_size=4, moments=False)
+    assert set(full) - set(lean) == {"min_k_plus_plus"}
+    for name, values in lean.items():
+        torch.testing.assert_close(values, full[name], atol=0, rtol=0, msg=name)

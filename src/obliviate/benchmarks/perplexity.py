@@ -122,7 +122,9 @@ class Perplexity(UtilityBenchmark):
 
     def compute(self, model, tokenizer) -> dict[str, float]:
         prefixes, suffixes = self._inputs(context_length(model))
-        scores = score_sequences(model, prefixes, suffixes, self.pad_token_id, batch_size=self.config.batch_size)
+        scores = score_sequences(
+            model, prefixes, suffixes, self.pad_token_id, batch_size=self.config.batch_size, moments=False
+        )
         total_log_prob = scores["suffix_log_prob"].double().sum().item()
         tokens = int(scores["suffix_length"].sum().item())
         self.last_token_count = tokens

@@ -124,12 +124,12 @@ class ForgettingCriterion:
 
     # ------------------------------------------------------------------ scoring on the current model
     def _score(self, model, pad_id: int, probes: ProbeSet, full: bool) -> dict[str, torch.Tensor]:
+        # The criterion reads argmax and likelihood scores only: no Min-K%++ moments (most of a pass's reduction).
+        kwargs = {"moments": False, **self.score_kwargs}
         if full:  # every position after the first: MA over the whole sequence (Jang et al.)
             ids = [p.input_ids for p in probes]
-            return score_sequences(model, [x[:1] for x in ids], [x[1:] for x in ids], pad_id, **self.score_kwargs)
-        return score_sequences(
-            model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes], pad_id, **self.score_kwargs
-        )
+            return score_sequences(model, [x[:1] for x in ids], [x[1:] for x in ids], pad_id, **kwargs)
+        return score_sequences(model, [p.prefix_ids for p in probes], [p.suffix_ids for p in probes], pad_id, **kwargs)
 
     def check(
         self, model, tokenizer, probes: ProbeSet, scores: dict[str, torch.Tensor] | None = None

@@ -52,8 +52,11 @@ def context_length(model) -> int | None:
     return None
 
 
-def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    # Batching similar lengths together wastes less compute on padding; results are reordered after.
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of ``batch_size``, shortest first: the caller puts results back in order.
+
+    Batching similar lengths together wastes less compute on padding.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -69,11 +72,15 @@ def score_sequences(
     sampling: SamplingConfig | None = None,
     padding_side: str = "left",
     progress: bool | str = False,
+    moments: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Tensor-valued per-sequence scores (CPU, input order) for token-id sequences.
 
     The building block of :func:`score_probes`, exposure ranking and the erasure criterion: one
     teacher-forced pass per batch, reduced by :func:`~obliviate.metrics.teacher_forced.sequence_metrics`.
+    ``moments=False`` leaves out ``min_k_plus_plus`` and the per-position moments it needs, the costliest
+    statistic on a large vocabulary (callers that read only likelihood and argmax scores: perplexity, the
+    erasure criterion).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -91,7 +98,7 @@ def score_sequences(
     model.eval()
     device = model_device(model)
     results: dict[str, list[torch.Tensor]] = {}
-    batches = _length_sorted_batches([len(p) + len(s) for p, s in zip(prefix_ids, suffix_ids)], batch_size)
+    batches = length_sorted_batches([len(p) + len(s) for p, s in zip(prefix_ids, suffix_ids)], batch_size)
     order: list[int] = []
     try:
         desc = progress if isinstance(progress, str) else "scoring"
@@ -104,7 +111,7 @@ def score_sequences(
             logits, targets, valid = suffix_logits(model, ids, mask, pos, start, suffix_len, padding_side)
             # Statistics of every (row, position) of the suffix window, padding included: cheaper than
             # copying the valid rows out, and sequence_metrics masks the padding away.
-            stats = token_statistics(logits, targets, sampling)
+            stats = token_statistics(logits, targets, sampling, moments=moments)
             del logits
             for name, value in sequence_metrics(stats, valid, min_k, sampling).items():
                 results.setdefault(name, []).append(value.cpu())

@@ -15,6 +15,7 @@ so a large vocabulary never materializes a batch x T x V float32 log-softmax.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -73,13 +74,16 @@ def _sampling_log_prob(logits: torch.Tensor, targets: torch.Tensor, sampling: Sa
     return scaled.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def token_statistics(logits: torch.Tensor, targets: torch.Tensor, sampling: SamplingConfig | None = None) -> dict:
+def token_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, sampling: SamplingConfig | None = None, moments: bool = True
+) -> dict:
     """Per-position statistics for logits ``(..., V)`` and true tokens ``(...)``, in float32 chunks.
 
-    Returns ``target_log_prob`` (log p_t(y_t)), ``correct`` (argmax == y), ``mean_log_prob`` (mu_t = E_p log p),
-    ``std_log_prob`` (sigma_t), and ``sampling_log_prob`` (log q_t(y_t)) when ``sampling`` is not plain, each
-    shaped like ``targets``. Chunks run along the first dimension, so a strided view of the model's
-    logits is read in place, never copied whole.
+    Returns ``target_log_prob`` (log p_t(y_t)), ``correct`` (argmax == y), ``mean_log_prob`` (mu_t = E_p log p)
+    and ``std_log_prob`` (sigma_t) unless ``moments`` is False, and ``sampling_log_prob`` (log q_t(y_t)) when
+    ``sampling`` is not plain, each shaped like ``targets``. The moments (Min-K%++'s only input) are the
+    costliest part on a large vocabulary: an exp and two more passes over every logit. Chunks run along the
+    first dimension, so a strided view of the model's logits is read in place, never copied whole.
     """
     if logits.dim() == 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match")
@@ -90,20 +94,22 @@ def token_statistics(logits: torch.Tensor, targets: torch.Tensor, sampling: Samp
         chunk = logits[start : start + step].float()
         y = targets[start : start + step].unsqueeze(-1)
         log_probs = chunk.log_softmax(-1)
-        probs = log_probs.exp()
         out["target_log_prob"].append(log_probs.gather(-1, y).squeeze(-1))
         # argmax of the logits themselves: exactly what greedy decoding picks.
         out["correct"].append(chunk.argmax(-1) == y.squeeze(-1))
-        mu = torch.linalg.vecdot(probs, log_probs)
-        # Centered second moment, in place: E[log^2 p] - mu^2 cancels catastrophically in float32 on
-        # near-uniform rows, where sigma is tiny and Min-K%++ divides by it.
-        centered = log_probs.sub_(mu.unsqueeze(-1)).square_()
-        out["mean_log_prob"].append(mu)
-        out["std_log_prob"].append(torch.linalg.vecdot(probs, centered).sqrt())
+        if moments:
+            probs = log_probs.exp()
+            mu = torch.linalg.vecdot(probs, log_probs)
+            # Centered second moment, in place: E[log^2 p] - mu^2 cancels catastrophically in float32 on
+            # near-uniform rows, where sigma is tiny and Min-K%++ divides by it.
+            centered = log_probs.sub_(mu.unsqueeze(-1)).square_()
+            out["mean_log_prob"].append(mu)
+            out["std_log_prob"].append(torch.linalg.vecdot(probs, centered).sqrt())
+            del probs, centered
         if sampling is not None and not sampling.is_plain:
             flat = chunk.reshape(-1, chunk.shape[-1])
             out["sampling_log_prob"].append(_sampling_log_prob(flat, y.reshape(-1), sampling).view(y.shape[:-1]))
-        del log_probs, probs, centered
+        del log_probs
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -123,7 +129,6 @@ def sequence_metrics(stats: dict, mask: torch.Tensor, min_k: float, sampling: Sa
     correct = stats["correct"] & mask
     right_or_pad = correct | ~mask
     loss = -target.sum(-1) / lengths
-    z = (stats["target_log_prob"] - stats["mean_log_prob"]) / stats["std_log_prob"].clamp_min(1e-12)
     sampled = stats.get("sampling_log_prob", stats["target_log_prob"]).masked_fill(~mask, 0)
     log_p_z = sampled.sum(-1)
     # P(extracted in n samples) = 1 - (1 - p_z)^n, in log space so tiny p_z does not round to 0.
@@ -133,7 +138,7 @@ def sequence_metrics(stats: dict, mask: torch.Tensor, min_k: float, sampling: Sa
     # smallest start from which every argmax matches, i.e. the share of the suffix in its all-correct tail.
     # Padding counts as right inside the run (it sits before or after the real positions) and is masked out.
     correct_tail = (right_or_pad.flip(-1).long().cumprod(-1).bool() & mask.flip(-1)).sum(-1)
-    return {
+    scores = {
         "loss": loss,
         "memorization_accuracy": correct.sum(-1) / lengths,
         "exact_extraction": right_or_pad.all(-1).long(),
@@ -142,16 +147,49 @@ def sequence_metrics(stats: dict, mask: torch.Tensor, min_k: float, sampling: Sa
         "extraction_probability": extraction_probability,
         "suffix_log_prob": log_p_z,
         "min_k": _lowest_fraction_mean(stats["target_log_prob"], mask, min_k),
-        "min_k_plus_plus": _lowest_fraction_mean(z, mask, min_k),
         "suffix_length": lengths.long(),
     }
+    if "mean_log_prob" in stats:  # token_statistics(moments=True)
+        z = (stats["target_log_prob"] - stats["mean_log_prob"]) / stats["std_log_prob"].clamp_min(1e-12)
+        scores["min_k_plus_plus"] = _lowest_fraction_mean(z, mask, min_k)
+    return scores
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _unwrapped(model):
+    """The transformers model inside PEFT / DDP / FSDP wrappers."""
     base = model
     while hasattr(base, "get_base_model") or hasattr(base, "module"):
         base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return base
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(_unwrapped(model).forward).parameters
+
+
+def _make_contiguous(module, args):
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
+@contextlib.contextmanager
+def _contiguous_head_input(model):
+    """Hand the output head a contiguous copy of its input while the block runs.
+
+    ``logits_to_keep`` slices the last positions out of ``(B, T, H)`` hidden states: a view that cannot be
+    flattened to 2-D, so ``F.linear`` runs a batched matmul against the weight expanded to ``(B, H, V)``;
+    measured on SmolLM2's 49k-token head (one CPU thread), 3x the time of the 2-D matmul on a copy.
+    The copy is ``B x keep x H``: nothing beside the ``B x keep x V`` logits.
+    """
+    base = _unwrapped(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    hook = head.register_forward_pre_hook(_make_contiguous) if isinstance(head, torch.nn.Module) else None
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def collate(prefix_ids: list[list[int]], suffix_ids: list[list[int]], pad_id: int, padding_side: str = "left"):
@@ -180,7 +218,10 @@ def suffix_logits(model, ids, mask, position_ids, suffix_start, suffix_len, padd
         if _accepts_logits_to_keep(model):
             # Left padding aligns every suffix at the end: only the last s_max + 1 positions need logits.
             kwargs["logits_to_keep"] = s_max + 1
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs).logits
+        with _contiguous_head_input(model) if kwargs else contextlib.nullcontext():
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs
+            ).logits
         # Logit at position t predicts token t + 1. Suffixes are flush right, so shorter ones start later
         # (their leading window positions are masked); the logits are a strided view, never copied.
         valid = j[None, :] >= (s_max - suffix_len[:, None])
