@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,40 +11,13 @@ import torch
 from obliviate.callbacks import FlagRule, MemorizationCallback
 from obliviate.data import read_jsonl
 from tests.ddp_worker import sft_probes, sft_trainer
+from tests.helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_processes_match_one(tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "tests" / "ddp_worker.py"),
-        str(tmp_path),
-        "30",
-    ]
-    # Own process group, so a hang kills the workers too, not only torchrun.
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun timed out:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    torchrun("ddp_worker.py", str(tmp_path), "30")
     assert json.loads((tmp_path / "world.json").read_text())["world_size"] == 2
 
     mem = tmp_path / "run" / "memorization"

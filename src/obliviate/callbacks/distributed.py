@@ -72,6 +72,29 @@ def gather_rows(rows: list[dict], accelerator, real: int | None = None) -> list[
     return gather_object(rows)
 
 
+def sharded_parameters(model) -> str | None:
+    """How ``model``'s parameters are sharded across processes, or None when every rank holds them whole.
+
+    Read off the model itself, not the accelerator state, so a model wrapped by hand (``fully_shard``) is seen
+    too: ``"fsdp2"`` when a parameter is a ``DTensor`` (``torch.distributed.fsdp.fully_shard``), ``"fsdp"``
+    for a ``FullyShardedDataParallel`` module, ``"deepspeed-zero3"`` when a parameter carries DeepSpeed's
+    partition id (``ds_id``). On such a model each forward pass is a collective: every rank must run it.
+    """
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support
+        DTensor = ()
+    for module in model.modules():
+        if type(module).__name__ == "FullyShardedDataParallel":
+            return "fsdp"
+    for param in model.parameters():
+        if isinstance(param, DTensor):
+            return "fsdp2"
+        if hasattr(param, "ds_id"):
+            return "deepspeed-zero3"
+    return None
+
+
 def broadcast_from_main(value, accelerator):
     """The main process's ``value`` on every rank (a no-op on one process)."""
     if accelerator is None or accelerator.num_processes <= 1:

@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 
 from obliviate.callbacks.config import HISTORY_METRICS, UNSET, TrackConfig, TrackingError, track_config
-from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes
+from obliviate.callbacks.distributed import broadcast_from_main, gather_rows, shard_probes, sharded_parameters
 from obliviate.callbacks.flagging import BASELINE_FIELDS, group_key
 from obliviate.callbacks.history import MemorizationFiles
 from obliviate.data.probes import ProbeSet, ensure_pad_token, load_probes
@@ -316,7 +316,8 @@ class MemorizationCallback(MemorizationFiles, TrainerCallback):
             return self._prefix[0]
         if self._prefix is not None and self._prefix[0] is not None:
             self._prefix[0].remove()
-        sharded = str(self.trainer.accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
+        kind = str(self.trainer.accelerator.distributed_type).split(".")[-1]
+        sharded = kind in ("FSDP", "DEEPSPEED") or sharded_parameters(model) is not None
         if sharded or not trainable:
             self._prefix = (None, ids)
             return None

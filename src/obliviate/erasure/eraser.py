@@ -26,9 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from obliviate.benchmarks.block import GateBlock, ungated_block
+from obliviate.callbacks.distributed import sharded_parameters
 from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.chunk import ChunkState, attempt_records
-from obliviate.erasure.config import EraseConfig
+from obliviate.erasure.config import EraseConfig, EraseConfigError
 from obliviate.erasure.criterion import build_criterion
 from obliviate.erasure.inputs import RetainSplit, audit_suite, build_gate, read_heldout, read_retain, split_retain
 from obliviate.erasure.log import ErasureLog
@@ -93,6 +94,12 @@ class Eraser(EraserPasses):
         from accelerate import Accelerator
 
         self.config = config = config or EraseConfig()
+        if kind := sharded_parameters(model):  # selection, update and rollback index whole tensors
+            raise EraseConfigError(
+                f"the model's parameters are sharded across processes ({kind}); erasure needs every weight whole "
+                "on every process: erase the unwrapped model (obliviate.modeling.load_model) on one process or "
+                "under DDP (`accelerate launch`). Tracking and scoring do run on sharded models."
+            )
         self.model, self.tokenizer, self.progress = model, tokenizer, progress
         ensure_pad_token(tokenizer)
         self._set_probes(forget, controls, collateral)
