@@ -1,4 +1,5 @@
-"""FSDP2 on CPU (gloo, 2 processes): the callback scores a really sharded model as it scores the whole one.
+"""FSDP2 on CPU (gloo, 2 processes): the callback scores a really sharded model as it scores the whole one,
+and the Eraser refuses it.
 
     python -m pytest -q tests/test_fsdp.py
 """
