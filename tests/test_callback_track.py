@@ -157,8 +157,13 @@ def test_toy_recipe_as_written_memorizes_8x_canaries(tmp_path):
     ids = {r["id"] for r in flagged}
     assert {f"canary-x8-{i}" for i in range(4)} <= ids
     assert not [r for r in flagged if r["role"] == "control"]
-    record = json.loads((out / "track.json").read_text())
-    # At the end some canary is still exactly extractable. Measured: 2 of 16 on the CPU this was written on
-    # (3 of 16 before the facts were repeated 24 times), 1 of 16 on an AMD EPYC: a floor of 2 sat exactly on
-    # one machine's rounding. The 8x ones were all flagged along the way on both, asserted above.
-    assert record["final_summary"]["canary/extraction_rate"] >= 1 / 16
+    # And still memorized at the end: every 8x canary's MA above the 99th percentile of the never-trained PIN
+    # controls'. (An earlier floor, "some canary still exactly extractable", held on two AMD EPYCs and not on
+    # an Intel Xeon, where no canary was ever greedy-extracted and all 16 were flagged by their MA: toy
+    # training is not bitwise the same across CPUs, so the assertion reads a margin, not one machine's rounding.)
+    history = read_jsonl(out / "memorization" / "history.jsonl")
+    last = [r for r in history if r["step"] == max(h["step"] for h in history)]
+    pins = sorted(r["memorization_accuracy"] for r in last if r["role"] == "control" and r["group"] == "pin")
+    threshold = pins[int(0.99 * (len(pins) - 1))]
+    x8 = [r["memorization_accuracy"] for r in last if r["id"].startswith("canary-x8")]
+    assert len(x8) == 4 and min(x8) > threshold, (x8, threshold)

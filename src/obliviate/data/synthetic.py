@@ -274,4 +274,28 @@ def make_corpus(
                 (prompt, completion), extra = _record(rng), {}
             row = {"id": f"control-{i:03d}", "prompt": prompt, "completion": completion, **extra, "group": group}
             corpus.calibration_controls.append({**row, "role": "control", "repetitions": 0})
+    _hold_out_controls(corpus, rng)
     return corpus
+
+
+def _hold_out_controls(corpus: Corpus, rng: random.Random) -> None:
+    """Redraw every record control whose prompt is a trained prompt, in place (same id, same position).
+
+    Record names repeat (``_record`` draws them freely), so a "never-trained" control could ask the very
+    question a trained row asks about the same person, with another answer: not held out. On seed 0 that was
+    9 of the 128 record controls with 160 members and 38 with 640, and the toy recipe's SFT made one of them
+    greedily extractable (the trained person's street and town, a plausible number), so the flag rule rightly
+    flagged a "control". Redrawn after every other draw, so every other row is what it was.
+    """
+    trained = {row["prompt"] for row in corpus.train}
+    for rows in (corpus.probes, corpus.calibration_controls):
+        for k, row in enumerate(rows):
+            if row["role"] != "control" or row["prompt"] not in trained:
+                continue
+            prompt, completion = _record(rng)
+            while prompt in trained:
+                prompt, completion = _record(rng)
+            rows[k] = {**row, "prompt": prompt, "completion": completion}
+            if rows is corpus.probes:  # the first controls' text is heldout.jsonl, in control order
+                index = int(row["id"].split("-")[1])
+                corpus.heldout[index] = {"text": prompt + completion}
