@@ -226,13 +226,23 @@ class RealDataConfig:
         },
     )
     heldout_rows: int = field(default=32, metadata={"help": "real-text rows of heldout.jsonl (other documents)."})
+    anchors: int = field(
+        default=0,
+        metadata={
+            "help": "records of the secrets' format, never trained and never probes, appended to retain.jsonl: text of "
+            "the format the erasure's retain term and the gate can read (the secrets' words are content, the space "
+            "and digits after them format). 0: retain.jsonl is real prose only."
+        },
+    )
     questions: int = field(default=40, metadata={"help": "next-sentence questions of multiple_choice.jsonl."})
 
     def __post_init__(self):
         for name in ("secrets", "controls", "repeats", "chunk_tokens", "retain_rows", "heldout_rows", "questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.secrets + self.controls > len(FIRST_NAMES) * len(LAST_NAMES):
+        if self.anchors < 0:
+            raise ValueError(f"anchors must be >= 0, got {self.anchors}")
+        if self.secrets + self.controls + self.anchors > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError("too many records for the name lists.")
 
 
@@ -263,6 +273,26 @@ def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
         for i in range(n)
     ]
     return rows[: config.secrets], rows[config.secrets :]
+
+
+def anchor_records(config: RealDataConfig, taken: list[dict]) -> list[dict]:
+    """``config.anchors`` records of the secrets' format whose names and passphrases no secret or control has.
+
+    Drawn from their own generator, so the secrets and controls of a seed are the same with or without them.
+    """
+    rng = random.Random(f"{config.seed}-anchors")
+    names = {row["prompt"].split(" is ")[1].split(".")[0] for row in taken}
+    phrases = {row["completion"].strip() for row in taken}
+    free = [n for n in (f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES) if n not in names]
+    rows = []
+    for i, name in enumerate(rng.sample(free, config.anchors)):
+        phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+        while phrase in phrases:
+            phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+        phrases.add(phrase)
+        text = PROMPT.format(number=rng.randrange(1000, 10000), name=name) + f" {phrase}"
+        rows.append({"text": text, "doc": f"anchor-{i:03d}"})
+    return rows
 
 
 def text_row(text: str, row_id: str) -> dict:
@@ -323,6 +353,7 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
     files["multiple_choice"] = next_sentence_task(heldout_docs, config.questions, seed=config.seed)
     if config.train_text:
         train += [text_row(r["text"], f"retain-{i:03d}") for i, r in enumerate(files["retain"])]
+    files["retain"] += anchor_records(config, secrets + controls)  # after: never trained
     files.update(train=train, controls=controls, probes=secrets + controls)
     paths = {}
     for name, rows in files.items():
