@@ -246,6 +246,11 @@ class RealDataConfig:
             raise ValueError("too many records for the name lists.")
 
 
+def _passphrase(rng: random.Random) -> str:
+    """Two words of :data:`WORDS` and a two-digit number, in that order of draws."""
+    return f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+
+
 def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
     """(secret rows, control rows): prompt/completion records, every name, number and passphrase unique.
 
@@ -259,7 +264,7 @@ def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
     numbers = rng.sample(range(1000, 10000), n)
     phrases: list[str] = []
     while len(phrases) < n:
-        phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+        phrase = _passphrase(rng)
         if phrase not in phrases:
             phrases.append(phrase)
     rows = [
@@ -281,14 +286,14 @@ def anchor_records(config: RealDataConfig, taken: list[dict]) -> list[dict]:
     Drawn from their own generator, so the secrets and controls of a seed are the same with or without them.
     """
     rng = random.Random(f"{config.seed}-anchors")
-    names = {row["prompt"].split(" is ")[1].split(".")[0] for row in taken}
+    names = {row["prompt"].split(" is ")[1].split(".")[0] for row in taken}  # PROMPT: "Customer N is NAME. ..."
     phrases = {row["completion"].strip() for row in taken}
     free = [n for n in (f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES) if n not in names]
     rows = []
     for i, name in enumerate(rng.sample(free, config.anchors)):
-        phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+        phrase = _passphrase(rng)
         while phrase in phrases:
-            phrase = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.randint(10, 99)}"
+            phrase = _passphrase(rng)
         phrases.add(phrase)
         text = PROMPT.format(number=rng.randrange(1000, 10000), name=name) + f" {phrase}"
         rows.append({"text": text, "doc": f"anchor-{i:03d}"})
