@@ -188,6 +188,27 @@ def test_no_loss_reads_gate_rows(memorized_gpt2, tmp_path):
         )
 
 
+def test_neighbors_join_the_retain_term_and_no_gate_or_audit(memorized_gpt2, tmp_path):
+    mem = memorized_gpt2
+    forget = mem.probes.subset(FORGET)
+    texts = [f"Fact. The sea of town {i} is calm." for i in range(20)]
+    neighbors = [f"Fact. The flag of town {90 + i} is green." for i in range(6)]
+    path = tmp_path / "neighbors.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in neighbors))
+    eraser = Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(method="graddiff"), retain=texts, neighbors=path)
+    gate_rows = {r["text"] for b in eraser.gate.suite for _, r in b.rows}
+    assert set(neighbors) <= set(eraser.retain_texts) and set(eraser.split.loss) <= set(eraser.retain_texts)
+    assert not gate_rows & set(neighbors) and not set(eraser.split.audit) & set(neighbors)
+    assert eraser.log.retain_split["neighbor_rows"] == 6
+    # Only a retain term reads them: with none, they would be silently unused.
+    with pytest.raises(ValueError, match="--neighbors are read only by a retain term, and method 'emso'"):
+        Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(), retain=texts, neighbors=neighbors)
+    # A neighbor that holds a sequence being erased cannot be kept.
+    clash = [*neighbors, "Quoted: " + forget[0].prefix + forget[0].suffix]
+    with pytest.raises(ProbeError, match=r"--neighbors overlaps the forget set in 1 row\(s\): row 7 holds canary-x8-0"):
+        Eraser(mem.fresh(), mem.tokenizer, forget, EraseConfig(method="graddiff"), retain=texts, neighbors=clash)
+
+
 def test_heldout_overlapping_the_forget_set_is_an_error_naming_the_rows(memorized_gpt2, tmp_path):
     mem = memorized_gpt2
     forget = mem.probes.subset(FORGET)

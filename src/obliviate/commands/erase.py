@@ -25,7 +25,7 @@ into DIR/<name> and prints a comparison table.
       --controls runs/toy/probes.jsonl --retain runs/toy/retain.jsonl --out runs/erase
   obliviate erase --config recipes/erase-emso.yaml --method ga --selector all --out runs/erase-ga"""
 
-PATH_KEYS = ("model", "forget", "controls", "retain", "heldout", "ids", "roles")
+PATH_KEYS = ("model", "forget", "controls", "retain", "heldout", "neighbors", "ids", "roles")
 FLAGS = {  # flag -> EraseConfig field, for the most used keys (any other: --set KEY=VALUE)
     "method": str,
     "selector": str,
@@ -52,6 +52,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--heldout", help='{"text"} JSONL no loss and no gate reads: scored before/after for the report'
+    )
+    parser.add_argument(
+        "--neighbors",
+        help="{\"text\"} JSONL of records of the forget set's format to keep (other customers' records): the retain "
+        "term reads them all, no gate does (their completions should lose what leaked from the secrets)",
     )
     parser.add_argument("--ids", help="comma-separated ids: erase only these rows of --forget")
     parser.add_argument("--roles", help="comma-separated roles: erase only these (e.g. canary)")
@@ -126,6 +131,7 @@ def _erase(paths: dict, config, out, progress: bool) -> dict:
         roles=paths["roles"],
         progress=progress,
         heldout_path=paths["heldout"],
+        neighbors_path=paths["neighbors"],
     )
     return json.loads((out / REPORT_NAME).read_text())
 

@@ -31,7 +31,15 @@ from obliviate.data.probes import ProbeError, ProbeSet, ensure_pad_token
 from obliviate.erasure.chunk import ChunkState, attempt_records
 from obliviate.erasure.config import EraseConfig, EraseConfigError
 from obliviate.erasure.criterion import build_criterion
-from obliviate.erasure.inputs import RetainSplit, audit_suite, build_gate, read_heldout, read_retain, split_retain
+from obliviate.erasure.inputs import (
+    RetainSplit,
+    audit_suite,
+    build_gate,
+    read_heldout,
+    read_neighbors,
+    read_retain,
+    split_retain,
+)
 from obliviate.erasure.log import ErasureLog
 from obliviate.erasure.losses import get_loss
 from obliviate.erasure.passes import EraserPasses
@@ -67,6 +75,9 @@ class Eraser(EraserPasses):
             forget sequence are an error.
         collateral: trained probes NOT being erased (e.g. unflagged members): their MA / loss change per group is
             reported.
+        neighbors: records of the forget set's format that are kept (a ``{"text"}`` JSONL path or strings, e.g.
+            other customers' records): added to the retain term's rows, read by no gate (see
+            :func:`~obliviate.erasure.inputs.read_neighbors`). Needs a loss or selector that reads retain text.
         checkpoint_dir: where to keep the resume state after every chunk (resumed from when it holds one).
         progress: show progress bars.
         accelerator: an ``accelerate.Accelerator`` (default: a new one).
@@ -90,6 +101,7 @@ class Eraser(EraserPasses):
         accelerator=None,
         heldout=None,
         collateral: ProbeSet | None = None,
+        neighbors=None,
     ):
         from accelerate import Accelerator
 
@@ -104,7 +116,7 @@ class Eraser(EraserPasses):
         ensure_pad_token(tokenizer)
         self._set_probes(forget, controls, collateral)
         uses_retain = self._set_components(retain)
-        self._set_retain(retain, heldout, uses_retain)
+        self._set_retain(retain, heldout, uses_retain, neighbors)
         self._set_gate(gate)
         self.checkpoint_dir = checkpoint_dir
         self.accelerator = accelerator or Accelerator()
@@ -113,7 +125,7 @@ class Eraser(EraserPasses):
             config=config.to_dict(),
             retain_contrast=getattr(self.selector, "retain_contrast", 0.0),
             groups={p.id: p.group for s in (self.forget, self.controls, self.collateral) if s for p in s},
-            retain_split=self.split.to_dict() if self.split is not None else None,
+            retain_split=self._split_record(),
         )
         self._use_reference_model()  # here, so a bad reference_model fails before any work
 
@@ -148,9 +160,17 @@ class Eraser(EraserPasses):
             raise ValueError(f'method {config.method!r} needs retained text: pass --retain FILE ({{"text"}} JSONL).')
         return uses_retain
 
-    def _set_retain(self, retain, heldout, uses_retain: bool) -> None:
-        """The held-out texts and the retain split (loss / gate / audit parts; no audit part beside held-out text)."""
+    def _set_retain(self, retain, heldout, uses_retain: bool, neighbors=None) -> None:
+        """The held-out texts, the retain split (loss / gate / audit parts; no audit part beside held-out text) and
+        the neighbors, which join the loss part."""
         config = self.config
+        if neighbors is not None and not uses_retain:
+            raise ValueError(
+                f"--neighbors are read only by a retain term, and method {config.method!r} with selector "
+                f"{config.selector!r} reads none: use a method with one (graddiff, npo_rt, ga_to_reference, "
+                "unlikelihood), or the contrastive_retain selector, or drop --neighbors."
+            )
+        self.neighbor_texts = read_neighbors(neighbors, self.forget, self.tokenizer) if neighbors is not None else []
         self.heldout_texts = read_heldout(heldout, self.forget, self.tokenizer) if heldout is not None else None
         texts = read_retain(retain)
         self.split = (
@@ -160,8 +180,14 @@ class Eraser(EraserPasses):
             if texts
             else None
         )
-        # Losses and the selector see only their part; the gate and the audit never see it.
-        self.retain_texts = self.split.loss if self.split is not None else []
+        # Losses and the selector see only their part and the neighbors; the gate and the audit never see them.
+        self.retain_texts = (self.split.loss if self.split is not None else []) + self.neighbor_texts
+
+    def _split_record(self) -> dict | None:
+        """The report's ``retain_split``: row counts of each part, and the neighbors the loss part also reads."""
+        if self.split is None:  # neighbors come with retain text: they need a retain term
+            return None
+        return {**self.split.to_dict(), "neighbor_rows": len(self.neighbor_texts)}
 
     def _set_gate(self, gate) -> None:
         """The gate (built from the config unless given) and the audit suite scored before/after."""

@@ -12,6 +12,9 @@ into three disjoint parts (DESIGN §6):
   protects only its own rows is visible. ``--heldout FILE`` replaces it (then the retain text is split
   in two).
 
+``--neighbors FILE`` (records of the forget set's format that are kept, :func:`read_neighbors`) joins the
+loss part only: no gate and no audit reads them.
+
 The split is by the SHA-256 of each distinct text (identical rows always land together), so it does
 not depend on the file's order and a rerun splits the same way.
 """
@@ -101,16 +104,37 @@ def read_heldout(path, forget, tokenizer) -> list[str]:
         ProbeError: naming each held-out line and the forget id it contains: held-out text must be text the
             erasure neither trains on nor erases, or its before/after scores measure the erasure itself.
     """
+    return _read_apart_from_forget(path, forget, tokenizer, "--heldout", "Held-out text", "the erasure never trains on")
+
+
+def read_neighbors(path, forget, tokenizer) -> list[str]:
+    """The texts of ``--neighbors`` (``{"text"}`` JSONL), refusing rows that hold a sequence being erased.
+
+    Neighbors are records of the forget set's format that no one asked to forget (other customers' records
+    beside the flagged ones). Only the retain term reads them, never the gate: the secrets leak into such
+    records (the fine-tuned model completes another customer's passphrase with a secret's words), so their
+    next-token distributions *should* move, and a KL bound on them would reject the erasure for working
+    (measured on SmolLM2: 0.82 nats/token on 16 such rows against 0.04 on prose). The never-trained controls
+    judge what happened to the format.
+
+    Raises:
+        ProbeError: naming each line that contains a forget sequence: a row cannot be both kept and erased.
+    """
+    return _read_apart_from_forget(path, forget, tokenizer, "--neighbors", "Neighbor records", "the erasure keeps")
+
+
+def _read_apart_from_forget(path, forget, tokenizer, flag: str, what: str, purpose: str) -> list[str]:
     texts = read_retain(path)
     if not texts:
-        raise ProbeError(f'--heldout {path} has no rows; give {{"text"}} rows the erasure never trains on.')
+        raise ProbeError(f'{flag} {path} has no rows; give {{"text"}} rows {purpose}.')
     erased = _forget_texts(forget, tokenizer)
     clashes = [(n, i) for n, text in enumerate(texts, 1) for i, f in erased.items() if f and f in text]
     if clashes:
-        shown = "; ".join(f"{path}:{n} holds {i}" for n, i in clashes[:8])
+        source = f"{path}:" if isinstance(path, (str, os.PathLike)) else "row "
+        shown = "; ".join(f"{source}{n} holds {i}" for n, i in clashes[:8])
         raise ProbeError(
-            f"--heldout overlaps the forget set in {len(clashes)} row(s): {shown}"
-            f"{' …' if len(clashes) > 8 else ''}. Held-out text must not contain what is being erased; "
+            f"{flag} overlaps the forget set in {len(clashes)} row(s): {shown}"
+            f"{' …' if len(clashes) > 8 else ''}. {what} must not contain what is being erased; "
             "remove those rows."
         )
     return texts

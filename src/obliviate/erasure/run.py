@@ -99,6 +99,7 @@ def run_erase(
     roles: Iterable[str] | None = None,
     progress: bool = True,
     heldout_path: str | os.PathLike | None = None,
+    neighbors_path: str | os.PathLike | None = None,
 ):
     """Erase the sequences of ``forget_path`` from the model at ``model_path`` into the new ``out_dir``.
 
@@ -111,6 +112,8 @@ def run_erase(
             being erased are reported as collateral (their MA and loss change per group).
         retain_path: ``{"text"}`` JSONL, split into the part losses may use, the gate's part and an audit part.
         heldout_path: ``{"text"}`` JSONL neither the gate nor any loss reads, scored before/after for the report.
+        neighbors_path: ``{"text"}`` JSONL of records of the forget set's format that are kept (other customers'
+            records): the retain term reads all of them, the gate none.
         ids: erase only these ids of the forget file.
         roles: erase only rows with these roles (e.g. ``["canary"]``).
         progress: progress bars.
@@ -122,7 +125,7 @@ def run_erase(
 
     config = config or EraseConfig()
     out = check_new_dir(out_dir)
-    _check_inputs(out, model_path, config, forget_path, controls_path, retain_path, heldout_path)
+    _check_inputs(out, model_path, config, forget_path, controls_path, retain_path, heldout_path, neighbors_path)
     model, tokenizer, forget, controls, collateral, retain, retain_info = _load_inputs(
         config, model_path, forget_path, controls_path, retain_path, ids, roles
     )
@@ -137,18 +140,22 @@ def run_erase(
         progress=progress,
         heldout=heldout_path,
         collateral=collateral,
+        neighbors=neighbors_path,
     )
     _write_outputs(eraser, eraser.erase(), retain_info, out)
     return out
 
 
-def _check_inputs(out: Path, model_path, config: EraseConfig, forget_path, controls_path, retain_path, heldout_path):
+def _check_inputs(
+    out: Path, model_path, config: EraseConfig, forget_path, controls_path, retain_path, heldout_path, neighbors_path
+):
     """Fail before any model is loaded: a missing input file, graddiff without retain text, or ``out`` in the model."""
     for path, what in (
         (forget_path, "forget"),
         (controls_path, "controls"),
         (retain_path, "retain"),
         (heldout_path, "heldout"),
+        (neighbors_path, "neighbors"),
     ):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{what} file {path} does not exist.")
