@@ -131,6 +131,33 @@ def test_report_is_built_from_the_log_alone():
     assert json.loads(json.dumps(report)) == report
 
 
+@pytest.mark.parametrize(
+    ("reference_ma", "damaged", "reverted"),
+    [
+        (None, True, False),  # no reference model: 50% of before is damage
+        (0.05, False, True),  # 0.15 after, the reference at 0.05: the fine-tuning's lesson reverted, said beside
+        (0.25, True, False),  # the reference at 0.25 > 0.15 / 0.75: below the floor of both, damage
+    ],
+)
+def test_controls_floor_is_the_lower_of_before_and_the_reference_model(reference_ma, damaged, reverted):
+    log = _log()
+    log.final_forgotten = {"a": True, "b": True}
+    if reference_ma is not None:
+        log.scores.controls_reference = [
+            _row("c1", "control", reference_ma, False),
+            _row("c2", "control", reference_ma, False),
+        ]
+    s = build_report(log)["summary"]
+    assert bool(s["format_damage"]) is damaged and bool(s["format_reverted"]) is reverted
+    line = last_line(build_report(log))
+    if damaged:
+        assert line.startswith("FORMAT DAMAGED")
+        assert f"of {min(0.3, reference_ma or 1):.3f} required" in s["format_damage"][0]
+    else:
+        assert line.startswith("erased all 2 sequences within the utility gate; controls of group 'pin' fell back")
+        assert "(0.300 -> 0.150, it gives them 0.050)" in line
+
+
 def test_set_statistics_is_the_plain_mean_of_rows_or_columns():
     rows = [_row("a", "member", 1.0, True), _row("b", "member", 0.5, False), _row("c", "member", 0.0, False)]
     assert set_statistics(rows) == {"extraction_rate": pytest.approx(1 / 3), "mean_memorization_accuracy": 0.5}

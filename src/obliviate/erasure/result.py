@@ -97,7 +97,6 @@ def _sequences(log: ErasureLog) -> list[dict]:
 
 def _summary(log: ErasureLog, sequences: list[dict], controls_change: dict | None) -> dict:
     chunks, config, n_forgotten = log.chunks, log.config, sum(s["forgotten"] for s in sequences)
-    floor = config["min_controls_ma_kept"]
     return {
         "sequences": len(sequences),
         "forgotten": n_forgotten,
@@ -117,14 +116,43 @@ def _summary(log: ErasureLog, sequences: list[dict], controls_change: dict | Non
         "retain_contrast": log.retain_contrast,
         "selector": config["selector"],
         "not_erased": not_erased_reason(chunks),
-        "format_damage": [
-            f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
-            f"({c['memorization_accuracy_before']:.3f} -> {c['memorization_accuracy_after']:.3f}; at least "
-            f"{100 * floor:.0f}% required{_reference_note(c)})"
-            for g, c in (controls_change or {}).items()
-            if c["memorization_accuracy_kept"] is not None and c["memorization_accuracy_kept"] < floor
-        ],
+        **_controls_verdicts(controls_change or {}, config["min_controls_ma_kept"]),
     }
+
+
+def _controls_verdicts(controls_change: dict, floor: float) -> dict[str, list[str]]:
+    """``format_damage``: groups under ``floor`` of :func:`_floor_base`; ``format_reverted``: groups under
+    ``floor`` of their MA before but not of the reference model's level (said beside the verdict)."""
+    damage, reverted = [], []
+    for g, c in controls_change.items():
+        if c["memorization_accuracy_kept"] is None:
+            continue
+        before, after = c["memorization_accuracy_before"], c["memorization_accuracy_after"]
+        if after < floor * _floor_base(c) - 1e-12:
+            damage.append(
+                f"controls of group {g!r} kept {100 * c['memorization_accuracy_kept']:.0f}% of their MA "
+                f"({before:.3f} -> {after:.3f}; at least {100 * floor:.0f}% of {_floor_base(c):.3f} required"
+                f"{_reference_note(c)})"
+            )
+        elif after < floor * before - 1e-12:
+            reverted.append(
+                f"controls of group {g!r} fell back toward the reference model ({before:.3f} -> {after:.3f}, it "
+                f"gives them {c['memorization_accuracy_reference']:.3f}): what the fine-tuning taught their "
+                "format, partly reverted"
+            )
+    return {"format_damage": damage, "format_reverted": reverted}
+
+
+def _floor_base(change: dict) -> float:
+    """The MA a group's controls must keep ``min_controls_ma_kept`` of: before, or the reference model's if lower.
+
+    Controls score above the reference model (the one the fine-tuning started from) only by what the fine-tuning
+    taught about their format; when the forget set was all or most of that fine-tuning, a model retrained without
+    it would give them about the reference's MA. Falling back toward that level is the fine-tuning's own lesson
+    reverted, not damage; falling below it, or below the floor of it, is.
+    """
+    before, ref = change["memorization_accuracy_before"], change.get("memorization_accuracy_reference")
+    return before if ref is None else min(before, ref)
 
 
 def _reference_note(change: dict) -> str:
@@ -245,7 +273,10 @@ def last_line(report: dict) -> str:
     s = report["summary"]
     damage = s.get("format_damage") or []
     if s["forgotten"] == s["sequences"] and not damage:
-        return f"erased all {s['sequences']} sequences within the utility gate."
+        reverted = s.get("format_reverted") or []
+        return f"erased all {s['sequences']} sequences within the utility gate{'; ' if reverted else ''}" + (
+            "; ".join(reverted) + "."
+        )
     if s["forgotten"] == s["sequences"]:
         return (
             f"FORMAT DAMAGED: all {s['sequences']} sequences are forgotten, but so is text of their format the "
