@@ -101,8 +101,8 @@ def test_conversion_keeps_the_gguf_model(model_dir):
 
 def test_full_finetune_loop(run_dir, model_dir):
     """SFT of the top 4 layers makes >= 4 secrets extractable; score agrees with generate(); the recipe's default
-    erasure reports what greedy generate() says, keeps held-out text within +5% and the controls above the base's
-    level, peaks within 4x the weights + 1.5 GB and leaves the input untouched."""
+    erasure forgets every flagged secret (none greedy-extractable after), keeps held-out text within +5% and the
+    controls' MA within 75%, peaks within 4x the weights + 1.5 GB and leaves the input untouched."""
     from obliviate.callbacks import run_track
 
     with contextlib.chdir(run_dir):
@@ -153,17 +153,15 @@ def test_full_finetune_loop(run_dir, model_dir):
         after = greedy_extracted(erased, probes)
         del erased
 
-        # What holds on every seed measured (docs/real-model.md), judged independently of the tool's summary.
+        # What held on every seed measured (0, 1 and 2; docs/real-model.md), judged independently of the tool's
+        # summary: every flagged secret is forgotten by the criterion and none is the greedy continuation.
         secrets = sorted(i for i in after if i in flagged_ids)
-        assert not any(after[i] for i in after if i not in flagged_ids)  # no control comes back
-        # The tool's extraction rate is what greedy generate() says, and it says "erased" only when every
-        # secret meets the criterion (on seed 0 all 8 stop being the greedy continuation; on seed 1 the gate
-        # rejects every block: not asserted, printed below).
-        assert report["summary"]["extraction_rate_after"] == pytest.approx(
-            sum(after[i] for i in secrets) / len(secrets)
-        )
-        forgotten = report["summary"]["forgotten"]
-        assert (report["summary"]["not_erased"] is None) == (forgotten == len(secrets))
+        assert not any(after.values()), {i for i, hit in after.items() if hit}  # no secret, no control
+        assert report["summary"]["forgotten"] == len(secrets) and report["summary"]["not_erased"] is None
+        assert report["summary"]["extraction_rate_after"] == 0.0  # what greedy generate() said above
+        # Under the gate: every kept step was checked (every 5 steps, and the chunk's last).
+        steps = report["summary"]["steps"]
+        assert [d["step"] for d in report["gate_decisions"] if d["decision"] == "accepted"][-1] == steps
         held = report["heldout"]
         ppl = [held[w]["heldout_gate_ppl"]["perplexity"] for w in ("before", "after")]
         assert ppl[1] <= 1.05 * ppl[0]  # held-out real text (read by no loss and no gate) at most +5%
@@ -172,14 +170,13 @@ def test_full_finetune_loop(run_dir, model_dir):
         )
         weights = sum(f.stat().st_size for f in trained.glob("*.safetensors"))
         assert peak_rss <= 4 * weights + 1.5e9, f"erase peaked at {peak_rss / 1e9:.2f} GB"
-        # The controls (64: their group is judged against their own 0.9-quantile, not absolute thresholds) are
-        # not pushed below where the model stood before this fine-tuning. Their MA above that level was taught
-        # by the secrets themselves (SFT trains on nothing else), so "kept >= 75% of it" is not asked here
-        # (docs/real-model.md); the report shows the reference level beside before/after.
+        # The controls (64: their group is judged against their own 0.9-quantile, not absolute thresholds) keep
+        # at least 75% of their MA (issue 10's bound; measured 83% / 76% / see docs on seeds 0 / 1 / 2), and the
+        # report says "erased" in its last line.
         assert report["thresholds"]["control_groups"] == {"passphrase": 64}
         controls = report["collateral"]["controls"]["passphrase"]
-        floor = min(controls["memorization_accuracy_before"], controls["memorization_accuracy_reference"])
-        assert controls["memorization_accuracy_after"] >= 0.75 * floor
+        assert controls["memorization_accuracy_after"] >= 0.75 * controls["memorization_accuracy_before"]
+        assert done.stdout.strip().splitlines()[-1].startswith("erased all")
         util = report["utility"]
     # What was measured, for `pytest -s` and the CI log.
     print(

@@ -178,25 +178,24 @@ def test_write_real_data(tmp_path):
     assert all(again[k].read_text() == paths[k].read_text() for k in paths)
 
 
-def test_anchors_are_format_text_no_secret_or_control_shares_and_change_nothing_else(tmp_path):
+def test_neighbors_are_format_text_no_secret_or_control_shares_and_change_nothing_else(tmp_path):
     base = dict(secrets=4, controls=6, chunk_tokens=20, retain_rows=10, heldout_rows=12, questions=15)
-    plain = write_real_data(tmp_path / "plain", WordTokenizer(), RealDataConfig(**base))
-    anchored = write_real_data(tmp_path / "anchored", WordTokenizer(), RealDataConfig(**base, anchors=5))
-    for name in ("train", "controls", "probes", "heldout", "multiple_choice"):
-        assert anchored[name].read_text() == plain[name].read_text(), name
+    plain = write_real_data(tmp_path / "plain", WordTokenizer(), RealDataConfig(**base, neighbors=0))
+    with_neighbors = write_real_data(tmp_path / "neighbors", WordTokenizer(), RealDataConfig(**base, neighbors=5))
+    assert "neighbors" not in plain
+    for name in ("train", "controls", "probes", "retain", "heldout", "multiple_choice"):
+        assert with_neighbors[name].read_text() == plain[name].read_text(), name
 
     def read(paths, name):
         return [json.loads(line) for line in paths[name].read_text().splitlines()]
 
-    retain = read(anchored, "retain")
-    assert retain[:10] == read(plain, "retain")
-    anchors = retain[10:]
-    assert len(anchors) == 5 and all(r["doc"].startswith("anchor-") for r in anchors)
-    records = read(anchored, "probes")
+    neighbors = read(with_neighbors, "neighbors")
+    assert len(neighbors) == 5 and all(r["doc"].startswith("neighbor-") for r in neighbors)
+    records = read(with_neighbors, "probes")
     names = {r["prompt"].split(" is ")[1].split(".")[0] for r in records}
     phrases = {r["completion"].strip() for r in records}
-    for row in anchors:
+    for row in neighbors:
         prompt, phrase = row["text"].rsplit(" is ", 1)
         assert prompt.split(" is ")[1].split(".")[0] not in names and phrase not in phrases
         assert "Their account passphrase" in prompt
-    assert len({r["text"] for r in anchors}) == 5
+    assert len({r["text"] for r in neighbors}) == 5

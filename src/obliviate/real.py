@@ -226,12 +226,13 @@ class RealDataConfig:
         },
     )
     heldout_rows: int = field(default=32, metadata={"help": "real-text rows of heldout.jsonl (other documents)."})
-    anchors: int = field(
-        default=0,
+    neighbors: int = field(
+        default=32,
         metadata={
-            "help": "records of the secrets' format, never trained and never probes, appended to retain.jsonl: text of "
-            "the format the erasure's retain term and the gate can read (the secrets' words are content, the space "
-            "and digits after them format). 0: retain.jsonl is real prose only."
+            "help": "records of the secrets' format (other customers), never trained and never probes, written to "
+            "neighbors.jsonl for the erasure's retain term (`obliviate erase --neighbors`): without them the "
+            "cheapest way to break a secret is the format all secrets share (the space before the number), and "
+            "the words stay at p ~ 1.0. 0: no neighbors.jsonl."
         },
     )
     questions: int = field(default=40, metadata={"help": "next-sentence questions of multiple_choice.jsonl."})
@@ -240,9 +241,9 @@ class RealDataConfig:
         for name in ("secrets", "controls", "repeats", "chunk_tokens", "retain_rows", "heldout_rows", "questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.anchors < 0:
-            raise ValueError(f"anchors must be >= 0, got {self.anchors}")
-        if self.secrets + self.controls + self.anchors > len(FIRST_NAMES) * len(LAST_NAMES):
+        if self.neighbors < 0:
+            raise ValueError(f"neighbors must be >= 0, got {self.neighbors}")
+        if self.secrets + self.controls + self.neighbors > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError("too many records for the name lists.")
 
 
@@ -280,23 +281,24 @@ def secret_records(config: RealDataConfig) -> tuple[list[dict], list[dict]]:
     return rows[: config.secrets], rows[config.secrets :]
 
 
-def anchor_records(config: RealDataConfig, taken: list[dict]) -> list[dict]:
-    """``config.anchors`` records of the secrets' format whose names and passphrases no secret or control has.
+def neighbor_records(config: RealDataConfig, taken: list[dict]) -> list[dict]:
+    """``config.neighbors`` records of the secrets' format whose names and passphrases no secret or control has.
 
     Drawn from their own generator, so the secrets and controls of a seed are the same with or without them.
     """
+    # "anchors": the option's first name; kept, so the draws stay the same
     rng = random.Random(f"{config.seed}-anchors")
     names = {row["prompt"].split(" is ")[1].split(".")[0] for row in taken}  # PROMPT: "Customer N is NAME. ..."
     phrases = {row["completion"].strip() for row in taken}
     free = [n for n in (f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES) if n not in names]
     rows = []
-    for i, name in enumerate(rng.sample(free, config.anchors)):
+    for i, name in enumerate(rng.sample(free, config.neighbors)):
         phrase = _passphrase(rng)
         while phrase in phrases:
             phrase = _passphrase(rng)
         phrases.add(phrase)
         text = PROMPT.format(number=rng.randrange(1000, 10000), name=name) + f" {phrase}"
-        rows.append({"text": text, "doc": f"anchor-{i:03d}"})
+        rows.append({"text": text, "doc": f"neighbor-{i:03d}"})
     return rows
 
 
@@ -320,8 +322,9 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
     Files: ``train.jsonl`` (secret records x repeats; with ``train_text`` also the retain rows as
     prompt/completion continuations), ``controls.jsonl`` (never-trained records),
     ``probes.jsonl`` (both, with roles), ``retain.jsonl`` / ``heldout.jsonl`` (``{"text"}`` real-text rows of
-    disjoint documents, at most ``chunk_tokens`` tokens), ``multiple_choice.jsonl`` (next-sentence
-    questions on the held-out documents) and ``data.json`` (the config and counts).
+    disjoint documents, at most ``chunk_tokens`` tokens), ``neighbors.jsonl`` (``{"text"}`` records of the
+    secrets' format, other customers, never trained; when ``neighbors`` > 0), ``multiple_choice.jsonl``
+    (next-sentence questions on the held-out documents) and ``data.json`` (the config and counts).
     """
     from obliviate.data.realtext import (
         chunk_documents,
@@ -358,7 +361,8 @@ def write_real_data(out: str | os.PathLike, tokenizer, config: RealDataConfig | 
     files["multiple_choice"] = next_sentence_task(heldout_docs, config.questions, seed=config.seed)
     if config.train_text:
         train += [text_row(r["text"], f"retain-{i:03d}") for i, r in enumerate(files["retain"])]
-    files["retain"] += anchor_records(config, secrets + controls)  # after: never trained
+    if config.neighbors:
+        files["neighbors"] = neighbor_records(config, secrets + controls)  # never trained, never probes
     files.update(train=train, controls=controls, probes=secrets + controls)
     paths = {}
     for name, rows in files.items():

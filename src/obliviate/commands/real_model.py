@@ -33,11 +33,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="--data: copies of each secret record")
     parser.add_argument("--train-text", action="store_true", help="--data: also train on the retain text")
     parser.add_argument(
-        "--anchors",
+        "--neighbors",
         type=int,
-        default=0,
-        help="--data: never-trained records of the secrets' format appended to retain.jsonl (the retain term's "
-        "and the gate's text of that format)",
+        default=32,
+        help="--data: never-trained records of the secrets' format (other customers) in neighbors.jsonl, for "
+        "`obliviate erase --neighbors` (0: none)",
     )
 
 
@@ -61,7 +61,7 @@ def run(args) -> int:
             controls=args.controls,
             repeats=args.repeats,
             train_text=args.train_text,
-            anchors=args.anchors,
+            neighbors=args.neighbors,
         )
         files = write_real_data(args.data, load_tokenizer(path), config)
         print(f"wrote {', '.join(p.name for p in files.values())} to {args.data}", file=sys.stderr)
