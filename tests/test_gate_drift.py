@@ -152,3 +152,36 @@ def test_completion_only_perplexity_scores_only_the_completion(texts, tmp_path):
         nll -= float(token_lp[len(head) - 1 :].sum())
         count += len(ids) - len(head)
     assert got == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_default_kl_moves_only_the_default_entrys_kl_bound(texts):
+    """`gate.default_kl` is the KL bound of the `default` entry's expansion: a step whose KL lies between the
+    default 0.05 and a larger budget is rejected for its KL by the one and not by the other."""
+    from types import SimpleNamespace
+
+    from obliviate.benchmarks.gate_config import GateConfig
+    from obliviate.erasure.inputs import RetainSplit, gate_entries
+
+    tok, gate_rows, _ = texts
+    split = RetainSplit(loss=[], gate=gate_rows, audit=[])
+    model = tiny_model("gpt2", tok, seed=6)
+    train_on(model, tok, gate_rows, steps=20, lr=3e-3)
+
+    def kl_violations(section):
+        gate = UtilityGate.from_config({"benchmarks": gate_entries(SimpleNamespace(gate=section), split)}, tok)
+        gate.measure_baseline(model)
+        return gate, [v for v in gate.check(moved, step=1).violations if v.startswith("gate_kl/kl")]
+
+    moved = tiny_model("gpt2", tok, seed=6)
+    moved.load_state_dict(model.state_dict())
+    train_on(moved, tok, gate_rows, steps=3, lr=1e-3, seed=2)
+    gate, default = kl_violations("default")
+    kl = gate.check(moved, step=2).scores["gate_kl"]["kl"]
+    assert 0 < kl, "the step must move the model"
+    _, tight = kl_violations({"benchmarks": ["default"], "default_kl": kl / 2})
+    _, loose = kl_violations({"benchmarks": ["default"], "default_kl": kl * 2})
+    assert tight and not loose
+    assert bool(default) == (kl > 0.05)
+    for bad in (0, -1, "0.1"):
+        with pytest.raises(GateError, match="default_kl"):
+            GateConfig(default_kl=bad)

@@ -61,6 +61,14 @@ class GateConfig:
         },
     )
 
+    default_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "the `default` entry's bound on KL(original || current), nats/token (None: 0.05). Raise it "
+            "where the gate-only text is kept records of the erased formats: erasing a PIN moves the model on "
+            "every kept PIN note (docs/erasure.md, 'the demo's gate')."
+        },
+    )
     reference: bool = field(
         default=False,
         metadata={
@@ -74,6 +82,8 @@ class GateConfig:
         if not isinstance(self.reference, bool):
             raise GateError(f"gate.reference must be true or false, got {self.reference!r}")
         check_schedule(self.every, self.backoff, self.max_retries)
+        if self.default_kl is not None and not (isinstance(self.default_kl, (int, float)) and self.default_kl > 0):
+            raise GateError(f"gate.default_kl must be a number > 0 (nats/token), got {self.default_kl!r}")
         # "default" stands for the default gate's entries on the gate-only retain split (erasure/inputs.py).
         entries = (
             [e for e in self.benchmarks if e != DEFAULT_ENTRY] if isinstance(self.benchmarks, list) else self.benchmarks

@@ -144,7 +144,7 @@ DEFAULT_KL_TOLERANCE = 0.05
 """The default gate's bounds (chosen by measurement: docs/erasure.md, docs/perf/erasure.md)."""
 
 
-def default_gate_entries(data, label: str = "gate") -> list[dict]:
+def default_gate_entries(data, label: str = "gate", kl_tolerance: float | None = None) -> list[dict]:
     """The default gate's benchmark entries on ``data`` (text no loss optimizes):
 
     - ``perplexity`` (label ``<label>_ppl``), two-sided: at most +2%, at most -10%;
@@ -153,7 +153,9 @@ def default_gate_entries(data, label: str = "gate") -> list[dict]:
     Args:
         data: ``{"text"}`` JSONL path or a list of ``{"text"}`` rows.
         label: prefix of the entries' labels.
+        kl_tolerance: the KL bound, nats/token (None: ``DEFAULT_KL_TOLERANCE``).
     """
+    kl_tolerance = DEFAULT_KL_TOLERANCE if kl_tolerance is None else kl_tolerance
     return [
         {
             "name": "perplexity",
@@ -162,5 +164,5 @@ def default_gate_entries(data, label: str = "gate") -> list[dict]:
             "max_relative_increase": DEFAULT_PERPLEXITY_INCREASE,
             "max_relative_decrease": DEFAULT_PERPLEXITY_DECREASE,
         },
-        {"name": "kl_to_original", "data": data, "label": f"{label}_kl", "max_absolute_increase": DEFAULT_KL_TOLERANCE},
+        {"name": "kl_to_original", "data": data, "label": f"{label}_kl", "max_absolute_increase": kl_tolerance},
     ]

@@ -176,7 +176,8 @@ def gate_entries(config, split: RetainSplit) -> list[dict] | None:
         if entry == DEFAULT_ENTRY:
             if not split.gate:
                 return None if section == "default" else _no_gate_text()
-            entries += default_gate_entries(_rows(split.gate))
+            kl = None if section == "default" else section.get("default_kl")
+            entries += default_gate_entries(_rows(split.gate), kl_tolerance=kl)
         else:
             entries.append(dict(entry))
     trained = set(split.loss)
