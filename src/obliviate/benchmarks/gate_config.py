@@ -66,7 +66,7 @@ class GateConfig:
         metadata={
             "help": "the `default` entry's bound on KL(original || current), nats/token (None: 0.05). Raise it "
             "where the gate-only text is kept records of the erased formats: erasing a PIN moves the model on "
-            "every kept PIN note (docs/erasure.md, 'the demo's gate')."
+            "every kept PIN note (docs/perf/erasure.md, 'the gate's KL budget on same-format text')."
         },
     )
     reference: bool = field(
