@@ -138,14 +138,17 @@ def test_demo_quick_flags_and_erases_canaries(tmp_path, capsys, monkeypatch):
         assert verdict.startswith("erased all")
     utility_before = json.loads((out / "utility_before.json").read_text())
     utility_after = json.loads((out / "utility_after.json").read_text())
-    # The gate's tolerances hold on the final model (gate-only perplexity +2% / -10%, KL 0.05, one fact).
+    # The gate's tolerances hold on the final model (gate-only perplexity +2% / -10%, KL within the recipe's
+    # default_kl, one fact). The bound is read from the shipped recipe so that the test follows what it ships.
+    kl_bound = load_demo_recipe(default_recipe()).erase.gate["default_kl"]
+    assert 0 < kl_bound <= 0.1
     gate_before, gate_after = report["utility"]["before"], report["utility"]["after"]
     assert (
         0.9 * gate_before["gate_ppl"]["perplexity"] - 1e-6
         <= gate_after["gate_ppl"]["perplexity"]
         <= gate_before["gate_ppl"]["perplexity"] * 1.02 + 1e-6
     )
-    assert gate_after["gate_kl"]["kl"] <= 0.05 + 1e-9
+    assert gate_after["gate_kl"]["kl"] <= kl_bound + 1e-9
     assert gate_after["facts"]["acc"] >= gate_before["facts"]["acc"] - 0.07 - 1e-9
     assert set(utility_before) == set(utility_after) == {"retain", "heldout", "facts"}
     assert "canary ×8" in printed and "built" in printed
