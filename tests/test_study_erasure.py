@@ -38,7 +38,8 @@ def _load(path: Path):
 
 def _run_dir(out: Path, row: dict) -> Path:
     gated = "-gated" if row["gate"] == "default" else ""
-    return out / "runs" / f"seed0-n24-e2-f4-{row['method']}-{row['selector']}{gated}"
+    method = row["method"].replace(":", "-")  # emso:entropy names its run emso-entropy
+    return out / "runs" / f"seed0-n24-e2-f4-{method}-{row['selector']}{gated}"
 
 
 def _erased(out: Path, row: dict):
@@ -85,7 +86,7 @@ def _greedy_hits(model, ids: list[int], start: int) -> list[bool]:
 
 def test_every_arm_ran_and_its_numbers_are_sane(study):
     out, results = study
-    assert [r["arm"] for r in results["runs"] if r["gate"] is None] == ["emso", "entropy_only", "ga"]
+    assert [r["arm"] for r in results["runs"] if r["gate"] is None] == ["emso", "emso_entropy", "entropy_only", "ga"]
     assert [r["arm"] for r in results["runs"] if r["gate"] == "default"] == ["ga", "ga_to_reference"]
     for r in results["runs"]:
         assert 0 <= r["forgotten"] <= 1 and 0 <= r["extraction_after"] <= 1 and len(r["forget_ids"]) == 4
@@ -96,10 +97,17 @@ def test_every_arm_ran_and_its_numbers_are_sane(study):
     assert "## Block minimal" in md and "| 4 | 24 | entropy_only | emso / all | 1 |" in md
     claim = md.split("## The claim")[1]  # the four main methods only, ungated: entropy_only is not one of them
     assert "| 4 | 24 | emso | emso / contrastive | 1 |" in claim and "entropy_only" not in claim
+    assert "| 4 | 24 | emso_entropy | emso:entropy / contrastive | 1 |" in md and "emso_entropy" not in claim
     assert claim.count("| 4 | 24 | ga | ga / all | 1 |") == 1 and "ga_to_reference" not in claim
     gated = md.split("## Block gated")[1].split("## The claim")[0]
     assert "gate rejections" in gated and "| 4 | 24 | ga_to_reference | ga_to_reference / contrastive | 1 |" in gated
     assert (out / "erasure_forgetting_vs_utility.png").is_file()
+    # The curves: when each sequence was forgotten, consistent with the run's own end state and step count.
+    assert (out / "erasure_forgetting_curves.png").is_file()
+    for r in results["runs"]:
+        at = r["forgotten_at"]
+        assert len(at) == 4 and sum(s is not None for s in at) / 4 == pytest.approx(r["forgotten"])
+        assert all(0 <= s <= r["steps"] for s in at if s is not None) or r["gate"] is not None
     assert json.loads((out / "erasure.json").read_text())["minimal"] is True
 
 
@@ -108,7 +116,7 @@ def test_heldout_perplexity_and_kl_equal_a_plain_hf_computation(study):
     texts = [r["text"] for r in read_jsonl(out / "models" / "seed0-n24-e2" / "heldout.jsonl")]
     original, tokenizer = _load(out / "models" / "seed0-n24-e2" / "track" / "model")
     before = _hand_perplexity(original, tokenizer, texts)
-    for arm in ("emso", "entropy_only", "ga"):
+    for arm in ("emso", "emso_entropy", "entropy_only", "ga"):
         row = _run(results, arm)
         erased = _erased(out, row)
         assert row["heldout_ppl_before"] == pytest.approx(before, rel=1e-4)
@@ -138,6 +146,23 @@ def test_the_forget_set_is_the_most_memorized_and_all_weights_at_a_big_lr_move_t
     assert 0 < moved["emso"] <= 0.011 and moved["entropy_only"] > 0.5
     big = _run(results, "entropy_only")
     assert big["kl"] > 0.1 and big["forgotten"] == 1.0
+
+
+def test_emso_entropy_runs_the_negative_entropy_loss_on_its_own_selection(study):
+    """emso_entropy is EMSO with entropy_variant "entropy" (-H(p_t)), not a relabelled uniform_ce run: the run's
+    config says so, it moves at most its 1% selection, and it lands on a different model than emso."""
+    out, results = study
+    original, _ = _load(out / "models" / "seed0-n24-e2" / "track" / "model")
+    rows = {arm: _run(results, arm) for arm in ("emso", "emso_entropy")}
+    reports = {arm: json.loads((_run_dir(out, r) / "erasure_report.json").read_text()) for arm, r in rows.items()}
+    assert reports["emso_entropy"]["config"]["method_args"]["entropy_variant"] == "entropy"
+    assert reports["emso"]["config"]["method_args"]["entropy_variant"] == "uniform_ce"
+    before = dict(original.named_parameters())
+    erased = {arm: dict(_erased(out, r).named_parameters()) for arm, r in rows.items()}
+    total = sum(p.numel() for p in before.values())
+    changed = sum(int((p != before[n]).sum()) for n, p in erased["emso_entropy"].items())
+    assert 0 < changed / total <= 0.011
+    assert any(not torch.equal(p, erased["emso"][n]) for n, p in erased["emso_entropy"].items())
 
 
 def test_set_mean_ma_is_the_mean_full_sequence_ma_of_the_erased_model(study):
@@ -220,7 +245,34 @@ def test_bad_erasure_recipes_say_what_to_change():
             ErasureStudyConfig,
             overrides={"blocks": [{"name": "x", "sizes": [8], "seeds": [9], "arms": ["ga"]}]},
         )
+    with pytest.raises(RecipeError, match="only emso takes a variant"):
+        load_study(
+            RECIPE, ErasureStudyConfig, overrides={"blocks": [{"name": "x", "sizes": [8], "arms": ["ga:entropy/all"]}]}
+        )
+    with pytest.raises(RecipeError, match="only emso takes a variant"):
+        load_study(
+            RECIPE, ErasureStudyConfig, overrides={"blocks": [{"name": "x", "sizes": [8], "arms": ["emso:log/all"]}]}
+        )
+    with pytest.raises(RecipeError, match="only_blocks must be a non-empty list of block names"):
+        load_study(RECIPE, ErasureStudyConfig, overrides={"only_blocks": ["nope"]})
+    only = load_study(RECIPE, ErasureStudyConfig, overrides={"only_blocks": ["entropy"]})
+    assert [b.name for b in only.blocks] == ["entropy"] and {r[2] for r in only.runs()} == {
+        "emso",
+        "emso:entropy",
+        "ga",
+    }
     with pytest.raises(StudyError, match="raise n_members"):
         from obliviate.studies.erasure_runs import SeedModel
 
         SeedModel(Path("."), None, None, None, None, [{"id": "a"}], {}).forget_set(2)
+
+
+def test_forgetting_curve_counts_sequences_forgotten_by_each_step():
+    """Two seeds of a 4-sequence set: the curve is the mean share forgotten by step k (None: never)."""
+    import numpy as np
+
+    from obliviate.studies.erasure_report import curve
+
+    rows = [{"forgotten_at": [1, 3, None, 3]}, {"forgotten_at": [2, 2, 2, 2]}]
+    got = curve(rows, np.arange(5))
+    assert got.tolist() == pytest.approx([0.0, 0.125, 0.625, 0.875, 0.875])

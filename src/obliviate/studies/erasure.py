@@ -33,6 +33,7 @@ from obliviate.studies.common import StudyConfig, StudyError, positive_int, prep
 
 ARMS = {
     "emso": ("emso", "contrastive"),
+    "emso_entropy": ("emso:entropy", "contrastive"),
     "entropy_only": ("emso", "all"),
     "emso_retain": ("emso", "contrastive_retain"),
     "ga": ("ga", "all"),
@@ -41,13 +42,21 @@ ARMS = {
     "ga_to_reference": ("ga_to_reference", "contrastive"),
 }
 """Named arms of the method comparison -> (method, selector). ``emso`` is the paper-faithful one (forget-only
-contrastive selection); ``entropy_only`` the same loss on every weight (EMSO without its selective optimization);
+contrastive selection, the library's ``uniform_ce`` loss); ``emso_entropy`` the same with the paper's other form of
+the loss, -H(p_t) (``method:variant`` names an EMSO ``entropy_variant``); ``entropy_only`` the same loss on every weight (EMSO without its selective optimization);
 ``emso_retain`` obliviate's retain-contrast selector; GA, GradDiff and NPO update every weight, as in their papers;
 ``ga_to_reference`` is obliviate's product method (GA on each token only while the model finds it likelier than the
 seed's base model before SFT, plus GradDiff's retain term) on EMSO's contrastive 1%, as recipes/demo.yaml runs it."""
 
 COLLAPSE_RATIO = 2.0
 """A run collapsed when its held-out perplexity after erasure is more than this times the one before."""
+
+
+def split_method(spec: str) -> tuple[str, str | None]:
+    """``(method, entropy_variant)`` of an arm's method: ``emso:entropy`` -> ``("emso", "entropy")``, ``ga`` ->
+    ``("ga", None)`` (the method's default)."""
+    method, _, variant = spec.partition(":")
+    return method, variant or None
 
 
 def arm_pair(arm: str) -> tuple[str, str]:
@@ -122,6 +131,13 @@ class ErasureStudyConfig(StudyConfig):
         default=128, metadata={"help": "Trained sequences not asked to be forgotten scored for collateral (a sample)."}
     )
     save_models: bool = field(default=False, metadata={"help": "Save each erased model under OUT/runs/<run>/model."})
+    only_blocks: list | None = field(
+        default=None,
+        metadata={
+            "help": "Run and tabulate only these blocks (names), e.g. --set only_blocks=[entropy]; null: every block. "
+            "Runs another block shares stay cached under --out either way."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -135,6 +151,14 @@ class ErasureStudyConfig(StudyConfig):
         if not isinstance(self.blocks, list) or not self.blocks:
             raise StudyError("blocks must be a non-empty list of {name, sizes, seeds, arms | methods x selectors}.")
         self.blocks = [self._block(b) for b in self.blocks]
+        if self.only_blocks is not None:
+            names = [b.name for b in self.blocks]
+            if not isinstance(self.only_blocks, list) or not self.only_blocks or set(self.only_blocks) - set(names):
+                raise StudyError(
+                    f"only_blocks must be a non-empty list of block names ({', '.join(names)}); got "
+                    f"{self.only_blocks!r}."
+                )
+            self.blocks = [b for b in self.blocks if b.name in self.only_blocks]
 
     def _block(self, raw) -> RunBlock:
         if isinstance(raw, RunBlock):
@@ -165,12 +189,19 @@ class ErasureStudyConfig(StudyConfig):
 
     def _check_pairs(self, block: RunBlock) -> None:
         from obliviate.erasure import LOSSES, SELECTORS
+        from obliviate.erasure.config import ENTROPY_VARIANTS
 
-        for method, selector in block.pairs():
+        for spec, selector in block.pairs():
+            method, variant = split_method(spec)
             if method not in LOSSES.names() or selector not in SELECTORS.names():
                 raise StudyError(
-                    f"block {block.name}: {method}/{selector} is not a method/selector pair; methods: "
+                    f"block {block.name}: {spec}/{selector} is not a method/selector pair; methods: "
                     f"{', '.join(LOSSES.names())}; selectors: {', '.join(SELECTORS.names())}."
+                )
+            if variant is not None and (method != "emso" or variant not in ENTROPY_VARIANTS):
+                raise StudyError(
+                    f"block {block.name}: {spec!r}: only emso takes a variant, one of {', '.join(ENTROPY_VARIANTS)} "
+                    "(e.g. emso:entropy)."
                 )
 
     def runs(self) -> list[tuple[tuple[int, int, int], int, str, str, Any]]:

@@ -178,9 +178,13 @@ def plots(out: Path, runs: list[dict]) -> list[str]:
     """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per method, marker per size
     (the ungated runs: a gated run stops where the gate does, a different comparison)."""
     runs = [r for r in runs if ungated(r)]
+    return [_scatter(out, runs), *_curves(out, runs)]
+
+
+def _scatter(out: Path, runs: list[dict]) -> str:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    methods = sorted({r["method"] for r in runs})
+    arms = sorted({r["arm"] for r in runs})  # by arm: emso and entropy_only share a method, not a selector
     sizes = sorted({r["size"] for r in runs})
     markers = dict(zip(sizes, "os^Dvp*"))
     panels = (
@@ -188,17 +192,17 @@ def plots(out: Path, runs: list[dict]) -> list[str]:
         (lambda r: r["kl"], "KL to the original on held-out text (nats/token)", "log"),
     )
     for ax, (y, label, scale) in zip(axes, panels):
-        for i, method in enumerate(methods):
+        for i, arm in enumerate(arms):
             for size in sizes:
-                rows = [r for r in runs if r["method"] == method and r["size"] == size]
+                rows = [r for r in runs if r["arm"] == arm and r["size"] == size]
                 if rows:
                     ax.scatter(
                         [100 * r["forgotten"] for r in rows],
                         [max(y(r), 1e-4) if scale == "log" else y(r) for r in rows],
-                        color=f"C{i}",
+                        color=f"C{i % 10}",
                         marker=markers[size],
                         alpha=0.75,
-                        label=f"{method}, n={size}",
+                        label=f"{arm}, n={size}",
                     )
         ax.set_yscale(scale, **({"linthresh": 10} if scale == "symlog" else {}))
         ax.set(xlabel="forgotten % (per-sequence criterion)", ylabel=label)
@@ -206,4 +210,38 @@ def plots(out: Path, runs: list[dict]) -> list[str]:
     axes[0].set_title("forgetting vs utility, every run (dashed: collapse)")
     axes[1].set_title("forgetting vs drift from the original")
     axes[1].legend(fontsize=6, ncol=2)
-    return [save_figure(fig, out / "erasure_forgetting_vs_utility.png")]
+    return save_figure(fig, out / "erasure_forgetting_vs_utility.png")
+
+
+CURVE_ARMS = ("emso", "emso_entropy", "entropy_only", "emso_retain", "ga", "graddiff", "npo")
+
+
+def curve(rows: list[dict], steps: np.ndarray) -> np.ndarray:
+    """Mean over ``rows`` (seeds) of the share of the forget set forgotten by each of ``steps``."""
+    shares = [
+        [sum(s is not None and s <= k for s in r["forgotten_at"]) / len(r["forgotten_at"]) for k in steps] for r in rows
+    ]
+    return np.mean(shares, axis=0)
+
+
+def _curves(out: Path, runs: list[dict]) -> list[str]:
+    """Per-sequence forgetting along each run: share of the set forgotten by optimizer step, one panel per
+    request size, one line per arm (mean over its seeds); the runs of the methods and entropy blocks."""
+    runs = [r for r in runs if r["arm"] in CURVE_ARMS and r.get("forgotten_at")]
+    sizes = sorted({r["size"] for r in runs})
+    if not sizes:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        at_size = [r for r in runs if r["size"] == size]
+        steps = np.arange(0, max(r["steps"] for r in at_size) + 1)
+        for arm in CURVE_ARMS:
+            rows = [r for r in at_size if r["arm"] == arm]
+            if rows:
+                i = CURVE_ARMS.index(arm)
+                ax.step(steps, 100 * curve(rows, steps), where="post", color=f"C{i}", label=f"{arm} ({len(rows)})")
+        ax.set(xlabel="optimizer step", ylabel="forgotten % (per-sequence)", title=f"forget set of {size}")
+        ax.set_ylim(-2, 102)
+    axes[0][0].legend(fontsize=7, title="arm (seeds)", title_fontsize=7)
+    return [save_figure(fig, out / "erasure_forgetting_curves.png")]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obliviate.studies.common import TRAINED_ROLES, StudyError, probes_with_calibration, track_run, write_jsonl
-from obliviate.studies.erasure import COLLAPSE_RATIO, ErasureStudyConfig, arm_name, gate_tag
+from obliviate.studies.erasure import COLLAPSE_RATIO, ErasureStudyConfig, arm_name, gate_tag, split_method
 
 
 def _key(settings: dict) -> str:
@@ -120,8 +120,8 @@ def model_name(model: tuple[int, int, int]) -> str:
 def erase_config(
     config: ErasureStudyConfig, method: str, selector: str, seed: int, data: Path, gate=None, reference: Path = None
 ):
-    """The EraseConfig of one run: the recipe's ``erase`` section, the arm, its lr, the block's gate (None: none)
-    and the utility it reports. ``reference`` is the model SFT started from (``reference_model`` of
+    """The EraseConfig of one run: the recipe's ``erase`` section, the arm (``method`` may be ``emso:<variant>``),
+    its lr, the block's gate (None: none) and the utility it reports. ``reference`` is the model SFT started from (``reference_model`` of
     ga_to_reference and of the report's controls line)."""
     from obliviate.erasure import EraseConfig
 
@@ -133,6 +133,9 @@ def erase_config(
         {"name": "multiple_choice", "data": str(data / "multiple_choice.jsonl"), "label": "mc"},
     ]
     settings = {**config.erase, "learning_rate": lr, "seed": seed, "gate": gate, "plots": False}
+    method, variant = split_method(method)
+    if variant is not None:
+        settings["entropy_variant"] = variant
     if method == "ga_to_reference":
         if reference is None:
             raise StudyError("ga_to_reference needs the model SFT started from: pass reference.")
@@ -196,7 +199,14 @@ def measures(report: dict, set_mean: dict) -> dict:
         "gate_checks": len(report["gate_decisions"]),
         "gate_rejections": s["gate_rejections"],
         "chunks_gate_exhausted": s["chunks_gate_exhausted"],
+        **forgetting_curve(report),
     }
+
+
+def forgetting_curve(report: dict) -> dict:
+    """When each forget-set sequence was forgotten: the optimizer step (counted over the run, chunks in turn)
+    from which the criterion held, None for one still memorized at the end; the curves plot reads it."""
+    return {"forgotten_at": [seq["forgotten_step"] for seq in report["sequences"]]}
 
 
 def erase_one(
@@ -258,7 +268,7 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
     reference = base / "base"  # the toy base every seed's SFT started from
     for i, (model, size, method, selector, gate) in enumerate(todo, 1):
         seed = model[0]
-        name = f"{model_name(model)}-f{size}-{method}-{selector}{gate_tag(gate)}"
+        name = f"{model_name(model)}-f{size}-{method.replace(':', '-')}-{selector}{gate_tag(gate)}"
         erase = erase_config(config, method, selector, seed, Path("."), gate, Path("reference"))
         path = out / "runs" / f"{name}.json"
         if model not in loaded:
@@ -270,6 +280,9 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
         settings = {"erase": erase.to_dict(), "el": [config.el_n, config.el_stride, config.max_others]}
         key = _key({**settings, "controls": record["controls"]})
         row = _cached(path, key + record["key"])
+        if row is not None and "forgotten_at" not in row and (out / "runs" / name / "erasure_report.json").is_file():
+            # A run cached before rows carried the curve: read it from the run's own report, no rerun.
+            row.update(forgetting_curve(json.loads((out / "runs" / name / "erasure_report.json").read_text())))
         if row is None:
             row, erased, report = erase_one(config, loaded[model], size, method, selector, seed, gate, reference)
             row.update(key=key + record["key"], n_members=model[1], epochs=model[2])
