@@ -204,9 +204,17 @@ def measures(report: dict, set_mean: dict) -> dict:
 
 
 def forgetting_curve(report: dict) -> dict:
-    """When each forget-set sequence was forgotten: the optimizer step (counted over the run, chunks in turn)
-    from which the criterion held, None for one still memorized at the end; the curves plot reads it."""
-    return {"forgotten_at": [seq["forgotten_step"] for seq in report["sequences"]]}
+    """When each forget-set sequence was forgotten: the optimizer step (counted over the run, chunks in turn,
+    every attempt) from which the criterion held, None for one still memorized at the end; the curves plot
+    reads it. The end state is the criterion on the erased model with the controls re-scored there; a sequence
+    it calls forgotten that no check during the run did (the controls moved) counts from the last step."""
+    last = report["summary"]["attempted_steps"]
+    return {
+        "forgotten_at": [
+            (last if seq["forgotten_step"] is None else seq["forgotten_step"]) if seq["forgotten"] else None
+            for seq in report["sequences"]
+        ]
+    }
 
 
 def erase_one(
@@ -280,8 +288,8 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
         settings = {"erase": erase.to_dict(), "el": [config.el_n, config.el_stride, config.max_others]}
         key = _key({**settings, "controls": record["controls"]})
         row = _cached(path, key + record["key"])
-        if row is not None and "forgotten_at" not in row and (out / "runs" / name / "erasure_report.json").is_file():
-            # A run cached before rows carried the curve: read it from the run's own report, no rerun.
+        if row is not None and (out / "runs" / name / "erasure_report.json").is_file():
+            # The curve from the run's own report (rows cached before rows carried it included), no rerun.
             row.update(forgetting_curve(json.loads((out / "runs" / name / "erasure_report.json").read_text())))
         if row is None:
             row, erased, report = erase_one(config, loaded[model], size, method, selector, seed, gate, reference)
