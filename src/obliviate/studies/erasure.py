@@ -42,8 +42,9 @@ ARMS = {
     "ga_to_reference": ("ga_to_reference", "contrastive"),
 }
 """Named arms of the method comparison -> (method, selector). ``emso`` is the paper-faithful one (forget-only
-contrastive selection, the library's ``uniform_ce`` loss); ``emso_entropy`` the same with the paper's other form of
-the loss, -H(p_t) (``method:variant`` names an EMSO ``entropy_variant``); ``entropy_only`` the same loss on every weight (EMSO without its selective optimization);
+contrastive selection, the library's ``uniform_ce`` loss); ``emso_entropy`` the same with the paper's other form
+of the loss, -H(p_t) (``method:variant`` names an EMSO ``entropy_variant``); ``entropy_only`` the same loss on
+every weight (EMSO without its selective optimization);
 ``emso_retain`` obliviate's retain-contrast selector; GA, GradDiff and NPO update every weight, as in their papers;
 ``ga_to_reference`` is obliviate's product method (GA on each token only while the model finds it likelier than the
 seed's base model before SFT, plus GradDiff's retain term) on EMSO's contrastive 1%, as recipes/demo.yaml runs it."""

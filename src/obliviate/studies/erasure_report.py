@@ -175,8 +175,8 @@ def tables(config: ErasureStudyConfig, runs: list[dict], models: dict) -> list[t
 
 
 def plots(out: Path, runs: list[dict]) -> list[str]:
-    """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per method, marker per size
-    (the ungated runs: a gated run stops where the gate does, a different comparison)."""
+    """Forgetting (per-sequence) against held-out perplexity change and KL, one colour per arm, marker per size,
+    and the forgetting curves (the ungated runs: a gated run stops where the gate does, a different comparison)."""
     runs = [r for r in runs if ungated(r)]
     return [_scatter(out, runs), *_curves(out, runs)]
 

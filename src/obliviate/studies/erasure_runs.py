@@ -121,8 +121,8 @@ def erase_config(
     config: ErasureStudyConfig, method: str, selector: str, seed: int, data: Path, gate=None, reference: Path = None
 ):
     """The EraseConfig of one run: the recipe's ``erase`` section, the arm (``method`` may be ``emso:<variant>``),
-    its lr, the block's gate (None: none) and the utility it reports. ``reference`` is the model SFT started from (``reference_model`` of
-    ga_to_reference and of the report's controls line)."""
+    its lr, the block's gate (None: none) and the utility it reports. ``reference`` is the model SFT started
+    from (``reference_model`` of ga_to_reference and of the report's controls line)."""
     from obliviate.erasure import EraseConfig
 
     lr = config.selector_learning_rates.get(selector, config.erase.get("learning_rate", 3e-4))
