@@ -167,14 +167,15 @@ def test_default_kl_moves_only_the_default_entrys_kl_bound(texts):
     model = tiny_model("gpt2", tok, seed=6)
     train_on(model, tok, gate_rows, steps=20, lr=3e-3)
 
+    moved = tiny_model("gpt2", tok, seed=6)
+    moved.load_state_dict(model.state_dict())
+    train_on(moved, tok, gate_rows, steps=3, lr=1e-3, seed=2)
+
     def kl_violations(section):
         gate = UtilityGate.from_config({"benchmarks": gate_entries(SimpleNamespace(gate=section), split)}, tok)
         gate.measure_baseline(model)
         return gate, [v for v in gate.check(moved, step=1).violations if v.startswith("gate_kl/kl")]
 
-    moved = tiny_model("gpt2", tok, seed=6)
-    moved.load_state_dict(model.state_dict())
-    train_on(moved, tok, gate_rows, steps=3, lr=1e-3, seed=2)
     gate, default = kl_violations("default")
     kl = gate.check(moved, step=2).scores["gate_kl"]["kl"]
     assert kl > 0, "the step must move the model"
