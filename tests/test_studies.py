@@ -155,7 +155,9 @@ def test_finetune_method_mia_and_parameter_counts(tmp_path):
     config = json.loads((tmp_path / "toy" / "base" / "config.json").read_text())
     vocab, width = config["vocab_size"], config["n_embd"]
     assert params["head"] == vocab * width + 2 * width  # the tied head/embedding matrix and the final norm
-    memo = tmp_path / "runs" / "full-seed0" / "track" / "memorization"
+    assert set(results["per_method"]) == {"full-lr0.003", "full-lr0.001", "head", "lora-r4", "lora-r16"}
+    assert [s["learning_rate"] for s in results["per_method"]["full-lr0.001"]] == [1e-3]
+    memo = tmp_path / "runs" / "full-lr0.003-seed0" / "track" / "memorization"
     history = read_jsonl(memo / "history.jsonl")
     last = max(r["step"] for r in history)
     rows = [r for r in history if r["step"] == last]
@@ -163,7 +165,7 @@ def test_finetune_method_mia_and_parameter_counts(tmp_path):
     neg = np.sort([r["reference_ratio"] for r in rows if r["role"] == "control"])[::-1]
     assert len(neg) == 2 * 128  # the corpus's controls and its calibration controls, 128 per group
     threshold = neg[25]  # 10% of 256 controls: 25 may lie above the threshold
-    final = results["per_method"]["full"][0]["curve"][-1]
+    final = results["per_method"]["full-lr0.003"][0]["curve"][-1]
     assert final["recall/reference_ratio"] == pytest.approx(np.mean(pos > threshold))
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
     assert final["auc/reference_ratio"] == pytest.approx(pairs)
@@ -184,18 +186,110 @@ def test_bad_recipes_say_what_to_change(tmp_path):
         run_recipe(bad, tmp_path / "out")
 
 
-def test_matched_utility_takes_the_last_epoch_within_the_perplexity():
+def test_matched_utility_takes_the_rate_and_epoch_nearest_the_target_perplexity():
     from obliviate.studies.finetune_method import matched_row
 
     def seed(ppls, recalls):
         return {
             "curve": [
-                {"epoch": float(i), "val_ppl": p, "recall/reference_ratio": r, "auc/reference_ratio": r}
+                {
+                    "epoch": float(i),
+                    "val_ppl": p,
+                    "recall/reference_ratio": r,
+                    "auc/reference_ratio": r,
+                    "extraction_rate": 0.0,
+                }
                 for i, (p, r) in enumerate(zip(ppls, recalls))
             ]
         }
 
-    seeds = [seed([9.0, 11.0, 13.0, 12.0], [0.0, 0.2, 0.6, 0.4]), seed([9.0, 12.0, 14.0, 14.0], [0.0, 0.4, 0.8, 0.6])]
-    # Seed-mean perplexities 9, 11.5, 13.5, 13: the last epoch <= 12 is epoch 1, recall (0.2 + 0.4) / 2.
-    assert matched_row("m", seeds, "reference_ratio", 12.0) == ["m", "1", "11.50", "0.300 ± 0.100", "0.300 ± 0.100"]
-    assert matched_row("m", seeds, "reference_ratio", 8.0)[1] == "-"
+    fast = [seed([10.0, 16.0, 30.0], [0.0, 0.5, 0.9]), seed([10.0, 18.0, 34.0], [0.0, 0.7, 0.9])]  # means 17, 32
+    slow = [seed([10.0, 11.0, 14.5], [0.0, 0.1, 0.2]), seed([10.0, 11.0, 15.5], [0.0, 0.1, 0.4])]  # means 11, 15
+    runs = {1e-2: fast, 1e-3: slow}
+    # Target 15: |log(15/15)| = 0 at the slow rate's epoch 2 beats |log(17/15)| at the fast rate's epoch 1.
+    assert matched_row("m", runs, "reference_ratio", 15.0, 0.1) == [
+        "m",
+        "0.001",
+        "2",
+        "15.00",
+        "0.300 ± 0.100",
+        "0.300 ± 0.100",
+        "0.000 ± 0.000",
+    ]
+    # Target 18: the fast rate's epoch 1 (17, 5.6% away) is nearer than 15 (17% away).
+    assert matched_row("m", runs, "reference_ratio", 18.0, 0.1)[:4] == ["m", "0.01", "1", "17.00"]
+    # Epoch 0 (the base, ppl 10) is never a match, and the nearest point 36% away is reported as unmatched.
+    row = matched_row("m", runs, "reference_ratio", 8.0, 0.1)
+    assert row[2] == "-" and row[3].startswith("11.00 (nearest")
+
+
+def test_finetune_recipe_errors_name_the_field(tmp_path):
+    from obliviate.studies.finetune_method import FinetuneMethodConfig
+
+    recipe = RECIPES / "finetune_method.yaml"
+    cases = [
+        ({"methods": [{"name": "full", "learning_rate": [1e-3, 1e-3]}]}, "listed twice"),
+        ({"methods": [{"name": "full", "learning_rate": [1e-3, -1.0]}]}, "must be > 0"),
+        ({"methods": [{"name": "full", "learning_rate": [1e-3, None]}]}, "cannot include null"),
+        ({"corpus": {"n_member": 8}}, "unknown make_corpus arguments \\['n_member'\\]"),
+        ({"match_ppl_ratio": 1.0}, "match_ppl_ratio"),
+        ({"match_tolerance": 1.5}, "match_tolerance"),
+        ({"model": str(tmp_path / "no-such-model")}, "does not exist: give a model directory"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            load_study(recipe, FinetuneMethodConfig, overrides=overrides)
+
+
+@pytest.mark.slow
+def test_finetune_study_runs_on_a_model_that_is_not_the_toy(tmp_path):
+    """``model:`` takes any causal LM directory: a tiny Llama (built here from a config, with the toy's
+    tokenizer) gets LoRA on q_proj/v_proj, and the study's epoch-0 perplexity is that model's own."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from obliviate.studies.common import prepare_base
+    from obliviate.studies.finetune_method import FinetuneMethodConfig
+    from tests.helpers import tiny_model
+
+    toy = prepare_base(tmp_path / "toy-out", load_study(RECIPES / "finetune_method.yaml", FinetuneMethodConfig, True))
+    tokenizer = AutoTokenizer.from_pretrained(toy)
+    llama = tiny_model("llama", tokenizer)
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    recipe = tmp_path / "llama.yaml"
+    recipe.write_text(
+        "study: finetune_method\n"
+        f"model: {tmp_path / 'llama'}\n"
+        "seeds: [0]\nepochs: 1\nexposure_repetitions: []\nexposure_seeds: 0\nmatch_ppl_ratio: 0.9\n"
+        "corpus: {n_members: 8, fact_repetitions: 0, n_controls: 16, controls_per_group: 8}\n"
+        "methods:\n"
+        "  - {name: full, learning_rate: 1.0e-3}\n"
+        "  - {name: lora, learning_rate: [1.0e-2, 3.0e-2], lora: {r: 2, lora_alpha: 4, target_modules: [q_proj, v_proj]}}\n"
+        "training: {max_steps: 2, per_device_train_batch_size: 8}\n"
+    )
+    results = run_recipe(recipe, tmp_path / "out")
+    params = results["trainable_parameters"]
+    assert params["full"] == sum(p.numel() for p in llama.parameters())
+    width, cfg = llama.config.hidden_size, llama.config
+    kv = width // cfg.num_attention_heads * cfg.num_key_value_heads
+    assert params["lora"] == cfg.num_hidden_layers * 2 * ((width + width) + (width + kv))  # r=2 on q and v
+    assert set(results["per_method"]) == {"full", "lora-lr0.01", "lora-lr0.03"}
+    assert not (tmp_path / "out" / "toy").exists()  # the toy was never built for this study
+    # Epoch 0 is the untrained Llama: its perplexity on the 16 controls, from a plain forward pass here.
+    rows = read_jsonl(tmp_path / "out" / "runs" / "full-seed0" / "probes.jsonl")
+    nll, tokens = 0.0, 0
+    controls = [r for r in rows if r["role"] == "control"]
+    assert len(controls) == 16  # n_controls 16: 8 per group, no calibration controls beyond them
+    for r in controls:
+        # A probe's prefix is its prompt as the tokenizer encodes a text; the completion continues it.
+        prompt = tokenizer(r["prompt"])["input_ids"]
+        ids = prompt + tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = llama(torch.tensor([ids])).logits[0]
+        logp = torch.log_softmax(logits[:-1].double(), -1)
+        targets = torch.tensor(ids[1:])
+        nll -= logp[len(prompt) - 1 :].gather(1, targets[len(prompt) - 1 :, None]).sum().item()
+        tokens += len(ids) - len(prompt)
+    epoch0 = results["per_method"]["full"][0]["curve"][0]
+    assert epoch0["val_ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)

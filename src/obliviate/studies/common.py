@@ -22,6 +22,7 @@ from typing import Any
 from obliviate.config import RecipeError
 
 TRAINED_ROLES = ("member", "canary")
+SMOLLM2 = "smollm2"  # StudyConfig.model's name for the packaged SmolLM2-135M-Instruct
 
 
 class StudyError(ValueError):
@@ -43,6 +44,14 @@ class StudyConfig:
         metadata={"help": "SFT seeds (corpus shuffle and training); >= 3 where a gap is small."},
     )
     toy: Any = field(default=None, metadata={"help": "obliviate.toy.ToyConfig fields of the base model."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune this model instead of the toy base: a model directory, a .gguf file, or "
+            "'smollm2' (the packaged SmolLM2-135M-Instruct, converted once as `obliviate real-model` does). "
+            "The corpus is the toy's records either way. null: the toy base."
+        },
+    )
     training: Any = field(default=None, metadata={"help": "SFTConfig fields shared by every run of the study."})
     tracking: Any = field(default=None, metadata={"help": "TrackConfig fields shared by every run of the study."})
     minimal: Any = field(default=None, metadata={"help": "Dotted overrides --minimal applies (seconds, one seed)."})
@@ -65,6 +74,15 @@ class StudyConfig:
             if not isinstance(value, dict):
                 raise StudyError(f"{name} must be a mapping of keys to values, got {value!r}.")
             setattr(self, name, dict(value))
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise StudyError(
+                f"model must be a model directory, a .gguf file or 'smollm2' (or null), got {self.model!r}."
+            )
+        if self.model not in (None, SMOLLM2) and not Path(self.model).exists():
+            raise StudyError(
+                f"model {self.model} does not exist: give a model directory or .gguf file, 'smollm2' for the "
+                "packaged SmolLM2-135M-Instruct, or null for the toy base."
+            )
         if "output_dir" in self.training:
             raise StudyError("set the study's output with --out, not training.output_dir.")
 
@@ -86,11 +104,21 @@ def load_study(path: str | os.PathLike, config_class, minimal: bool = False, ove
 
 
 def prepare_base(out: Path, config: StudyConfig) -> Path:
-    """The toy build (base model, tokenizer) the study fine-tunes: cached under ``~/.cache/obliviate``."""
+    """The model directory (or .gguf) every run of the study fine-tunes from.
+
+    ``config.model`` when set (``'smollm2'``: the packaged SmolLM2-135M-Instruct, converted once into the
+    model cache); otherwise the toy build's ``base/``, cached under ``~/.cache/obliviate``.
+    """
+    if config.model == SMOLLM2:
+        from obliviate.real import ensure_real_model
+
+        return ensure_real_model()[0]
+    if config.model is not None:
+        return Path(config.model)
     from obliviate.demo.toycache import prepare_toy
 
     toy, _ = prepare_toy(out / "toy", config.toy)
-    return toy
+    return toy / "base"
 
 
 def probes_with_calibration(corpus) -> list[dict]:
@@ -171,11 +199,11 @@ def track_run(
     callbacks: tuple = (),
     **recipe: Any,
 ) -> TrackedRun:
-    """Fine-tune the toy base on ``train_rows`` with the memorization callback scoring ``probe_rows``.
+    """Fine-tune the base on ``train_rows`` with the memorization callback scoring ``probe_rows``.
 
     Args:
         run_dir: the run's directory (``train.jsonl``, ``probes.jsonl`` and the track output go there).
-        base: the toy build (:func:`prepare_base`).
+        base: the model to fine-tune (:func:`prepare_base`).
         train_rows / probe_rows: SFT rows and probes (``id``, ``role``, ``prompt``, ``completion``, ...).
         config: the study's config; its ``training`` and ``tracking`` sections, then ``training`` /
             ``tracking`` given here, then ``training.seed = seed``.
@@ -187,7 +215,7 @@ def track_run(
     train_file = write_jsonl(run_dir / "train.jsonl", train_rows)
     probes_file = write_jsonl(run_dir / "probes.jsonl", probe_rows)
     settings = {
-        "model": str(base / "base"),
+        "model": str(base),
         "train_file": str(train_file),
         "probes": str(probes_file),
         "output_dir": str(run_dir / "track"),

@@ -146,7 +146,7 @@ def densities(
     from obliviate.metrics.density import bandwidth_rule, embed_texts, kernel_log_density
     from obliviate.modeling import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(str(base / "base"))
+    model, tokenizer = load_model_and_tokenizer(str(base))
 
     def embed(rows: list[dict]) -> torch.Tensor:
         return torch.nn.functional.normalize(
@@ -313,7 +313,7 @@ def run_study(config: DensityStudyConfig, out: Path) -> dict:
     record = {
         "per_seed": results,
         "plots": plots(out, results),
-        "embedding": "toy base model, attention-masked mean of last hidden states, L2-normalized",
+        "embedding": f"{config.model or 'toy'} base model, attention-masked mean of last hidden states, L2-normalized",
         "kernel": "Gaussian, isotropic",
         "bandwidth_rule": config.bandwidth,
     }

@@ -62,7 +62,7 @@ class SeedModel:
 
 
 def sft_model(config: ErasureStudyConfig, base: Path, out: Path, model: tuple[int, int, int]) -> SeedModel:
-    """Fine-tune the toy base on a corpus of ``n_members`` records for ``epochs`` (reused when already done).
+    """Fine-tune the base on a corpus of ``n_members`` records for ``epochs`` (reused when already done).
 
     The never-trained controls the erasure reads (criterion thresholds, controls' MA change) are the corpus's
     and its ``calibration_controls``: 128 per group in ``controls.jsonl``, not the 16 per group SFT tracks.
@@ -77,7 +77,8 @@ def sft_model(config: ErasureStudyConfig, base: Path, out: Path, model: tuple[in
 
     seed, n_members, epochs = model
     run_dir = out / "models" / model_name(model)
-    key = _key({"toy": vars(config.toy), "model": model, "training": config.training})
+    base_key = {"base": config.model} if config.model else {}  # absent for the toy: cached runs stay valid
+    key = _key({"toy": vars(config.toy), "model": model, "training": config.training, **base_key})
     record = _cached(run_dir / "model.json", key)
     if record is None:
         corpus = make_corpus(n_members=n_members, seed=seed)
@@ -273,7 +274,7 @@ def erase_all(config: ErasureStudyConfig, base: Path, out: Path) -> tuple[list[d
     """Every run of the recipe's blocks (cached per run); the rows and each seed model's record."""
     runs, models, loaded = [], {}, {}
     todo = config.runs()  # block order: the recipe puts what matters most first
-    reference = base / "base"  # the toy base every seed's SFT started from
+    reference = base  # the base every seed's SFT started from
     for i, (model, size, method, selector, gate) in enumerate(todo, 1):
         seed = model[0]
         name = f"{model_name(model)}-f{size}-{method.replace(':', '-')}-{selector}{gate_tag(gate)}"

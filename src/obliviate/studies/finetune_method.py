@@ -46,6 +46,30 @@ from obliviate.studies.common import (
 METHOD_KEYS = ("name", "learning_rate", "lora", "trainable")
 
 
+def learning_rates(method: dict) -> list[float | None]:
+    """The method's learning rates: a list sweeps them (one run per rate and seed); none: the training default."""
+    value = method.get("learning_rate")
+    return list(value) if isinstance(value, list) else [value]
+
+
+def run_name(method: dict, lr: float | None) -> str:
+    """``name`` for a method with one learning rate, ``name-lr<rate>`` for each rate of a sweep."""
+    return method["name"] if len(learning_rates(method)) == 1 else f"{method['name']}-lr{lr:g}"
+
+
+def check_learning_rates(method: dict) -> None:
+    """A method's learning_rate: one positive number, null (the training default), or a list of distinct ones."""
+    rates = learning_rates(method)
+    if not rates or any(
+        isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0 for r in rates if r is not None
+    ):
+        raise StudyError(f"method {method['name']!r}: learning_rate must be > 0 or a list of them, got {rates!r}.")
+    if None in rates and len(rates) > 1:
+        raise StudyError(f"method {method['name']!r}: a learning-rate sweep cannot include null.")
+    if len(set(rates)) != len(rates):
+        raise StudyError(f"method {method['name']!r}: learning rate listed twice in {rates!r}.")
+
+
 @dataclass
 class FinetuneMethodConfig(StudyConfig):
     """Study 2: MIA recall, AUC, exposure and extraction for full, head-only and LoRA fine-tuning."""
@@ -74,12 +98,25 @@ class FinetuneMethodConfig(StudyConfig):
             "help": "Exposure for the first this many seeds only (each canary scores exposure_samples candidates)."
         },
     )
-    match_ppl: float | None = field(
+    corpus: Any = field(
         default=None,
         metadata={
-            "help": "Also compare methods at matched utility: each at its last epoch whose mean validation "
-            "perplexity is <= this (Mireshghallah et al. compare at similar perplexity). null: off."
+            "help": "obliviate.data.synthetic.make_corpus keyword arguments (n_members, fact_repetitions, "
+            "controls_per_group, ...); the seed comes from seeds. Smaller corpora for a larger model."
         },
+    )
+    match_ppl_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also compare methods at matched utility (Mireshghallah et al. compare at similar "
+            "perplexity): each method at the learning rate and epoch whose seed-mean validation perplexity is "
+            "nearest this multiple of the base's (> 1: a cost the toy pays; < 1: a gain a new domain gives). "
+            "null: off."
+        },
+    )
+    match_tolerance: float = field(
+        default=0.1,
+        metadata={"help": "A matched point more than this relative distance from the target is reported as unmatched."},
     )
 
     def __post_init__(self):
@@ -99,10 +136,22 @@ class FinetuneMethodConfig(StudyConfig):
             if method["name"] in names:
                 raise StudyError(f"method name {method['name']!r} appears twice.")
             names.add(method["name"])
+            check_learning_rates(method)
         if isinstance(self.exposure_seeds, bool) or not isinstance(self.exposure_seeds, int) or self.exposure_seeds < 0:
             raise StudyError(f"exposure_seeds must be an integer >= 0, got {self.exposure_seeds!r}.")
-        if self.match_ppl is not None and not self.match_ppl > 1:
-            raise StudyError(f"match_ppl must be a perplexity > 1 (or null), got {self.match_ppl}.")
+        if self.match_ppl_ratio is not None and not (self.match_ppl_ratio > 0 and self.match_ppl_ratio != 1):
+            raise StudyError(f"match_ppl_ratio must be > 0 and not 1 (or null), got {self.match_ppl_ratio}.")
+        if not 0 < self.match_tolerance < 1:
+            raise StudyError(f"match_tolerance must be in (0, 1), got {self.match_tolerance}.")
+        self.corpus = dict(self.corpus or {})
+        import inspect
+
+        from obliviate.data.synthetic import make_corpus
+
+        allowed = set(inspect.signature(make_corpus).parameters) - {"seed"}
+        unknown = set(self.corpus) - allowed
+        if unknown:
+            raise StudyError(f"corpus: unknown make_corpus arguments {sorted(unknown)}; use {sorted(allowed)}.")
         if not 0 < self.max_fpr < 1:
             raise StudyError(f"max_fpr must be in (0, 1), got {self.max_fpr}.")
 
@@ -182,18 +231,19 @@ def canary_exposures(keep, probe_rows: list[dict], config: FinetuneMethodConfig)
     return out
 
 
-def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed: int) -> dict:
+def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, lr: float | None, seed: int) -> dict:
     from obliviate.data.synthetic import make_corpus
 
-    corpus = make_corpus(seed=seed)
+    corpus = make_corpus(**config.corpus, seed=seed)
     probes = probes_with_calibration(corpus)  # 128 controls per group: a real 10%-FPR threshold
     keep = keep_model_callback()
     extra = {k: method[k] for k in ("lora", "trainable") if method.get(k) is not None}
     training = {"num_train_epochs": config.epochs}
-    if "learning_rate" in method:
-        training["learning_rate"] = method["learning_rate"]
+    if lr is not None:
+        training["learning_rate"] = lr
+    name = run_name(method, lr)
     run = track_run(
-        out / "runs" / f"{method['name']}-seed{seed}",
+        out / "runs" / f"{name}-seed{seed}",
         base,
         corpus.train,
         probes,
@@ -207,99 +257,160 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, seed
     curve = [mia_at_step(rows, config.mia_scores, config.max_fpr) for _, rows in sorted(run.by_step().items())]
     wanted = config.exposure_repetitions and config.seeds.index(seed) < config.exposure_seeds
     exposure = canary_exposures(keep, probes, config) if wanted else {}
-    print(f"  {method['name']} seed {seed}: {run.seconds:.0f}s, val ppl {curve[-1]['val_ppl']:.2f}", flush=True)
-    return {"curve": curve, "exposure": exposure, "seconds": run.seconds}
+    print(f"  {name} seed {seed}: {run.seconds:.0f}s, val ppl {curve[-1]['val_ppl']:.2f}", flush=True)
+    return {"curve": curve, "exposure": exposure, "seconds": run.seconds, "learning_rate": lr}
 
 
 def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tuple[str, str]]:
+    """The final-epoch table (every run), the per-epoch curve (each method's first rate) and the matched one."""
     score = config.mia_scores[0]
     pct = f"{config.max_fpr:.0%}"
     final = []
-    for name, seeds in results.items():
-        last = [s["curve"][-1] for s in seeds]
-        row = [name, params[name], mean_std([x["val_ppl"] for x in last])]
-        for m in config.mia_scores:
-            row += [mean_std([x[f"recall/{m}"] for x in last]), mean_std([x[f"auc/{m}"] for x in last])]
-        row.append(mean_std([x["extraction_rate"] for x in last]))
-        for k in config.exposure_repetitions if config.exposure_seeds else ():
-            row.append(mean_std([float(np.mean(s["exposure"][k])) for s in seeds if k in s["exposure"]]))
-        final.append(row)
-    headers = ["method", "trainable params", "val ppl"]
+    for method in config.methods:
+        for lr in learning_rates(method):
+            seeds = results[run_name(method, lr)]
+            last = [s["curve"][-1] for s in seeds]
+            row = [run_name(method, lr), "-" if lr is None else f"{lr:g}", params[method["name"]]]
+            row.append(mean_std([x["val_ppl"] for x in last]))
+            for m in config.mia_scores:
+                row += [mean_std([x[f"recall/{m}"] for x in last]), mean_std([x[f"auc/{m}"] for x in last])]
+            row.append(mean_std([x["extraction_rate"] for x in last]))
+            for k in config.exposure_repetitions if config.exposure_seeds else ():
+                row.append(mean_std([float(np.mean(s["exposure"][k])) for s in seeds if k in s["exposure"]]))
+            final.append(row)
+    headers = ["run", "learning rate", "trainable params", "val ppl"]
     for m in config.mia_scores:
         headers += [f"recall@{pct}FPR {m}", f"AUC {m}"]
     exposed = config.exposure_repetitions if config.exposure_seeds else []
     headers += ["extraction rate", *(f"exposure x{k} (bits of 19.9)" for k in exposed)]
-    epochs = [[f"{e['epoch']:.0f}"] for e in next(iter(results.values()))[0]["curve"]]
-    for seeds in results.values():
+    # One column per method (its first learning rate): a column per rate of a sweep would not fit a page.
+    firsts = [run_name(m, learning_rates(m)[0]) for m in config.methods]
+    epochs = [[f"{e['epoch']:.3g}"] for e in results[firsts[0]][0]["curve"]]
+    for name in firsts:
         for i, row in enumerate(epochs):
+            seeds = results[name]
             row.append(
                 f"{mean_std([s['curve'][i][f'recall/{score}'] for s in seeds])} "
                 f"(ppl {np.mean([s['curve'][i]['val_ppl'] for s in seeds]):.2f})"
             )
+    swept = any(len(learning_rates(m)) > 1 for m in config.methods)
     out = [
         (f"After {config.epochs} epochs (mean ± std over seeds {config.seeds})", markdown_table(headers, final)),
         (
-            f"recall@{pct}FPR of {score} over epochs (validation perplexity)",
-            markdown_table(["epoch", *results], epochs),
+            f"recall@{pct}FPR of {score} over epochs (validation perplexity)"
+            + (": each method at its first learning rate" if swept else ""),
+            markdown_table(["epoch", *firsts], epochs),
         ),
     ]
-    if config.match_ppl is not None:
+    if config.match_ppl_ratio is not None:
+        base_ppl = float(np.mean([s["curve"][0]["val_ppl"] for s in results[firsts[0]]]))  # epoch 0: the base
+        target = config.match_ppl_ratio * base_ppl
+        rows = [
+            matched_row(
+                m["name"],
+                {lr: results[run_name(m, lr)] for lr in learning_rates(m)},
+                score,
+                target,
+                config.match_tolerance,
+            )
+            for m in config.methods
+        ]
         out.append(
             (
-                f"At matched utility: each method's last epoch with mean validation perplexity <= {config.match_ppl:g}",
+                f"At matched utility: each method at its learning rate and epoch with seed-mean validation "
+                f"perplexity nearest {config.match_ppl_ratio:g} x the base's {base_ppl:.2f} = {target:.2f}",
                 markdown_table(
-                    ["method", "epoch", "val ppl", f"recall@{pct}FPR {score}", f"AUC {score}"],
-                    [matched_row(name, seeds, score, config.match_ppl) for name, seeds in results.items()],
+                    [
+                        "method",
+                        "learning rate",
+                        "epoch",
+                        "val ppl",
+                        f"recall@{pct}FPR {score}",
+                        f"AUC {score}",
+                        "extraction rate",
+                    ],
+                    rows,
                 ),
             )
         )
     return out
 
 
-def matched_row(name: str, seeds: list[dict], score: str, match_ppl: float) -> list:
-    """The method's row at its last epoch whose seed-mean validation perplexity is <= ``match_ppl``."""
-    ppl = [np.mean([s["curve"][i]["val_ppl"] for s in seeds]) for i in range(len(seeds[0]["curve"]))]
-    within = [i for i, p in enumerate(ppl) if p <= match_ppl]
-    if not within:
-        return [name, "-", f"{min(ppl):.2f} (never <= {match_ppl:g})", "-", "-"]
-    i = within[-1]
+def matched_row(name: str, runs: dict, score: str, target: float, tolerance: float) -> list:
+    """The method's row at the (learning rate, epoch) whose seed-mean validation perplexity is nearest ``target``.
+
+    Nearest in log perplexity (a ratio, so 10% above and 10% below weigh the same); epoch 0 (the base, the
+    same for every method) is never a match. A nearest point further than ``tolerance`` (relative) from the
+    target is shown as unmatched with its perplexity, so a table never compares methods at unlike utility.
+
+    Args:
+        runs: ``{learning_rate: [per-seed results with a "curve"]}``.
+    """
+    points = []
+    for lr, seeds in runs.items():
+        for i in range(1, len(seeds[0]["curve"])):
+            ppl = float(np.mean([s["curve"][i]["val_ppl"] for s in seeds]))
+            points.append((abs(math.log(ppl / target)), lr, i, ppl))
+    _, lr, i, ppl = min(points, key=lambda p: p[0])
+    rate = "-" if lr is None else f"{lr:g}"
+    if abs(ppl / target - 1) > tolerance:
+        return [name, rate, "-", f"{ppl:.2f} (nearest; not within {tolerance:.0%})", "-", "-", "-"]
+    seeds = runs[lr]
     return [
         name,
-        f"{seeds[0]['curve'][i]['epoch']:.0f}",
-        f"{ppl[i]:.2f}",
+        rate,
+        f"{seeds[0]['curve'][i]['epoch']:.3g}",
+        f"{ppl:.2f}",
         mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
         mean_std([s["curve"][i][f"auc/{score}"] for s in seeds]),
+        mean_std([s["curve"][i]["extraction_rate"] for s in seeds]),
     ]
 
 
 def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
+    """Recall and validation perplexity per epoch (a line per seed), and recall against perplexity (seed means).
+
+    The third panel is the matched-utility comparison as a curve: each run's epochs in the (perplexity,
+    recall) plane, so methods are read off at any common perplexity, not only the recipe's target.
+    """
     plt = pyplot()
     score = config.mia_scores[0]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
     for i, (name, seeds) in enumerate(results.items()):
         for j, s in enumerate(seeds):
             epochs = [e["epoch"] for e in s["curve"]]
-            axes[0].plot(
-                epochs,
-                [e[f"recall/{score}"] for e in s["curve"]],
-                color=f"C{i}",
-                alpha=0.7,
-                label=name if j == 0 else None,
-            )
-            axes[1].plot(
-                epochs, [e["val_ppl"] for e in s["curve"]], color=f"C{i}", alpha=0.7, label=name if j == 0 else None
-            )
+            label = name if j == 0 else None
+            axes[0].plot(epochs, [e[f"recall/{score}"] for e in s["curve"]], color=cmap(i), alpha=0.7, label=label)
+            axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=cmap(i), alpha=0.7, label=label)
+        ppl = np.mean([[e["val_ppl"] for e in s["curve"]] for s in seeds], axis=0)
+        recall = np.mean([[e[f"recall/{score}"] for e in s["curve"]] for s in seeds], axis=0)
+        axes[2].plot(ppl, recall, "o-", markersize=3, color=cmap(i), label=name)
+    if config.match_ppl_ratio is not None:
+        first = next(iter(results.values()))
+        target = config.match_ppl_ratio * float(np.mean([s["curve"][0]["val_ppl"] for s in first]))
+        axes[2].axvline(target, color="grey", linestyle=":", label=f"matched ppl {target:.1f}")
     axes[0].set(xlabel="epoch", ylabel=f"recall @ {config.max_fpr:.0%} FPR", title=f"MIA ({score})")
-    axes[1].set(xlabel="epoch", ylabel="validation perplexity (controls)", title="utility")
-    axes[0].legend()
+    axes[1].set(xlabel="epoch", ylabel="validation perplexity (controls)", title="utility", yscale="log")
+    axes[2].set(
+        xlabel="validation perplexity (seed mean)",
+        ylabel=f"recall @ {config.max_fpr:.0%} FPR (seed mean)",
+        title="memorization at equal utility",
+        xscale="log",
+    )
+    axes[2].legend(fontsize=7 if len(results) > 6 else None)
     return [save_figure(fig, out / "finetune_method_mia.png")]
 
 
 def run_study(config: FinetuneMethodConfig, out: Path) -> dict:
     start = time.perf_counter()
     base = prepare_base(out, config)
-    params = {m["name"]: trainable_parameters(base / "base", m) for m in config.methods}
-    results = {m["name"]: [_run(config, base, out, m, seed) for seed in config.seeds] for m in config.methods}
+    params = {m["name"]: trainable_parameters(base, m) for m in config.methods}
+    results = {
+        run_name(m, lr): [_run(config, base, out, m, lr, seed) for seed in config.seeds]
+        for m in config.methods
+        for lr in learning_rates(m)
+    }
     record = {"trainable_parameters": params, "per_method": results, "plots": plots(out, config, results)}
     write_outputs(out, "finetune_method", config, record, tables(config, results, params), time.perf_counter() - start)
     return record
