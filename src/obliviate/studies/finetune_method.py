@@ -382,10 +382,12 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
             axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=cmap(i), alpha=0.7, label=label)
         ppl = np.mean([[e["val_ppl"] for e in s["curve"]] for s in seeds], axis=0)
         recall = np.mean([[e[f"recall/{score}"] for e in s["curve"]] for s in seeds], axis=0)
-        axes[2].plot(ppl, recall, "o-", markersize=3, color=cmap(i), label=name)
+        # From epoch 1: epoch 0 is the base, the same point (recall 0) for every run, drawn once below.
+        axes[2].plot(ppl[1:], recall[1:], "o-", markersize=3, color=cmap(i), label=name)
+    base_ppl = float(np.mean([s["curve"][0]["val_ppl"] for s in next(iter(results.values()))]))
+    axes[2].plot([base_ppl], [0.0], "ks", markersize=5, label=f"base (ppl {base_ppl:.1f})")
     if config.match_ppl_ratio is not None:
-        first = next(iter(results.values()))
-        target = config.match_ppl_ratio * float(np.mean([s["curve"][0]["val_ppl"] for s in first]))
+        target = config.match_ppl_ratio * base_ppl
         axes[2].axvline(target, color="grey", linestyle=":", label=f"matched ppl {target:.1f}")
     axes[0].set(xlabel="epoch", ylabel=f"recall @ {config.max_fpr:.0%} FPR", title=f"MIA ({score})")
     axes[1].set(xlabel="epoch", ylabel="validation perplexity (controls)", title="utility", yscale="log")
@@ -395,6 +397,11 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
         title="memorization at equal utility",
         xscale="log",
     )
+    from matplotlib.ticker import LogFormatter
+
+    for ax in axes[1:]:  # plain numbers on the log axes, not 2 x 10^1
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes[2].legend(fontsize=7 if len(results) > 6 else None)
     return [save_figure(fig, out / "finetune_method_mia.png")]
 
