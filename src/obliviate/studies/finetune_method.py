@@ -373,17 +373,23 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
     plt = pyplot()
     score = config.mia_scores[0]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
-    for i, (name, seeds) in enumerate(results.items()):
-        for j, s in enumerate(seeds):
+    # A colour per method, a line style per rate of its sweep (first rate solid).
+    styles = {
+        run_name(m, lr): (f"C{i}", ["-", "--", ":", "-."][k % 4])
+        for i, m in enumerate(config.methods)
+        for k, lr in enumerate(learning_rates(m))
+    }
+    for name, seeds in results.items():
+        colour, style = styles[name]
+        for s in seeds:
             epochs = [e["epoch"] for e in s["curve"]]
-            label = name if j == 0 else None
-            axes[0].plot(epochs, [e[f"recall/{score}"] for e in s["curve"]], color=cmap(i), alpha=0.7, label=label)
-            axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=cmap(i), alpha=0.7, label=label)
+            recall = [e[f"recall/{score}"] for e in s["curve"]]
+            axes[0].plot(epochs, recall, color=colour, linestyle=style, alpha=0.6)
+            axes[1].plot(epochs, [e["val_ppl"] for e in s["curve"]], color=colour, linestyle=style, alpha=0.6)
         ppl = np.mean([[e["val_ppl"] for e in s["curve"]] for s in seeds], axis=0)
         recall = np.mean([[e[f"recall/{score}"] for e in s["curve"]] for s in seeds], axis=0)
         # From epoch 1: epoch 0 is the base, the same point (recall 0) for every run, drawn once below.
-        axes[2].plot(ppl[1:], recall[1:], "o-", markersize=3, color=cmap(i), label=name)
+        axes[2].plot(ppl[1:], recall[1:], marker="o", markersize=3, color=colour, linestyle=style, label=name)
     base_ppl = float(np.mean([s["curve"][0]["val_ppl"] for s in next(iter(results.values()))]))
     axes[2].plot([base_ppl], [0.0], "ks", markersize=5, label=f"base (ppl {base_ppl:.1f})")
     if config.match_ppl_ratio is not None:
@@ -399,9 +405,9 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
     )
     from matplotlib.ticker import LogFormatter
 
-    for ax in axes[1:]:  # plain numbers on the log axes, not 2 x 10^1
-        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    for axis in (axes[1].yaxis, axes[2].xaxis):  # the log axes: plain numbers, minor labels within a decade
+        axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     axes[2].legend(fontsize=7 if len(results) > 6 else None)
     return [save_figure(fig, out / "finetune_method_mia.png")]
 
