@@ -186,7 +186,7 @@ def test_bad_recipes_say_what_to_change(tmp_path):
         run_recipe(bad, tmp_path / "out")
 
 
-def test_matched_utility_takes_the_rate_and_epoch_nearest_the_target_perplexity():
+def test_matched_utility_takes_the_epoch_nearest_the_target_perplexity():
     from obliviate.studies.finetune_method import matched_row
 
     def seed(ppls, recalls):
@@ -205,9 +205,8 @@ def test_matched_utility_takes_the_rate_and_epoch_nearest_the_target_perplexity(
 
     fast = [seed([10.0, 16.0, 30.0], [0.0, 0.5, 0.9]), seed([10.0, 18.0, 34.0], [0.0, 0.7, 0.9])]  # means 17, 32
     slow = [seed([10.0, 11.0, 14.5], [0.0, 0.1, 0.2]), seed([10.0, 11.0, 15.5], [0.0, 0.1, 0.4])]  # means 11, 15
-    runs = {1e-2: fast, 1e-3: slow}
-    # Target 15: |log(15/15)| = 0 at the slow rate's epoch 2 beats |log(17/15)| at the fast rate's epoch 1.
-    assert matched_row("m", runs, "reference_ratio", 15.0, 0.1) == [
+    # Target 15: the slow run's epoch 2 is exactly on it (|log(15/15)| = 0).
+    assert matched_row("m", 1e-3, slow, "reference_ratio", 15.0, 0.1) == [
         "m",
         "0.001",
         "2",
@@ -216,11 +215,13 @@ def test_matched_utility_takes_the_rate_and_epoch_nearest_the_target_perplexity(
         "0.300 ± 0.100",
         "0.000 ± 0.000",
     ]
-    # Target 18: the fast rate's epoch 1 (17, 5.6% away) is nearer than 15 (17% away).
-    assert matched_row("m", runs, "reference_ratio", 18.0, 0.1)[:4] == ["m", "0.01", "1", "17.00"]
-    # Epoch 0 (the base, ppl 10) is never a match, and the nearest point 36% away is reported as unmatched.
-    row = matched_row("m", runs, "reference_ratio", 8.0, 0.1)
-    assert row[2] == "-" and row[3].startswith("11.00 (nearest")
+    # Target 18: epoch 1 (17, 5.6% away) is nearer in log perplexity than epoch 2 (32).
+    assert matched_row("m", 1e-2, fast, "reference_ratio", 18.0, 0.1)[:4] == ["m", "0.01", "1", "17.00"]
+    # Target 24: log(32/24) = 0.29 < log(24/17) = 0.34, so epoch 2 (32) is nearest, 33% away: unmatched.
+    assert matched_row("m", 1e-2, fast, "reference_ratio", 24.0, 0.1)[3].startswith("32.00 (nearest")
+    # Epoch 0 (the base, ppl 10) is never a match: at target 8 the nearest is epoch 1 (11), 37.5% away.
+    row = matched_row("m", None, slow, "reference_ratio", 8.0, 0.1)
+    assert row[1] == "-" and row[2] == "-" and row[3].startswith("11.00 (nearest")
 
 
 def test_finetune_recipe_errors_name_the_field(tmp_path):

@@ -109,7 +109,7 @@ class FinetuneMethodConfig(StudyConfig):
         default=None,
         metadata={
             "help": "Also compare methods at matched utility (Mireshghallah et al. compare at similar "
-            "perplexity): each method at the learning rate and epoch whose seed-mean validation perplexity is "
+            "perplexity): each run (method and rate) at its epoch whose seed-mean validation perplexity is "
             "nearest this multiple of the base's (> 1: a cost the toy pays; < 1: a gain a new domain gives). "
             "null: off."
         },
@@ -308,7 +308,7 @@ def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tu
         # One row per run, not per method: at equal perplexity the rate decides as much as the method does
         # (a slower rate reaches the same perplexity after more epochs, with more exposures of each record).
         rows = [
-            matched_row(run_name(m, lr), {lr: results[run_name(m, lr)]}, score, target, config.match_tolerance)
+            matched_row(run_name(m, lr), lr, results[run_name(m, lr)], score, target, config.match_tolerance)
             for m in config.methods
             for lr in learning_rates(m)
         ]
@@ -333,31 +333,23 @@ def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tu
     return out
 
 
-def matched_row(name: str, runs: dict, score: str, target: float, tolerance: float) -> list:
-    """The method's row at the (learning rate, epoch) whose seed-mean validation perplexity is nearest ``target``.
+def matched_row(name: str, rate: float | None, seeds: list[dict], score: str, target: float, tolerance: float) -> list:
+    """The run's row at its epoch whose seed-mean validation perplexity is nearest ``target``.
 
     Nearest in log perplexity (a ratio, so 10% above and 10% below weigh the same); epoch 0 (the base, the
-    same for every method) is never a match. A nearest point further than ``tolerance`` (relative) from the
-    target is shown as unmatched with its perplexity, so a table never compares methods at unlike utility.
-
-    Args:
-        runs: ``{learning_rate: [per-seed results with a "curve"]}``.
+    same for every run) is never a match. A nearest epoch further than ``tolerance`` (relative) from the
+    target is shown as unmatched with its perplexity, so a table never compares runs at unlike utility.
     """
-    points = []
-    for lr, seeds in runs.items():
-        for i in range(1, len(seeds[0]["curve"])):
-            ppl = float(np.mean([s["curve"][i]["val_ppl"] for s in seeds]))
-            points.append((abs(math.log(ppl / target)), lr, i, ppl))
-    _, lr, i, ppl = min(points, key=lambda p: p[0])
-    rate = "-" if lr is None else f"{lr:g}"
-    if abs(ppl / target - 1) > tolerance:
-        return [name, rate, "-", f"{ppl:.2f} (nearest; not within {tolerance:.0%})", "-", "-", "-"]
-    seeds = runs[lr]
+    ppl = [float(np.mean([s["curve"][i]["val_ppl"] for s in seeds])) for i in range(len(seeds[0]["curve"]))]
+    i = min(range(1, len(ppl)), key=lambda k: abs(math.log(ppl[k] / target)))
+    shown = "-" if rate is None else f"{rate:g}"
+    if abs(ppl[i] / target - 1) > tolerance:
+        return [name, shown, "-", f"{ppl[i]:.2f} (nearest; not within {tolerance:.0%})", "-", "-", "-"]
     return [
         name,
-        rate,
+        shown,
         f"{seeds[0]['curve'][i]['epoch']:.3g}",
-        f"{ppl:.2f}",
+        f"{ppl[i]:.2f}",
         mean_std([s["curve"][i][f"recall/{score}"] for s in seeds]),
         mean_std([s["curve"][i][f"auc/{score}"] for s in seeds]),
         mean_std([s["curve"][i]["extraction_rate"] for s in seeds]),
