@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,24 @@ def tiny_model(arch: str, tokenizer, seed: int = 0) -> torch.nn.Module:
             )
         )
     raise ValueError(arch)
+
+
+@torch.no_grad()
+def completion_perplexity(model, tokenizer, rows: list[dict]) -> float:
+    """exp of the token-weighted completion NLL given the prompt, one unpadded row at a time.
+
+    A probe's prefix is its prompt as the tokenizer encodes a text; the completion continues it without
+    special tokens (how obliviate.data.probes tokenizes prompt/completion rows).
+    """
+    nll, tokens = 0.0, 0
+    for r in rows:
+        prompt = tokenizer(r["prompt"])["input_ids"]
+        ids = prompt + tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        targets = torch.tensor(ids[1:])[len(prompt) - 1 :, None]
+        nll -= logp[len(prompt) - 1 :].gather(1, targets).sum().item()
+        tokens += len(ids) - len(prompt)
+    return math.exp(nll / tokens)
 
 
 def train_on(model, tokenizer, texts: list[str], steps: int, lr: float = 3e-3, batch_size: int = 16, seed: int = 0):

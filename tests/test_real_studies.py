@@ -1,4 +1,4 @@
-"""Study 2 on the real SmolLM2-135M-Instruct (``recipes/studies/finetune_method_smollm2.yaml --minimal``, ~1 min).
+"""Study 2 on the real SmolLM2-135M-Instruct (``recipes/studies/finetune_method_smollm2.yaml --minimal``, ~1.5 min).
 
 The model comes from ``make real-model``. The checks recompute from the model itself what the study reports:
 the trainable-parameter counts from the model's config, and the epoch-0 validation perplexity (the base, before
@@ -8,33 +8,18 @@ any step) by a plain forward pass over the never-trained controls the run wrote.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from obliviate.modeling import load_model_and_tokenizer
 from obliviate.real import ensure_real_model
 from obliviate.studies import run_recipe
 from obliviate.studies.common import read_jsonl
+from tests.helpers import completion_perplexity
 
 pytestmark = [pytest.mark.slow, pytest.mark.real]
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "studies" / "finetune_method_smollm2.yaml"
-
-
-@torch.no_grad()
-def controls_perplexity(model, tokenizer, rows: list[dict]) -> float:
-    """exp of the token-weighted completion NLL given the prompt, one unpadded row at a time."""
-    nll, tokens = 0.0, 0
-    for r in rows:
-        prompt = tokenizer(r["prompt"])["input_ids"]
-        ids = prompt + tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
-        targets = torch.tensor(ids[1:])[len(prompt) - 1 :, None]
-        nll -= logp[len(prompt) - 1 :].gather(1, targets).sum().item()
-        tokens += len(ids) - len(prompt)
-    return math.exp(nll / tokens)
 
 
 def test_finetune_method_study_on_smollm2(tmp_path):
@@ -55,7 +40,7 @@ def test_finetune_method_study_on_smollm2(tmp_path):
     controls = [r for r in rows if r["role"] == "control"]
     assert len(controls) == 16  # the minimal corpus: 8 controls per group
     epoch0 = results["per_method"]["full"][0]["curve"][0]
-    assert epoch0["val_ppl"] == pytest.approx(controls_perplexity(model.eval(), tokenizer, controls), rel=1e-3)
+    assert epoch0["val_ppl"] == pytest.approx(completion_perplexity(model.eval(), tokenizer, controls), rel=1e-3)
     # One step of full fine-tuning at 1e-4 on the records already moves the never-trained controls' perplexity.
     after = results["per_method"]["full"][0]["curve"][-1]
     assert after["val_ppl"] != pytest.approx(epoch0["val_ppl"], rel=1e-3)

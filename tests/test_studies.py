@@ -246,12 +246,11 @@ def test_finetune_recipe_errors_name_the_field(tmp_path):
 def test_finetune_study_runs_on_a_model_that_is_not_the_toy(tmp_path):
     """``model:`` takes any causal LM directory: a tiny Llama (built here from a config, with the toy's
     tokenizer) gets LoRA on q_proj/v_proj, and the study's epoch-0 perplexity is that model's own."""
-    import torch
     from transformers import AutoTokenizer
 
     from obliviate.studies.common import prepare_base
     from obliviate.studies.finetune_method import FinetuneMethodConfig
-    from tests.helpers import tiny_model
+    from tests.helpers import completion_perplexity, tiny_model
 
     toy = prepare_base(tmp_path / "toy-out", load_study(RECIPES / "finetune_method.yaml", FinetuneMethodConfig, True))
     tokenizer = AutoTokenizer.from_pretrained(toy)
@@ -279,18 +278,7 @@ def test_finetune_study_runs_on_a_model_that_is_not_the_toy(tmp_path):
     assert not (tmp_path / "out" / "toy").exists()  # the toy was never built for this study
     # Epoch 0 is the untrained Llama: its perplexity on the 16 controls, from a plain forward pass here.
     rows = read_jsonl(tmp_path / "out" / "runs" / "full-seed0" / "probes.jsonl")
-    nll, tokens = 0.0, 0
     controls = [r for r in rows if r["role"] == "control"]
     assert len(controls) == 16  # n_controls 16: 8 per group, no calibration controls beyond them
-    for r in controls:
-        # A probe's prefix is its prompt as the tokenizer encodes a text; the completion continues it.
-        prompt = tokenizer(r["prompt"])["input_ids"]
-        ids = prompt + tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logits = llama(torch.tensor([ids])).logits[0]
-        logp = torch.log_softmax(logits[:-1].double(), -1)
-        targets = torch.tensor(ids[1:])
-        nll -= logp[len(prompt) - 1 :].gather(1, targets[len(prompt) - 1 :, None]).sum().item()
-        tokens += len(ids) - len(prompt)
     epoch0 = results["per_method"]["full"][0]["curve"][0]
-    assert epoch0["val_ppl"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+    assert epoch0["val_ppl"] == pytest.approx(completion_perplexity(llama.eval(), tokenizer, controls), rel=1e-4)

@@ -19,6 +19,7 @@ suffix loss: never-trained text of the training formats), extraction rate; after
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -144,8 +145,6 @@ class FinetuneMethodConfig(StudyConfig):
         if not 0 < self.match_tolerance < 1:
             raise StudyError(f"match_tolerance must be in (0, 1), got {self.match_tolerance}.")
         self.corpus = dict(self.corpus or {})
-        import inspect
-
         from obliviate.data.synthetic import make_corpus
 
         allowed = set(inspect.signature(make_corpus).parameters) - {"seed"}
@@ -261,6 +260,11 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, lr: 
     return {"curve": curve, "exposure": exposure, "seconds": run.seconds, "learning_rate": lr}
 
 
+def base_perplexity(results: dict) -> float:
+    """The base's validation perplexity: epoch 0 of any run (every run starts from the base), seed mean."""
+    return float(np.mean([s["curve"][0]["val_ppl"] for s in next(iter(results.values()))]))
+
+
 def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tuple[str, str]]:
     """The final-epoch table (every run), the per-epoch curve (each method's first rate) and the matched one."""
     score = config.mia_scores[0]
@@ -303,7 +307,7 @@ def tables(config: FinetuneMethodConfig, results: dict, params: dict) -> list[tu
         ),
     ]
     if config.match_ppl_ratio is not None:
-        base_ppl = float(np.mean([s["curve"][0]["val_ppl"] for s in results[firsts[0]]]))  # epoch 0: the base
+        base_ppl = base_perplexity(results)
         target = config.match_ppl_ratio * base_ppl
         # One row per run, not per method: at equal perplexity the rate decides as much as the method does
         # (a slower rate reaches the same perplexity after more epochs, with more exposures of each record).
@@ -382,7 +386,7 @@ def plots(out: Path, config: FinetuneMethodConfig, results: dict) -> list[str]:
         recall = np.mean([[e[f"recall/{score}"] for e in s["curve"]] for s in seeds], axis=0)
         # From epoch 1: epoch 0 is the base, the same point (recall 0) for every run, drawn once below.
         axes[2].plot(ppl[1:], recall[1:], marker="o", markersize=3, color=colour, linestyle=style, label=name)
-    base_ppl = float(np.mean([s["curve"][0]["val_ppl"] for s in next(iter(results.values()))]))
+    base_ppl = base_perplexity(results)
     axes[2].plot([base_ppl], [0.0], "ks", markersize=5, label=f"base (ppl {base_ppl:.1f})")
     if config.match_ppl_ratio is not None:
         target = config.match_ppl_ratio * base_ppl
