@@ -14,6 +14,8 @@ from scipy import stats
 from obliviate.metrics.sets import (
     control_threshold,
     gini,
+    grouped_recall_at_fpr,
+    grouped_roc_auc,
     recall_at_fpr,
     roc_auc,
     summarize_scores,
@@ -88,6 +90,29 @@ def test_tpr_at_1pct_with_100_tied_controls():
     pos, neg = rng.integers(0, 30, 80).astype(float), rng.integers(0, 20, 100).astype(float)
     for budget in (0.01, 0.02, 0.1, 0.3):
         assert tpr_at_fpr(pos, neg, budget) == pytest.approx(lira_tpr(pos, neg, budget))
+
+
+def test_grouped_threshold_compares_each_member_with_its_own_group():
+    # Group "a" texts score high, "b" low; members are mostly "b". A pooled 10% cut on the 20 controls is
+    # the 3rd highest (a's 108): no "b" member clears it. Per group: a's cut is its 2nd highest (108 of
+    # 100..109), b's is 8 (of 0..9): members a:109 and b:9, b:8.5 clear theirs, b:8 ties and does not.
+    controls = list(range(100, 110)) + list(range(10))
+    control_groups = ["a"] * 10 + ["b"] * 10
+    members = [109, 50, 9, 8.5, 8, 1]
+    member_groups = ["a", "a", "b", "b", "b", "b"]
+    assert recall_at_fpr(members, controls, 0.1) == pytest.approx(1 / 6)
+    assert grouped_recall_at_fpr(members, member_groups, controls, control_groups, 0.1) == pytest.approx(3 / 6)
+    # AUC over within-group pairs only, against the pairs counted one by one.
+    pairs = [(m, c) for m, gm in zip(members, member_groups) for c, gc in zip(controls, control_groups) if gm == gc]
+    by_hand = np.mean([1.0 if m > c else 0.5 if m == c else 0.0 for m, c in pairs])
+    assert grouped_roc_auc(members, member_groups, controls, control_groups) == pytest.approx(by_hand)
+    assert roc_auc(members, controls) != pytest.approx(by_hand)  # the pooled AUC counts cross-group pairs
+    # A score blind to membership is 0.5 per group whatever the mix (pooled it is not).
+    blind_members, blind_groups = [105, 5, 5, 5], ["a", "b", "b", "b"]
+    assert grouped_roc_auc(blind_members, blind_groups, [105, 5], ["a", "b"]) == pytest.approx(0.5)
+    assert roc_auc(blind_members, [105, 5]) != pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no controls of group"):
+        grouped_recall_at_fpr([1.0], ["c"], controls, control_groups, 0.1)
 
 
 def test_recall_at_10pct_fpr_threshold_on_controls():

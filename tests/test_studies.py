@@ -171,6 +171,21 @@ def test_finetune_method_mia_and_parameter_counts(tmp_path):
     assert final["auc/reference_ratio"] == pytest.approx(pairs)
     summary = [s for s in read_jsonl(memo / "summaries.jsonl") if s["step"] == last][-1]
     assert final["recall/reference_ratio"] == pytest.approx(summary["recall@10%fpr/reference_ratio"])
+    # threshold_per_group: each trained row against the 12th-highest loss of its own group's 128 controls
+    # (floor(10% x 128) = 12 may lie above), AUC over within-group pairs.
+    from obliviate.studies.finetune_method import mia_at_step
+
+    grouped = mia_at_step(rows, ["neg_loss"], 0.1, per_group=True)
+    above, pair_wins, pair_count = 0, 0.0, 0
+    for group in {r["group"] for r in rows}:
+        pos_g = np.array([-r["loss"] for r in rows if r["role"] != "control" and r["group"] == group])
+        neg_g = np.sort([-r["loss"] for r in rows if r["role"] == "control" and r["group"] == group])[::-1]
+        assert len(neg_g) == 128
+        above += int(np.sum(pos_g > neg_g[12]))
+        pair_wins += (pos_g[:, None] > neg_g[None, :]).sum() + 0.5 * (pos_g[:, None] == neg_g[None, :]).sum()
+        pair_count += len(pos_g) * len(neg_g)
+    assert grouped["recall/neg_loss"] == pytest.approx(above / len(pos))
+    assert grouped["auc/neg_loss"] == pytest.approx(pair_wins / pair_count)
 
 
 def test_bad_recipes_say_what_to_change(tmp_path):
@@ -235,6 +250,7 @@ def test_finetune_recipe_errors_name_the_field(tmp_path):
         ({"corpus": {"n_member": 8}}, "unknown make_corpus arguments \\['n_member'\\]"),
         ({"match_ppl_ratio": 1.0}, "match_ppl_ratio"),
         ({"match_tolerance": 1.5}, "match_tolerance"),
+        ({"threshold_per_group": None}, "threshold_per_group must be true or false"),
         ({"model": str(tmp_path / "no-such-model")}, "does not exist: give a model directory"),
     ]
     for overrides, message in cases:

@@ -112,6 +112,47 @@ def recall_at_fpr(member_scores, control_scores, max_fpr: float) -> float:
     return float(np.mean(np.asarray(member_scores, float) > threshold))
 
 
+def _by_group(member_scores, member_groups, control_scores, control_groups):
+    """``{group: (member scores, control scores)}``; a member's group must have controls to compare with."""
+    members: dict = {}
+    controls: dict = {}
+    for score, group in zip(member_scores, member_groups, strict=True):
+        members.setdefault(group, []).append(score)
+    for score, group in zip(control_scores, control_groups, strict=True):
+        controls.setdefault(group, []).append(score)
+    missing = sorted(set(members) - set(controls), key=str)
+    if missing:
+        raise ValueError(f"no controls of group(s) {missing}: a per-group threshold needs controls of every group.")
+    return {g: (members[g], controls[g]) for g in members}
+
+
+def grouped_recall_at_fpr(member_scores, member_groups, control_scores, control_groups, max_fpr: float) -> float:
+    """Recall when each member is compared with the :func:`control_threshold` of its own group's controls.
+
+    A pooled threshold mixes formats: if one group's texts are easier for the model (lower loss) and the
+    trained set holds more of the other, LOSS is biased before any training. A threshold per group keeps
+    every group's false-positive rate within ``max_fpr`` (so the pooled rate too) and compares like with like.
+    """
+    if len(member_scores) == 0:
+        return float("nan")
+    pairs = _by_group(member_scores, member_groups, control_scores, control_groups)
+    above = sum(int(np.sum(np.asarray(m, float) > control_threshold(c, max_fpr))) for m, c in pairs.values())
+    return above / len(member_scores)
+
+
+def grouped_roc_auc(member_scores, member_groups, control_scores, control_groups) -> float:
+    """Probability a member outscores a control *of its own group* (ties 1/2): within-group pairs only.
+
+    The per-group AUCs weighted by their number of pairs; 0.5 for a score blind to membership, whatever
+    the groups' mix.
+    """
+    if len(member_scores) == 0:
+        return float("nan")
+    pairs = _by_group(member_scores, member_groups, control_scores, control_groups)
+    weights = {g: len(m) * len(c) for g, (m, c) in pairs.items()}
+    return sum(roc_auc(m, c) * weights[g] for g, (m, c) in pairs.items()) / sum(weights.values())
+
+
 def gini(values) -> float:
     """Gini coefficient of non-negative values (0 = evenly spread, 1 = all in one sequence)."""
     x = np.sort(np.asarray(values, float))

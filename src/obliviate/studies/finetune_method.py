@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from obliviate.metrics.sets import recall_at_fpr, roc_auc
+from obliviate.metrics.sets import grouped_recall_at_fpr, grouped_roc_auc, recall_at_fpr, roc_auc
 from obliviate.studies.common import (
     TRAINED_ROLES,
     StudyConfig,
@@ -88,6 +88,14 @@ class FinetuneMethodConfig(StudyConfig):
         metadata={"help": "Membership scores (higher = member) from the history rows."},
     )
     max_fpr: float = field(default=0.1, metadata={"help": "FPR budget of the control-calibrated threshold."})
+    threshold_per_group: bool = field(
+        default=False,
+        metadata={
+            "help": "Set the threshold (and count AUC pairs) per probe group: each trained row against the "
+            "controls of its own format. Fair to LOSS when the formats' base losses differ and the trained "
+            "set and the controls mix them differently; false: one threshold over all controls (the paper's)."
+        },
+    )
     exposure_repetitions: list[int] = field(
         default_factory=lambda: [4, 8],
         metadata={"help": "Canaries of these repetition counts get an exposure after training; [] for none."},
@@ -123,6 +131,8 @@ class FinetuneMethodConfig(StudyConfig):
     def __post_init__(self):
         super().__post_init__()
         positive_int(self.epochs, "epochs")
+        if not isinstance(self.threshold_per_group, bool):
+            raise StudyError(f"threshold_per_group must be true or false, got {self.threshold_per_group!r}.")
         if not self.methods:
             raise StudyError("methods is empty: give at least one {name, learning_rate, ...} entry.")
         names = set()
@@ -176,8 +186,12 @@ def validation_perplexity(controls: list[dict]) -> float:
     return math.exp(sum(r["loss"] * r["suffix_length"] for r in controls) / tokens)
 
 
-def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float) -> dict:
-    """Recall at ``max_fpr`` (threshold on the controls) and AUC of each score; members+canaries vs controls."""
+def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float, per_group: bool = False) -> dict:
+    """Recall at ``max_fpr`` (threshold on the controls) and AUC of each score; members+canaries vs controls.
+
+    ``per_group``: each trained row meets the threshold of its own group's controls, and AUC counts
+    within-group pairs only (:func:`~obliviate.metrics.sets.grouped_recall_at_fpr`).
+    """
     from obliviate.metrics.sets import mia_score
 
     trained = [r for r in rows if r["role"] in TRAINED_ROLES]
@@ -187,13 +201,18 @@ def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float) -> dict:
         "val_ppl": validation_perplexity(controls),
         "extraction_rate": float(np.mean([r["exact_extraction"] for r in trained])),
     }
+    groups = ([r["group"] for r in trained], [r["group"] for r in controls])
     for name in scores:
         pos = [mia_score(r, name) for r in trained]
         neg = [mia_score(r, name) for r in controls]
         if None in pos or None in neg:
             raise StudyError(f"history rows have no {name!r}; reference_ratio needs tracking.reference_model.")
-        out[f"recall/{name}"] = recall_at_fpr(pos, neg, max_fpr)
-        out[f"auc/{name}"] = roc_auc(pos, neg)
+        if per_group:
+            out[f"recall/{name}"] = grouped_recall_at_fpr(pos, groups[0], neg, groups[1], max_fpr)
+            out[f"auc/{name}"] = grouped_roc_auc(pos, groups[0], neg, groups[1])
+        else:
+            out[f"recall/{name}"] = recall_at_fpr(pos, neg, max_fpr)
+            out[f"auc/{name}"] = roc_auc(pos, neg)
     return out
 
 
@@ -253,7 +272,10 @@ def _run(config: FinetuneMethodConfig, base: Path, out: Path, method: dict, lr: 
         tracking={"every_n_steps": None, "every_epoch": True, "score_on_start": True, "reference_model": "base"},
         **extra,
     )
-    curve = [mia_at_step(rows, config.mia_scores, config.max_fpr) for _, rows in sorted(run.by_step().items())]
+    curve = [
+        mia_at_step(rows, config.mia_scores, config.max_fpr, config.threshold_per_group)
+        for _, rows in sorted(run.by_step().items())
+    ]
     wanted = config.exposure_repetitions and config.seeds.index(seed) < config.exposure_seeds
     exposure = canary_exposures(keep, probes, config) if wanted else {}
     print(f"  {name} seed {seed}: {run.seconds:.0f}s, val ppl {curve[-1]['val_ppl']:.2f}", flush=True)
