@@ -94,7 +94,7 @@ def test_tpr_at_1pct_with_100_tied_controls():
 
 def test_grouped_threshold_compares_each_member_with_its_own_group():
     # Group "a" texts score high, "b" low; members are mostly "b". A pooled 10% cut on the 20 controls is
-    # the 3rd highest (a's 108): no "b" member clears it. Per group: a's cut is its 2nd highest (108 of
+    # the 3rd highest (a's 107): no "b" member clears it. Per group: a's cut is its 2nd highest (108 of
     # 100..109), b's is 8 (of 0..9): members a:109 and b:9, b:8.5 clear theirs, b:8 ties and does not.
     controls = list(range(100, 110)) + list(range(10))
     control_groups = ["a"] * 10 + ["b"] * 10

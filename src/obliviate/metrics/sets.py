@@ -136,8 +136,7 @@ def grouped_recall_at_fpr(member_scores, member_groups, control_scores, control_
     if len(member_scores) == 0:
         return float("nan")
     pairs = _by_group(member_scores, member_groups, control_scores, control_groups)
-    above = sum(int(np.sum(np.asarray(m, float) > control_threshold(c, max_fpr))) for m, c in pairs.values())
-    return above / len(member_scores)
+    return sum(recall_at_fpr(m, c, max_fpr) * len(m) for m, c in pairs.values()) / len(member_scores)
 
 
 def grouped_roc_auc(member_scores, member_groups, control_scores, control_groups) -> float:

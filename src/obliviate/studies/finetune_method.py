@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from obliviate.metrics.sets import grouped_recall_at_fpr, grouped_roc_auc, recall_at_fpr, roc_auc
+from obliviate.metrics.sets import grouped_recall_at_fpr, grouped_roc_auc
 from obliviate.studies.common import (
     TRAINED_ROLES,
     StudyConfig,
@@ -201,18 +201,16 @@ def mia_at_step(rows: list[dict], scores: list[str], max_fpr: float, per_group: 
         "val_ppl": validation_perplexity(controls),
         "extraction_rate": float(np.mean([r["exact_extraction"] for r in trained])),
     }
-    groups = ([r["group"] for r in trained], [r["group"] for r in controls])
+    # Pooled is the one-group case of the per-group rule (the same threshold, the same pairs).
+    trained_groups = [r["group"] if per_group else None for r in trained]
+    control_groups = [r["group"] if per_group else None for r in controls]
     for name in scores:
         pos = [mia_score(r, name) for r in trained]
         neg = [mia_score(r, name) for r in controls]
         if None in pos or None in neg:
             raise StudyError(f"history rows have no {name!r}; reference_ratio needs tracking.reference_model.")
-        if per_group:
-            out[f"recall/{name}"] = grouped_recall_at_fpr(pos, groups[0], neg, groups[1], max_fpr)
-            out[f"auc/{name}"] = grouped_roc_auc(pos, groups[0], neg, groups[1])
-        else:
-            out[f"recall/{name}"] = recall_at_fpr(pos, neg, max_fpr)
-            out[f"auc/{name}"] = roc_auc(pos, neg)
+        out[f"recall/{name}"] = grouped_recall_at_fpr(pos, trained_groups, neg, control_groups, max_fpr)
+        out[f"auc/{name}"] = grouped_roc_auc(pos, trained_groups, neg, control_groups)
     return out
 
 
